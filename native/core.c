@@ -1,0 +1,925 @@
+/*
+** imago's C core: page translation, copy-on-write buffers, dirty tracking,
+** checksums, and word and byte-range access at logical addresses.
+**
+** WHAT IT OWNS
+**   ic_store  the mapped segments of one image (read-only MAP_SHARED mappings),
+**             a "verified" bitmap per segment, the image salt, a zero page and
+**             the last error message.
+**   ic_tree   one state of the page table: a radix tree mapping a logical page
+**             number to a 32-byte entry.  Nodes are either on disk (inside a
+**             mapped segment, immutable) or in memory (copied on first write,
+**             "dirty since the last checkpoint").  A writer and every read-only
+**             view each own one ic_tree; they share the ic_store.
+**   ic_dirty  the writer's uncommitted pages: an open-addressing hash from
+**             logical page number to a private page-sized buffer.
+**
+** Python (pager/) owns files, records, the commit protocol and recovery; this
+** file never writes to disk and never interprets a record.
+**
+** ENTRY LAYOUT (32 bytes, little-endian, in leaves and interior nodes alike)
+**     0  loc     u64   (segment << 32) | slot; 0 = absent (reads as zeros)
+**     8  sum     u64   checksum of the page or child node it points at
+**    16  commit  u64   leaves: the commit that wrote the page (for errors)
+**    24  aux     u64   reserved, written as 0, never interpreted
+**   A node holds page_size/32 entries (128 at 4 KiB).  Level 0 is a leaf; a
+**   tree of depth d covers page numbers below fanout^d.
+**
+** INVARIANTS (checked by ic_tree_check, which tests call)
+**   1. Every byte read from a mapping is first bounds-checked against that
+**      mapping, and every page or node is checked against its checksum before
+**      its bytes are first used in this process (the verified bitmap remembers
+**      which slots passed; committed slots are never rewritten, so a pass
+**      stays true).
+**   2. A memory node's kids[] pointer, when set, supersedes the (loc, sum) in
+**      its entry; disk bytes are never interpreted as pointers.
+**   3. t->usage[s] equals the number of leaf pages plus disk nodes reachable
+**      from the current state that live in segment s (a disk node copied to
+**      memory is no longer reachable from it).  No slot is reachable twice.
+**   4. A page in ic_dirty supersedes the tree; the FREED marker reads as zeros.
+**
+** Not thread-safe: one thread uses a store at a time (the error buffer and
+** the verified bitmaps are shared, unguarded state).
+*/
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "core_api.h"
+
+#define ENTRY_SIZE 32
+#define MAX_DEPTH 12           /* 1 KiB pages: fanout 32, 5 bits a level, 40 bits */
+#define MAX_PAGE_BITS 40       /* 2^40 logical pages: 4 PiB at 4 KiB, far past any disk */
+#define SEG_HEADER_BYTES 128   /* the part of slot 0 that a segment header uses */
+#define SEG_MAGIC "IMAGOSEG"
+#define NODE_SEED 0x6e6f64652d6c766cULL   /* "node-lvl": keeps node and page sums apart */
+#define GOLDEN 0x9E3779B97F4A7C15ULL      /* spreads page numbers over the seed space */
+
+static uint8_t *const FREED = (uint8_t *)&FREED;   /* ic_dirty marker: page dropped */
+
+/* ------------------------------------------------------------------ */
+/* little-endian loads and stores, portable and alignment-free        */
+
+static inline uint64_t ld64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void st64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) { p[i] = (uint8_t)v; v >>= 8; }
+}
+
+static inline uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ------------------------------------------------------------------ */
+/* XXH64: fast, well-distributed, portable; the same function checks  */
+/* pages, nodes, records and segment headers.                         */
+
+#define P1 0x9E3779B185EBCA87ULL
+#define P2 0xC2B2AE3D27D4EB4FULL
+#define P3 0x165667B19E3779F9ULL
+#define P4 0x85EBCA77C2B2AE63ULL
+#define P5 0x27D4EB2F165667C5ULL
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t xxh_round(uint64_t acc, uint64_t input) {
+    acc += input * P2;
+    return rotl64(acc, 31) * P1;
+}
+
+static inline uint64_t xxh_merge(uint64_t acc, uint64_t val) {
+    acc ^= xxh_round(0, val);
+    return acc * P1 + P4;
+}
+
+uint64_t ic_hash(const uint8_t *p, size_t len, uint64_t seed) {
+    const uint8_t *end = p + len;
+    uint64_t h;
+    if (len >= 32) {
+        uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
+        const uint8_t *limit = end - 32;
+        do {
+            v1 = xxh_round(v1, ld64(p)); v2 = xxh_round(v2, ld64(p + 8));
+            v3 = xxh_round(v3, ld64(p + 16)); v4 = xxh_round(v4, ld64(p + 24));
+            p += 32;
+        } while (p <= limit);
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xxh_merge(h, v1); h = xxh_merge(h, v2);
+        h = xxh_merge(h, v3); h = xxh_merge(h, v4);
+    } else {
+        h = seed + P5;
+    }
+    h += (uint64_t)len;
+    while (p + 8 <= end) {
+        h ^= xxh_round(0, ld64(p));
+        h = rotl64(h, 27) * P1 + P4;
+        p += 8;
+    }
+    if (p + 4 <= end) {
+        h ^= (uint64_t)ld32(p) * P1;
+        h = rotl64(h, 23) * P2 + P3;
+        p += 4;
+    }
+    while (p < end) {
+        h ^= (*p++) * P5;
+        h = rotl64(h, 11) * P1;
+    }
+    h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32;
+    return h;
+}
+
+/* ------------------------------------------------------------------ */
+/* the store: mapped segments                                          */
+
+typedef struct {
+    uint8_t *base;        /* NULL: not mapped */
+    uint64_t len;
+    uint64_t nslots;      /* len / page_size */
+    uint8_t *verified;    /* one bit a slot */
+    int header_ok;        /* header checked against this image once */
+} ic_seg;
+
+struct ic_store {
+    uint32_t page_size;
+    int page_shift;
+    int fanout_shift;      /* log2(page_size / ENTRY_SIZE) */
+    uint64_t salt;
+    uint8_t image_id[16];
+    ic_seg *segs;          /* indexed by segment number */
+    uint32_t nsegs;
+    uint8_t *zero_page;
+    int code;              /* the ic_status of the last failure */
+    char err[320];
+};
+
+static int fail(ic_store *st, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(ic_store *st, int code, const char *fmt, ...) {
+    va_list ap;
+    st->code = code;
+    va_start(ap, fmt);
+    vsnprintf(st->err, sizeof st->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *ic_errmsg(ic_store *st) { return st->err; }
+
+static int err_code(ic_store *st) { return st->code ? st->code : IC_CORRUPT; }
+
+int ic_errcode(ic_store *st) { return err_code(st); }
+
+static void clear_err(ic_store *st) { st->err[0] = 0; st->code = IC_OK; }
+
+static int log2_exact(uint32_t v) {
+    int s = 0;
+    while ((1u << s) < v) s++;
+    return (1u << s) == v ? s : -1;
+}
+
+ic_store *ic_store_new(uint32_t page_size, uint64_t salt, const uint8_t *image_id) {
+    int shift = log2_exact(page_size);
+    if (shift < 10 || shift > 16) return NULL;   /* 1 KiB .. 64 KiB */
+    ic_store *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    st->page_size = page_size;
+    st->page_shift = shift;
+    st->fanout_shift = shift - 5;                 /* 32-byte entries */
+    st->salt = salt;
+    memcpy(st->image_id, image_id, 16);
+    st->zero_page = calloc(1, page_size);
+    if (!st->zero_page) { free(st); return NULL; }
+    return st;
+}
+
+void ic_store_free(ic_store *st) {
+    if (!st) return;
+    for (uint32_t i = 0; i < st->nsegs; i++) ic_store_unmap(st, i);
+    free(st->segs);
+    free(st->zero_page);
+    free(st);
+}
+
+static int grow_segs(ic_store *st, uint32_t segno) {
+    if (segno < st->nsegs) return IC_OK;
+    uint32_t n = st->nsegs ? st->nsegs : 16;
+    while (n <= segno) n *= 2;
+    ic_seg *s = realloc(st->segs, (size_t)n * sizeof *s);
+    if (!s) return fail(st, IC_NOMEM, "out of memory growing the segment table");
+    memset(s + st->nsegs, 0, (size_t)(n - st->nsegs) * sizeof *s);
+    st->segs = s;
+    st->nsegs = n;
+    return IC_OK;
+}
+
+int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len) {
+    if (segno == 0 || len < st->page_size || len % st->page_size)
+        return fail(st, IC_RANGE, "segment %u: bad mapping length %llu", segno,
+                    (unsigned long long)len);
+    int rc = grow_segs(st, segno);
+    if (rc) return rc;
+    ic_store_unmap(st, segno);
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return fail(st, IC_IO, "segment %u: mmap failed: %s", segno, strerror(errno));
+    uint64_t nslots = len / st->page_size;
+    uint8_t *bits = calloc(1, (size_t)(nslots + 7) / 8);
+    if (!bits) { munmap(p, (size_t)len); return fail(st, IC_NOMEM, "out of memory"); }
+    ic_seg *s = &st->segs[segno];
+    s->base = p; s->len = len; s->nslots = nslots; s->verified = bits; s->header_ok = 0;
+    return IC_OK;
+}
+
+void ic_store_unmap(ic_store *st, uint32_t segno) {
+    if (segno >= st->nsegs || !st->segs[segno].base) return;
+    ic_seg *s = &st->segs[segno];
+    munmap(s->base, (size_t)s->len);
+    free(s->verified);
+    memset(s, 0, sizeof *s);
+}
+
+const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out) {
+    if (segno >= st->nsegs || !st->segs[segno].base) { *len_out = 0; return NULL; }
+    *len_out = st->segs[segno].len;
+    return st->segs[segno].base;
+}
+
+/* A segment's header is checked once, on first use: magic, checksum, number,
+ * image identity and page size.  A segment from another image or a renamed
+ * file cannot serve pages to this one. */
+static int check_header(ic_store *st, uint32_t segno, ic_seg *s) {
+    const uint8_t *h = s->base;
+    if (memcmp(h, SEG_MAGIC, 8) != 0)
+        return fail(st, IC_CORRUPT, "seg-%06u: not an imago segment (bad magic)", segno);
+    if (ic_hash(h, 120, 0) != ld64(h + 120))
+        return fail(st, IC_CORRUPT, "seg-%06u: segment header fails its checksum", segno);
+    if (ld32(h + 12) != st->page_size || ld32(h + 24) != segno || ld64(h + 16) != s->len
+        || memcmp(h + 32, st->image_id, 16) != 0)
+        return fail(st, IC_CORRUPT, "seg-%06u: header does not match this image", segno);
+    s->header_ok = 1;
+    return IC_OK;
+}
+
+static inline uint32_t loc_seg(uint64_t loc) { return (uint32_t)(loc >> 32); }
+static inline uint32_t loc_slot(uint64_t loc) { return (uint32_t)loc; }
+
+/* The address of the slot `loc` names, bounds-checked; NULL with st->err set. */
+static const uint8_t *slot_ptr(ic_store *st, uint64_t loc, ic_seg **seg_out) {
+    uint32_t segno = loc_seg(loc), slot = loc_slot(loc);
+    if (segno >= st->nsegs || !st->segs[segno].base) {
+        fail(st, IC_MISSING, "segment seg-%06u is missing", segno);
+        return NULL;
+    }
+    ic_seg *s = &st->segs[segno];
+    if (slot == 0 || slot >= s->nslots) {
+        fail(st, IC_CORRUPT, "location seg-%06u slot %u is outside the segment", segno, slot);
+        return NULL;
+    }
+    if (!s->header_ok && check_header(st, segno, s) != IC_OK) return NULL;
+    *seg_out = s;
+    return s->base + ((uint64_t)slot << st->page_shift);
+}
+
+static inline uint64_t page_seed(ic_store *st, uint64_t page_no) {
+    return st->salt ^ (page_no * GOLDEN);
+}
+
+static inline uint64_t node_seed(ic_store *st, int level) {
+    return st->salt ^ (NODE_SEED + (uint64_t)level);
+}
+
+uint64_t ic_page_sum(ic_store *st, uint64_t page_no, const uint8_t *data) {
+    return ic_hash(data, st->page_size, page_seed(st, page_no));
+}
+
+uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data) {
+    return ic_hash(data, st->page_size, node_seed(st, level));
+}
+
+/* Return the verified bytes of a slot.  `force` re-hashes even a slot that
+ * passed before (ic_tree_check uses it). */
+static const uint8_t *verified_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t seed,
+                                    int force, int *mismatch) {
+    ic_seg *s;
+    *mismatch = 0;
+    const uint8_t *p = slot_ptr(st, loc, &s);
+    if (!p) return NULL;
+    uint32_t slot = loc_slot(loc);
+    uint8_t bit = (uint8_t)(1u << (slot & 7));
+    if (!force && (s->verified[slot >> 3] & bit)) return p;
+    if (ic_hash(p, st->page_size, seed) != sum) { *mismatch = 1; return NULL; }
+    s->verified[slot >> 3] |= bit;
+    return p;
+}
+
+static const uint8_t *page_bytes(ic_store *st, uint64_t page_no, const uint8_t *entry, int force) {
+    uint64_t loc = ld64(entry);
+    int mismatch;
+    const uint8_t *p = verified_slot(st, loc, ld64(entry + 8), page_seed(st, page_no), force,
+                                     &mismatch);
+    if (mismatch)
+        fail(st, IC_CORRUPT,
+             "page %llu (written by commit %llu, at seg-%06u slot %u) fails its checksum",
+             (unsigned long long)page_no, (unsigned long long)ld64(entry + 16), loc_seg(loc),
+             loc_slot(loc));
+    return p;
+}
+
+static const uint8_t *node_bytes(ic_store *st, int level, uint64_t loc, uint64_t sum, int force) {
+    int mismatch;
+    const uint8_t *p = verified_slot(st, loc, sum, node_seed(st, level), force, &mismatch);
+    if (mismatch)
+        fail(st, IC_CORRUPT, "page-table node at seg-%06u slot %u (level %d) fails its checksum",
+             loc_seg(loc), loc_slot(loc), level);
+    return p;
+}
+
+int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no) {
+    clear_err(st);
+    uint8_t e[ENTRY_SIZE] = {0};
+    st64(e, loc); st64(e + 8, sum);
+    return page_bytes(st, page_no, e, 1) ? IC_OK : err_code(st);
+}
+
+/* ------------------------------------------------------------------ */
+/* the page table: a copy-on-write radix tree                          */
+
+typedef struct ic_mnode {
+    struct ic_mnode **kids;   /* interior nodes only; NULL entries: see the disk entry */
+    uint64_t orig_loc;        /* the disk node this copy replaces, 0 if new */
+    uint8_t data[];           /* page_size bytes of entries */
+} ic_mnode;
+
+struct ic_tree {
+    ic_store *st;
+    int depth;                 /* 0: empty */
+    uint8_t root[ENTRY_SIZE];  /* the disk root, when root_mem is NULL */
+    ic_mnode *root_mem;
+    uint64_t nmem;             /* memory nodes: what the next checkpoint writes */
+    uint64_t *usage;           /* live slots per segment (invariant 3) */
+    uint32_t usage_cap;
+    uint32_t fanout;           /* a copy, so freeing a tree never reads its store */
+};
+
+static inline uint32_t fanout(ic_store *st) { return 1u << st->fanout_shift; }
+
+static inline uint32_t index_at(ic_store *st, uint64_t page_no, int level) {
+    return (uint32_t)(page_no >> (st->fanout_shift * level)) & (fanout(st) - 1);
+}
+
+static int depth_for(ic_store *st, uint64_t page_no) {
+    int d = 1;
+    while (d < MAX_DEPTH && (page_no >> (st->fanout_shift * d)) != 0) d++;
+    return d;
+}
+
+ic_tree *ic_tree_new(ic_store *st, const uint8_t *root_entry, int depth) {
+    if (depth < 0 || depth > MAX_DEPTH) return NULL;
+    ic_tree *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->st = st;
+    t->fanout = fanout(st);
+    t->depth = root_entry && ld64(root_entry) ? depth : 0;
+    if (t->depth) memcpy(t->root, root_entry, ENTRY_SIZE);
+    return t;
+}
+
+static void free_mnode(ic_tree *t, ic_mnode *m, int level) {
+    if (!m) return;
+    if (m->kids) {
+        for (uint32_t i = 0; i < t->fanout; i++) free_mnode(t, m->kids[i], level - 1);
+        free(m->kids);
+    }
+    free(m);
+}
+
+void ic_tree_free(ic_tree *t) {
+    if (!t) return;
+    free_mnode(t, t->root_mem, t->depth - 1);
+    free(t->usage);
+    free(t);
+}
+
+int ic_tree_depth(ic_tree *t) { return t->depth; }
+uint64_t ic_tree_dirty_nodes(ic_tree *t) { return t->nmem; }
+
+static int usage_add(ic_tree *t, uint64_t loc, int64_t delta) {
+    if (!loc) return IC_OK;
+    uint32_t s = loc_seg(loc);
+    if (s >= t->usage_cap) {
+        uint32_t n = t->usage_cap ? t->usage_cap : 16;
+        while (n <= s) n *= 2;
+        uint64_t *u = realloc(t->usage, (size_t)n * sizeof *u);
+        if (!u) return fail(t->st, IC_NOMEM, "out of memory growing segment usage");
+        memset(u + t->usage_cap, 0, (size_t)(n - t->usage_cap) * sizeof *u);
+        t->usage = u;
+        t->usage_cap = n;
+    }
+    t->usage[s] += (uint64_t)delta;
+    return IC_OK;
+}
+
+uint32_t ic_tree_usage_cap(ic_tree *t) { return t->usage_cap; }
+uint64_t ic_tree_usage(ic_tree *t, uint32_t s) { return s < t->usage_cap ? t->usage[s] : 0; }
+
+int ic_tree_set_usage(ic_tree *t, uint32_t s, uint64_t live) {
+    int rc = usage_add(t, (uint64_t)s << 32 | 1, 0);
+    if (rc == IC_OK) t->usage[s] = live;
+    return rc;
+}
+
+/* A memory copy of the node an entry points at (or an empty node). */
+static ic_mnode *new_mnode(ic_tree *t, int level, const uint8_t *entry) {
+    ic_store *st = t->st;
+    ic_mnode *m = malloc(sizeof *m + st->page_size);
+    if (!m) { fail(st, IC_NOMEM, "out of memory for a page-table node"); return NULL; }
+    m->kids = NULL;
+    m->orig_loc = entry ? ld64(entry) : 0;
+    if (level > 0) {
+        m->kids = calloc(fanout(st), sizeof *m->kids);
+        if (!m->kids) { free(m); fail(st, IC_NOMEM, "out of memory"); return NULL; }
+    }
+    if (m->orig_loc) {
+        const uint8_t *src = node_bytes(st, level, m->orig_loc, ld64(entry + 8), 0);
+        if (!src || usage_add(t, m->orig_loc, -1) != IC_OK) { free(m->kids); free(m); return NULL; }
+        memcpy(m->data, src, st->page_size);
+    } else {
+        memset(m->data, 0, st->page_size);
+    }
+    t->nmem++;
+    return m;
+}
+
+int ic_tree_get(ic_tree *t, uint64_t page_no, uint8_t *out) {
+    ic_store *st = t->st;
+    clear_err(st);
+    memset(out, 0, ENTRY_SIZE);
+    if (t->depth == 0 || depth_for(st, page_no) > t->depth) return IC_OK;
+    ic_mnode *m = t->root_mem;
+    const uint8_t *node = m ? m->data : NULL;
+    uint64_t loc = ld64(t->root), sum = ld64(t->root + 8);
+    for (int level = t->depth - 1;; level--) {
+        if (!node && !(node = node_bytes(st, level, loc, sum, 0))) return err_code(st);
+        const uint8_t *e = node + (size_t)index_at(st, page_no, level) * ENTRY_SIZE;
+        if (level == 0) { memcpy(out, e, ENTRY_SIZE); return IC_OK; }
+        ic_mnode *kid = m ? m->kids[index_at(st, page_no, level)] : NULL;
+        if (kid) { m = kid; node = kid->data; continue; }
+        loc = ld64(e); sum = ld64(e + 8);
+        if (!loc) return IC_OK;
+        m = NULL; node = NULL;
+    }
+}
+
+/* Make the tree deep enough for page_no: each new root holds the old one at 0. */
+static int grow(ic_tree *t, uint64_t page_no) {
+    int need = depth_for(t->st, page_no);
+    if (t->depth == 0) { t->depth = need; return IC_OK; }
+    while (t->depth < need) {
+        ic_mnode *r = new_mnode(t, t->depth, NULL);
+        if (!r) return IC_NOMEM;
+        if (t->root_mem) r->kids[0] = t->root_mem;
+        else memcpy(r->data, t->root, ENTRY_SIZE);
+        t->root_mem = r;
+        memset(t->root, 0, ENTRY_SIZE);
+        t->depth++;
+    }
+    return IC_OK;
+}
+
+/* The leaf entry for page_no, with every node on its path copied to memory. */
+static uint8_t *leaf_for_write(ic_tree *t, uint64_t page_no) {
+    ic_store *st = t->st;
+    if (grow(t, page_no) != IC_OK) return NULL;
+    if (!t->root_mem) {
+        t->root_mem = new_mnode(t, t->depth - 1, ld64(t->root) ? t->root : NULL);
+        if (!t->root_mem) return NULL;
+    }
+    ic_mnode *m = t->root_mem;
+    for (int level = t->depth - 1; level > 0; level--) {
+        uint32_t i = index_at(st, page_no, level);
+        if (!m->kids[i]) {
+            uint8_t *e = m->data + (size_t)i * ENTRY_SIZE;
+            m->kids[i] = new_mnode(t, level - 1, ld64(e) ? e : NULL);
+            if (!m->kids[i]) return NULL;
+        }
+        m = m->kids[i];
+    }
+    return m->data + (size_t)index_at(st, page_no, 0) * ENTRY_SIZE;
+}
+
+static int set_entry(ic_tree *t, uint64_t page_no, const uint8_t *entry, uint8_t *old_out) {
+    if (page_no >> MAX_PAGE_BITS)
+        return fail(t->st, IC_RANGE, "page number %llu is past the largest image",
+                    (unsigned long long)page_no);
+    uint8_t *leaf = leaf_for_write(t, page_no);
+    if (!leaf) return err_code(t->st);
+    if (old_out) memcpy(old_out, leaf, ENTRY_SIZE);
+    int rc = usage_add(t, ld64(leaf), -1);
+    if (rc == IC_OK) rc = usage_add(t, ld64(entry), +1);
+    if (rc == IC_OK) memcpy(leaf, entry, ENTRY_SIZE);
+    return rc;
+}
+
+/* Apply one commit's page list: pairs are (page_no u64, sum u64), written at
+ * consecutive slots from first_loc. */
+/* On failure part-way, an apply given olds_out puts back what it changed, so
+ * the caller sees all or nothing. */
+static int unwind(ic_tree *t, int rc, uint64_t done, const uint8_t *keys, uint64_t stride,
+                  const uint8_t *olds) {
+    char saved[sizeof t->st->err];
+    int code = t->st->code;
+    memcpy(saved, t->st->err, sizeof saved);
+    if (olds) ic_tree_restore(t, done, keys, stride, olds);
+    memcpy(t->st->err, saved, sizeof saved);
+    t->st->code = code;
+    return rc;
+}
+
+int ic_tree_apply(ic_tree *t, uint64_t n, const uint8_t *pairs, uint64_t first_loc,
+                  uint64_t commit, uint8_t *olds_out) {
+    clear_err(t->st);
+    uint8_t e[ENTRY_SIZE] = {0};
+    for (uint64_t i = 0; i < n; i++) {
+        st64(e, first_loc + i);
+        st64(e + 8, ld64(pairs + 16 * i + 8));
+        st64(e + 16, commit);
+        int rc = set_entry(t, ld64(pairs + 16 * i), e, olds_out ? olds_out + ENTRY_SIZE * i : NULL);
+        if (rc) return unwind(t, rc, i, pairs, 16, olds_out);
+    }
+    return IC_OK;
+}
+
+int ic_tree_apply_freed(ic_tree *t, uint64_t n, const uint8_t *pages, uint64_t commit,
+                        uint8_t *olds_out) {
+    clear_err(t->st);
+    uint8_t e[ENTRY_SIZE] = {0};
+    (void)commit;   /* a dropped page has no location, so nothing names its commit */
+    for (uint64_t i = 0; i < n; i++) {
+        int rc = set_entry(t, ld64(pages + 8 * i), e, olds_out ? olds_out + ENTRY_SIZE * i : NULL);
+        if (rc) return unwind(t, rc, i, pages, 8, olds_out);
+    }
+    return IC_OK;
+}
+
+/* Undo an apply that could not be committed: put back the old entries, last first. */
+int ic_tree_restore(ic_tree *t, uint64_t n, const uint8_t *pages, uint64_t stride,
+                    const uint8_t *olds) {
+    for (uint64_t i = n; i-- > 0;) {
+        int rc = set_entry(t, ld64(pages + stride * i), olds + ENTRY_SIZE * i, NULL);
+        if (rc) return rc;
+    }
+    return IC_OK;
+}
+
+/* Write every memory node, children first, to out[] as if at consecutive
+ * slots from first_loc.  Does not change the tree: the caller adopts the new
+ * root only once the checkpoint is durable. */
+static int serialize(ic_tree *t, ic_mnode *m, int level, uint64_t first_loc, uint8_t *out,
+                     uint64_t cap, uint64_t *count, uint8_t *entry_out) {
+    ic_store *st = t->st;
+    uint8_t *copy = malloc(st->page_size);
+    if (!copy) return fail(st, IC_NOMEM, "out of memory in checkpoint");
+    memcpy(copy, m->data, st->page_size);
+    for (uint32_t i = 0; m->kids && i < fanout(st); i++) {
+        if (!m->kids[i]) continue;
+        int rc = serialize(t, m->kids[i], level - 1, first_loc, out, cap, count,
+                           copy + (size_t)i * ENTRY_SIZE);
+        if (rc) { free(copy); return rc; }
+    }
+    if (*count >= cap) { free(copy); return fail(st, IC_RANGE, "checkpoint buffer too small"); }
+    uint64_t loc = first_loc + *count;
+    memcpy(out + (*count << st->page_shift), copy, st->page_size);
+    free(copy);
+    memset(entry_out, 0, ENTRY_SIZE);
+    st64(entry_out, loc);
+    st64(entry_out + 8, ic_node_sum(st, level, out + (*count << st->page_shift)));
+    (*count)++;
+    return IC_OK;
+}
+
+int ic_tree_serialize(ic_tree *t, uint64_t first_loc, uint8_t *out, uint64_t cap,
+                      uint8_t *root_out, int *depth_out) {
+    clear_err(t->st);
+    *depth_out = t->depth;
+    if (!t->root_mem) { memcpy(root_out, t->root, ENTRY_SIZE); return IC_OK; }
+    uint64_t count = 0;
+    int rc = serialize(t, t->root_mem, t->depth - 1, first_loc, out, cap, &count, root_out);
+    if (rc == IC_OK && count != t->nmem)
+        rc = fail(t->st, IC_CORRUPT, "checkpoint wrote %llu nodes, expected %llu",
+                  (unsigned long long)count, (unsigned long long)t->nmem);
+    return rc;
+}
+
+static void retire(ic_tree *t, ic_mnode *m, int level) {
+    if (!m) return;
+    if (m->kids) {
+        for (uint32_t i = 0; i < fanout(t->st); i++) retire(t, m->kids[i], level - 1);
+        free(m->kids);
+    }
+    free(m);
+}
+
+/* The checkpoint written by ic_tree_serialize is durable: drop the memory
+ * nodes, account the nodes they replaced, and read from the new root. */
+void ic_tree_adopt(ic_tree *t, const uint8_t *root_entry, int depth, uint64_t first_loc,
+                   uint64_t nnodes) {
+    retire(t, t->root_mem, t->depth - 1);
+    t->root_mem = NULL;
+    t->nmem = 0;
+    t->depth = ld64(root_entry) ? depth : 0;
+    memcpy(t->root, root_entry, ENTRY_SIZE);
+    if (nnodes) usage_add(t, first_loc, (int64_t)nnodes);
+}
+
+/* ------------------------------------------------------------------ */
+/* the verifier                                                        */
+
+typedef struct {
+    ic_tree *t;
+    uint64_t pages, nodes;
+    uint64_t *counts;          /* per segment, compared with t->usage */
+    uint8_t **seen;            /* per segment bitmap: invariant 3, no slot twice */
+} checker;
+
+static int mark_seen(checker *c, uint64_t loc) {
+    ic_store *st = c->t->st;
+    uint32_t s = loc_seg(loc), slot = loc_slot(loc);
+    if (s >= st->nsegs || !st->segs[s].base)
+        return fail(st, IC_MISSING, "segment seg-%06u is missing", s);
+    if (slot >= st->segs[s].nslots)
+        return fail(st, IC_CORRUPT, "location seg-%06u slot %u is outside the segment", s, slot);
+    if (!c->seen[s] && !(c->seen[s] = calloc(1, (size_t)(st->segs[s].nslots + 7) / 8)))
+        return fail(st, IC_NOMEM, "out of memory in check");
+    uint8_t bit = (uint8_t)(1u << (slot & 7));
+    if (c->seen[s][slot >> 3] & bit)
+        return fail(st, IC_CORRUPT, "seg-%06u slot %u is reachable twice", s, slot);
+    c->seen[s][slot >> 3] |= bit;
+    c->counts[s]++;
+    return IC_OK;
+}
+
+static int check_node(checker *c, ic_mnode *m, const uint8_t *entry, int level, uint64_t prefix) {
+    ic_store *st = c->t->st;
+    const uint8_t *node;
+    if (m) {
+        node = m->data;
+    } else {
+        int rc = mark_seen(c, ld64(entry));
+        if (rc) return rc;
+        if (!(node = node_bytes(st, level, ld64(entry), ld64(entry + 8), 1))) return err_code(st);
+        c->nodes++;
+    }
+    for (uint32_t i = 0; i < fanout(st); i++) {
+        const uint8_t *e = node + (size_t)i * ENTRY_SIZE;
+        uint64_t page_no = (prefix << st->fanout_shift) | i;
+        ic_mnode *kid = m && m->kids ? m->kids[i] : NULL;
+        if (level > 0 && (kid || ld64(e))) {
+            int rc = check_node(c, kid, e, level - 1, page_no);
+            if (rc) return rc;
+        } else if (level == 0 && ld64(e)) {
+            int rc = mark_seen(c, ld64(e));
+            if (rc) return rc;
+            if (!page_bytes(st, page_no, e, 1)) return err_code(st);
+            c->pages++;
+        }
+    }
+    return IC_OK;
+}
+
+int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out) {
+    ic_store *st = t->st;
+    clear_err(st);
+    checker c = {t, 0, 0, calloc(st->nsegs + 1, sizeof(uint64_t)), calloc(st->nsegs + 1, sizeof(uint8_t *))};
+    int rc = (!c.counts || !c.seen) ? fail(st, IC_NOMEM, "out of memory in check") : IC_OK;
+    if (rc == IC_OK && t->depth)
+        rc = check_node(&c, t->root_mem, t->root, t->depth - 1, 0);
+    uint32_t top = st->nsegs > t->usage_cap ? st->nsegs : t->usage_cap;
+    for (uint32_t s = 0; rc == IC_OK && s < top; s++) {
+        uint64_t counted = s < st->nsegs ? c.counts[s] : 0;
+        if (counted != ic_tree_usage(t, s))
+            rc = fail(st, IC_CORRUPT, "seg-%06u: %llu live slots reachable, accounting says %llu",
+                      s, (unsigned long long)counted, (unsigned long long)ic_tree_usage(t, s));
+    }
+    for (uint32_t s = 0; c.seen && s < st->nsegs; s++) free(c.seen[s]);
+    free(c.seen);
+    free(c.counts);
+    *pages_out = c.pages;
+    *nodes_out = c.nodes;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* dirty pages: open addressing, linear probing                        */
+
+#define EMPTY_KEY UINT64_MAX
+
+struct ic_dirty {
+    uint32_t page_size;
+    uint64_t cap, count;       /* cap is a power of two; count <= cap / 2 */
+    uint64_t *keys;
+    uint8_t **vals;
+};
+
+static int dirty_alloc(ic_dirty *d, uint64_t cap) {
+    d->keys = malloc(cap * sizeof *d->keys);
+    d->vals = calloc(cap, sizeof *d->vals);
+    if (!d->keys || !d->vals) { free(d->keys); free(d->vals); return IC_NOMEM; }
+    for (uint64_t i = 0; i < cap; i++) d->keys[i] = EMPTY_KEY;
+    d->cap = cap;
+    d->count = 0;
+    return IC_OK;
+}
+
+ic_dirty *ic_dirty_new(uint32_t page_size) {
+    ic_dirty *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->page_size = page_size;
+    if (dirty_alloc(d, 64) != IC_OK) { free(d); return NULL; }
+    return d;
+}
+
+static void free_vals(ic_dirty *d) {
+    for (uint64_t i = 0; i < d->cap; i++)
+        if (d->keys[i] != EMPTY_KEY && d->vals[i] != FREED) free(d->vals[i]);
+}
+
+void ic_dirty_free(ic_dirty *d) {
+    if (!d) return;
+    free_vals(d);
+    free(d->keys);
+    free(d->vals);
+    free(d);
+}
+
+void ic_dirty_clear(ic_dirty *d) {
+    free_vals(d);
+    for (uint64_t i = 0; i < d->cap; i++) { d->keys[i] = EMPTY_KEY; d->vals[i] = NULL; }
+    d->count = 0;
+}
+
+uint64_t ic_dirty_count(ic_dirty *d) { return d->count; }
+
+static inline uint64_t slot_of(ic_dirty *d, uint64_t key) {
+    uint64_t i = (key * GOLDEN) >> 17;   /* high bits mix best for sequential page numbers */
+    for (i &= d->cap - 1; d->keys[i] != EMPTY_KEY && d->keys[i] != key; i = (i + 1) & (d->cap - 1)) {}
+    return i;
+}
+
+static uint8_t *dirty_find(ic_dirty *d, uint64_t key) {
+    uint64_t i = slot_of(d, key);
+    return d->keys[i] == key ? d->vals[i] : NULL;
+}
+
+static int dirty_put(ic_dirty *d, uint64_t key, uint8_t *val) {
+    if ((d->count + 1) * 2 > d->cap) {
+        ic_dirty old = *d;
+        if (dirty_alloc(d, old.cap * 2) != IC_OK) { *d = old; return IC_NOMEM; }
+        for (uint64_t i = 0; i < old.cap; i++)
+            if (old.keys[i] != EMPTY_KEY) dirty_put(d, old.keys[i], old.vals[i]);
+        free(old.keys);
+        free(old.vals);
+    }
+    uint64_t i = slot_of(d, key);
+    if (d->keys[i] == EMPTY_KEY) d->count++;
+    else if (d->vals[i] != FREED && d->vals[i] != val) free(d->vals[i]);
+    d->keys[i] = key;
+    d->vals[i] = val;
+    return IC_OK;
+}
+
+int ic_dirty_drop(ic_dirty *d, uint64_t page_no) {
+    if (page_no >> MAX_PAGE_BITS) return IC_RANGE;
+    return dirty_put(d, page_no, FREED);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Lay out the dirty pages for a commit in page-number order: pairs_out gets
+ * (page_no, sum) and pages_out the bytes; freed_out the dropped pages. */
+int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
+              uint64_t *nwritten, uint8_t *freed_out, uint64_t *nfreed) {
+    ic_store *st = t->st;
+    uint64_t *keys = malloc((d->count + 1) * sizeof *keys), n = 0, w = 0, f = 0;
+    if (!keys) return fail(st, IC_NOMEM, "out of memory in commit");
+    for (uint64_t i = 0; i < d->cap; i++)
+        if (d->keys[i] != EMPTY_KEY) keys[n++] = d->keys[i];
+    qsort(keys, n, sizeof *keys, cmp_u64);
+    for (uint64_t i = 0; i < n; i++) {
+        uint8_t *page = dirty_find(d, keys[i]);
+        if (page == FREED) { st64(freed_out + 8 * f++, keys[i]); continue; }
+        memcpy(pages_out + (w << st->page_shift), page, st->page_size);
+        st64(pairs_out + 16 * w, keys[i]);
+        st64(pairs_out + 16 * w + 8, ic_page_sum(st, keys[i], page));
+        w++;
+    }
+    free(keys);
+    *nwritten = w;
+    *nfreed = f;
+    return IC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* page and address access                                             */
+
+const uint8_t *ic_page_read(ic_tree *t, ic_dirty *d, uint64_t page_no) {
+    ic_store *st = t->st;
+    clear_err(st);
+    if (page_no >> MAX_PAGE_BITS) {
+        fail(st, IC_RANGE, "page number %llu is past the largest image", (unsigned long long)page_no);
+        return NULL;
+    }
+    if (d) {
+        uint8_t *p = dirty_find(d, page_no);
+        if (p) return p == FREED ? st->zero_page : p;
+    }
+    uint8_t e[ENTRY_SIZE];
+    if (ic_tree_get(t, page_no, e) != IC_OK) return NULL;
+    if (!ld64(e)) return st->zero_page;
+    return page_bytes(st, page_no, e, 0);
+}
+
+uint8_t *ic_page_for_write(ic_tree *t, ic_dirty *d, uint64_t page_no) {
+    ic_store *st = t->st;
+    clear_err(st);
+    uint8_t *p = dirty_find(d, page_no);
+    if (p && p != FREED) return p;
+    const uint8_t *src = p == FREED ? st->zero_page : ic_page_read(t, NULL, page_no);
+    if (!src) return NULL;
+    uint8_t *copy = malloc(st->page_size);
+    if (!copy) { fail(st, IC_NOMEM, "out of memory for a dirty page"); return NULL; }
+    memcpy(copy, src, st->page_size);
+    if (dirty_put(d, page_no, copy) != IC_OK) {
+        free(copy);
+        fail(st, IC_NOMEM, "out of memory for the dirty table");
+        return NULL;
+    }
+    return copy;
+}
+
+static int range_ok(ic_store *st, uint64_t addr, uint64_t len) {
+    uint64_t limit = (uint64_t)1 << (MAX_PAGE_BITS + st->page_shift);
+    if (addr > limit || len > limit - addr)
+        return fail(st, IC_RANGE, "address range %llu+%llu is past the largest image",
+                    (unsigned long long)addr, (unsigned long long)len);
+    return IC_OK;
+}
+
+int ic_read(ic_tree *t, ic_dirty *d, uint64_t addr, uint8_t *out, uint64_t len) {
+    ic_store *st = t->st;
+    if (range_ok(st, addr, len)) return IC_RANGE;
+    while (len) {
+        uint64_t off = addr & (st->page_size - 1), n = st->page_size - off;
+        if (n > len) n = len;
+        const uint8_t *p = ic_page_read(t, d, addr >> st->page_shift);
+        if (!p) return err_code(st);
+        memcpy(out, p + off, n);
+        out += n; addr += n; len -= n;
+    }
+    return IC_OK;
+}
+
+int ic_write(ic_tree *t, ic_dirty *d, uint64_t addr, const uint8_t *src, uint64_t len) {
+    ic_store *st = t->st;
+    if (range_ok(st, addr, len)) return IC_RANGE;
+    while (len) {
+        uint64_t off = addr & (st->page_size - 1), n = st->page_size - off;
+        if (n > len) n = len;
+        uint8_t *p = ic_page_for_write(t, d, addr >> st->page_shift);
+        if (!p) return err_code(st);
+        memcpy(p + off, src, n);
+        src += n; addr += n; len -= n;
+    }
+    return IC_OK;
+}
+
+int ic_read_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t *out) {
+    ic_store *st = t->st;
+    uint64_t off = addr & (st->page_size - 1);
+    if (off + 8 <= st->page_size && !(addr >> (MAX_PAGE_BITS + st->page_shift))) {
+        const uint8_t *p = ic_page_read(t, d, addr >> st->page_shift);
+        if (!p) return err_code(st);
+        *out = ld64(p + off);
+        return IC_OK;
+    }
+    uint8_t b[8];
+    int rc = ic_read(t, d, addr, b, 8);
+    if (rc == IC_OK) *out = ld64(b);
+    return rc;
+}
+
+int ic_write_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t value) {
+    uint8_t b[8];
+    st64(b, value);
+    return ic_write(t, d, addr, b, 8);
+}

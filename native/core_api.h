@@ -1,0 +1,68 @@
+/* The public face of imago's C core.  This file is read twice: by core.c, and
+ * verbatim by cffi's cdef in build_core.py, so it holds declarations only: no
+ * preprocessor lines, no macros.  See core.c for what each function owns.
+ *
+ * Every function that can fail returns an ic_status (or NULL) and leaves a
+ * message in ic_errmsg(store); the Python side turns the code into an
+ * exception in exactly one place (pager/_native.py). */
+
+typedef struct ic_store ic_store;
+typedef struct ic_tree ic_tree;
+typedef struct ic_dirty ic_dirty;
+
+enum ic_status {
+    IC_OK = 0,
+    IC_CORRUPT = 1,   /* bytes from disk failed a checksum or a bounds check */
+    IC_RANGE = 2,     /* an address or length from the caller is out of range */
+    IC_NOMEM = 3,
+    IC_IO = 4,        /* mmap failed */
+    IC_MISSING = 5    /* a location names a segment that is not mapped */
+};
+
+uint64_t ic_hash(const uint8_t *data, size_t len, uint64_t seed);
+
+ic_store *ic_store_new(uint32_t page_size, uint64_t salt, const uint8_t *image_id);
+void ic_store_free(ic_store *st);
+const char *ic_errmsg(ic_store *st);
+int ic_errcode(ic_store *st);
+int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len);
+void ic_store_unmap(ic_store *st, uint32_t segno);
+const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out);
+uint64_t ic_page_sum(ic_store *st, uint64_t page_no, const uint8_t *data);
+uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data);
+int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no);
+
+ic_tree *ic_tree_new(ic_store *st, const uint8_t *root_entry, int depth);
+void ic_tree_free(ic_tree *t);
+int ic_tree_depth(ic_tree *t);
+uint64_t ic_tree_dirty_nodes(ic_tree *t);
+int ic_tree_get(ic_tree *t, uint64_t page_no, uint8_t *entry_out);
+int ic_tree_apply(ic_tree *t, uint64_t n, const uint8_t *pairs, uint64_t first_loc,
+                  uint64_t commit, uint8_t *olds_out);
+int ic_tree_apply_freed(ic_tree *t, uint64_t n, const uint8_t *pages, uint64_t commit,
+                        uint8_t *olds_out);
+int ic_tree_restore(ic_tree *t, uint64_t n, const uint8_t *pages, uint64_t stride,
+                    const uint8_t *olds);
+int ic_tree_serialize(ic_tree *t, uint64_t first_loc, uint8_t *out, uint64_t cap,
+                      uint8_t *root_out, int *depth_out);
+void ic_tree_adopt(ic_tree *t, const uint8_t *root_entry, int depth, uint64_t first_loc,
+                   uint64_t nnodes);
+uint32_t ic_tree_usage_cap(ic_tree *t);
+uint64_t ic_tree_usage(ic_tree *t, uint32_t segno);
+int ic_tree_set_usage(ic_tree *t, uint32_t segno, uint64_t live);
+int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out);
+
+ic_dirty *ic_dirty_new(uint32_t page_size);
+void ic_dirty_free(ic_dirty *d);
+void ic_dirty_clear(ic_dirty *d);
+uint64_t ic_dirty_count(ic_dirty *d);
+int ic_dirty_drop(ic_dirty *d, uint64_t page_no);
+int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
+              uint64_t *nwritten, uint8_t *freed_out, uint64_t *nfreed);
+
+const uint8_t *ic_page_read(ic_tree *t, ic_dirty *d, uint64_t page_no);
+uint8_t *ic_page_for_write(ic_tree *t, ic_dirty *d, uint64_t page_no);
+int ic_read(ic_tree *t, ic_dirty *d, uint64_t addr, uint8_t *out, uint64_t len);
+int ic_write(ic_tree *t, ic_dirty *d, uint64_t addr, const uint8_t *src, uint64_t len);
+int ic_read_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t *out);
+int ic_write_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t value);

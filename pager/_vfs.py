@@ -1,0 +1,67 @@
+"""The file boundary: every write, sync, rename and unlink the pager makes goes
+through one ``Vfs`` object, as SQLite's do through its VFS.  Tests swap in a
+subclass that fails the Nth call or holds writes until sync and then keeps,
+drops or garbles them (tests/faults.py), so fault injection needs no mocking
+of the pager itself.
+
+Reads do not pass through here: committed bytes are read through read-only
+mappings owned by the C core.  That is safe for the crash shim because the
+pager never reads bytes of a commit before that commit's sync has returned.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+class Vfs:
+    """The real operating system."""
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def pwritev(self, fd: int, buffers: list, offset: int) -> None:
+        for buf in buffers:
+            self.pwrite(fd, buf, offset)
+            offset += len(buf)
+
+    def fdatasync(self, fd: int) -> None:
+        if sys.platform == "darwin":   # fsync on macOS does not reach the platter
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+        else:
+            os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        self.fdatasync(fd) if sys.platform == "darwin" else os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)

@@ -1,0 +1,25 @@
+"""Build and install imago: the C core (cffi, API mode) and the Python layers."""
+from setuptools import setup
+
+setup(
+    name="imago",
+    version="0.1.0",
+    description="A persistent, Smalltalk-like object image for Python",
+    python_requires=">=3.11",
+    packages=["native", "pager", "image", "vm", "snapshots", "browser"],
+    package_data={"native": ["core.c", "core_api.h"]},
+    setup_requires=["cffi>=1.16,<3"],
+    cffi_modules=["native/build_core.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.16,<3",
+        "sortedcontainers>=2.4,<3",
+        "zstandard>=0.22,<1",
+        "prompt_toolkit>=3.0.40,<4",
+    ],
+    extras_require={
+        # pytest and hypothesis run the suite; lmdb is a benchmark peer that the
+        # benchmark smoke test imports (sqlite3 ships with Python).
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "lmdb>=1.4,<4"],
+    },
+    entry_points={"console_scripts": ["imago = browser.cli:main"]},
+)
