@@ -342,10 +342,10 @@ static const uint8_t *node_bytes(ic_store *st, int level, uint64_t loc, uint64_t
     return p;
 }
 
-int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no) {
+int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no, uint64_t commit) {
     clear_err(st);
     uint8_t e[ENTRY_SIZE] = {0};
-    st64(e, loc); st64(e + 8, sum);
+    st64(e, loc); st64(e + 8, sum); st64(e + 16, commit);
     return page_bytes(st, page_no, e, 1) ? IC_OK : err_code(st);
 }
 

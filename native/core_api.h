@@ -30,7 +30,7 @@ void ic_store_unmap(ic_store *st, uint32_t segno);
 const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out);
 uint64_t ic_page_sum(ic_store *st, uint64_t page_no, const uint8_t *data);
 uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data);
-int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no);
+int ic_verify_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t page_no, uint64_t commit);
 
 ic_tree *ic_tree_new(ic_store *st, const uint8_t *root_entry, int depth);
 void ic_tree_free(ic_tree *t);

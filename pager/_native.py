@@ -73,8 +73,8 @@ class NativeStore:
             return None
         return memoryview(ffi.buffer(base, length[0])).toreadonly()
 
-    def verify_slot(self, loc: int, page_sum: int, page_no: int) -> None:
-        self.check(lib.ic_verify_slot(self.ptr, loc, page_sum, page_no))
+    def verify_slot(self, loc: int, page_sum: int, page_no: int, commit: int) -> None:
+        self.check(lib.ic_verify_slot(self.ptr, loc, page_sum, page_no, commit))
 
     def close(self) -> None:
         self._finalizer()

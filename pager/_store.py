@@ -198,7 +198,7 @@ class _Image:
         for i in range(rec.npages):
             page_no, page_sum = struct.unpack_from("<QQ", rec.pairs, 16 * i)
             try:
-                self.native.verify_slot(base + i, page_sum, page_no)
+                self.native.verify_slot(base + i, page_sum, page_no, rec.seq)
             except CorruptImage as exc:
                 return str(exc)
         if rec.nnodes:

@@ -1,0 +1,156 @@
+"""The ``imago`` command.
+
+What it does grows issue by issue: today it manages page stores; the Scheme
+issue makes a bare ``imago`` boot the default image into the REPL.
+
+    imago                          open the default image (created on first use) and report on it
+    imago create IMAGE [--page-size N]
+    imago info IMAGE               head, page size, segments, size on disk
+    imago check IMAGE              verify every record, page and page-table node
+    imago commits IMAGE [--json]   the commit history
+
+Every error reaches the user as one line, ``imago: error: ...``, with exit
+status 1; never a traceback.  The default image lives in $IMAGO_HOME, else in
+the user's data directory ($XDG_DATA_HOME/imago, ~/.local/share/imago, or
+~/Library/Application Support/imago on macOS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from pager import PageStore, PagerError, RecoveryWarning
+
+
+def default_image_path() -> str:
+    home = os.environ.get("IMAGO_HOME")
+    if not home:
+        if sys.platform == "darwin":
+            base = os.path.expanduser("~/Library/Application Support")
+        else:
+            base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        home = os.path.join(base, "imago")
+    return os.path.join(home, "default.image")
+
+
+def _size_on_disk(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _print_info(store: PageStore, out) -> None:
+    last = store.commits()[-1]
+    print(f"image      {store.path}", file=out)
+    print(f"head       commit {store.head}, "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last.time))}", file=out)
+    print(f"page size  {store.page_size} bytes", file=out)
+    print(f"on disk    {_human(_size_on_disk(store.path))}", file=out)
+
+
+def cmd_default(args, out) -> int:
+    path = default_image_path()
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        PageStore.create(path).close()
+        print(f"created a new image at {path}", file=out)
+    with PageStore.open(path, readonly=True) as store:
+        _print_info(store, out)
+        result = store.check()
+    print(f"check      ok: {result['commits']} commits, {result['pages']} pages verified",
+          file=out)
+    print("(the Scheme REPL arrives with the next issues; see README.md)", file=out)
+    return 0
+
+
+def cmd_create(args, out) -> int:
+    PageStore.create(args.image, page_size=args.page_size).close()
+    print(f"created {args.image}", file=out)
+    return 0
+
+
+def cmd_info(args, out) -> int:
+    with PageStore.open(args.image, readonly=True) as store:
+        _print_info(store, out)
+    return 0
+
+
+def cmd_check(args, out) -> int:
+    with PageStore.open(args.image, readonly=True) as store:
+        result = store.check()
+    print(f"{args.image}: ok: head {result['head']}, {result['commits']} commits, "
+          f"{result['pages']} pages, {result['nodes']} page-table nodes, "
+          f"{result['segments']} segments", file=out)
+    return 0
+
+
+def cmd_commits(args, out) -> int:
+    with PageStore.open(args.image, readonly=True) as store:
+        commits = store.commits()
+    if args.json:
+        json.dump([{"number": c.number, "parent": c.parent, "time": c.time,
+                    "meta": c.meta.decode("utf-8", "replace"), "pages": len(c.pages)}
+                   for c in commits], out)
+        print(file=out)
+        return 0
+    for c in commits:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time))
+        meta = c.meta.decode("utf-8", "replace")
+        print(f"{c.number:>8}  {when}  {len(c.pages):>6} pages  {meta}", file=out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imago", description="A persistent object image.")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("create", help="make a new, empty image")
+    p.add_argument("image")
+    p.add_argument("--page-size", type=int, default=4096)
+    p.set_defaults(run=cmd_create)
+    for name, run, text in (("info", cmd_info, "what an image holds"),
+                            ("check", cmd_check, "verify every record and page"),
+                            ("commits", cmd_commits, "list the commit history")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("image")
+        p.set_defaults(run=run)
+        if name == "commits":
+            p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    parser.set_defaults(run=cmd_default)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RecoveryWarning)
+            status = args.run(args, out)
+        for w in caught:
+            print(f"imago: warning: {w.message}", file=sys.stderr)
+        return status
+    except BrokenPipeError:   # `imago commits X | head`: the reader left, nothing to say
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (PagerError, OSError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"imago: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imago: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
