@@ -14,7 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from native import ffi, lib
+from native import PageReader, ffi, lib
 from pager import _format as fmt
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)
@@ -283,27 +283,63 @@ class PageView:
     """A read-only view of one commit, in the process that opened it."""
 
     def __init__(self, tree: Tree, commit: int, page_size: int) -> None:
-        self._tree = tree
+        self._tree: Tree | None = tree
         self.commit = commit
         self.page_size = page_size
+        self._reader = _make_reader(self, page_size)
+        self._reader.rebind(_address(tree.ptr), 0)
+
+    def _require_open(self) -> Tree:
+        if self._tree is None:
+            raise PagerError(f"the view of commit {self.commit} is closed")
+        return self._tree
 
     def read(self, page_no: int) -> bytes:
-        return _read_page(self._tree, ffi.NULL, page_no, self.page_size)
+        """The bytes of a logical page as of this commit."""
+        return _read_page(self._require_open(), ffi.NULL, page_no, self.page_size)
 
     def read_bytes(self, addr: int, length: int) -> bytes:
-        return _read_bytes(self._tree, ffi.NULL, addr, length)
+        """Bytes at a logical address as of this commit."""
+        return _read_bytes(self._require_open(), ffi.NULL, addr, length)
 
     def read_word(self, addr: int) -> int:
-        return _read_word(self._tree, ffi.NULL, addr)
+        """The 64-bit word at a logical address as of this commit."""
+        return _read_word(self._require_open(), ffi.NULL, addr)
 
     def close(self) -> None:
-        self._tree.close()
+        self._reader.rebind(0, 0)
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
 
     def __enter__(self) -> PageView:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _address(ptr) -> int:
+    return int(ffi.cast("uintptr_t", ptr)) if ptr is not None else 0
+
+
+def _make_reader(owner, page_size: int) -> PageReader:
+    """A native reader whose fallback runs owner's documented Python methods,
+    which check the state and raise the right error."""
+    methods = {"read": type(owner).read, "read_word": type(owner).read_word,
+               "read_bytes": type(owner).read_bytes}
+    ref = __import__("weakref").ref(owner)
+
+    def fallback(kind: str, *args):
+        target = ref()
+        if target is None:
+            raise PagerError("the store is gone")
+        return methods[kind](target, *args)
+
+    reader = PageReader(page_size, fallback)
+    owner.read, owner.read_word, owner.read_bytes = \
+        reader.read, reader.read_word, reader.read_bytes
+    return reader
 
 
 def _read_page(tree: Tree, dirty, page_no: int, page_size: int) -> bytes:
@@ -402,6 +438,7 @@ class PageStore:
         self._seg_fd = -1
         self._tree: Tree | None = None
         self._dirty: Dirty | None = None
+        self._reader: PageReader | None = None
         if not os.path.exists(path):
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
@@ -418,6 +455,8 @@ class PageStore:
             self._release()
             raise
         self._state = _READER if readonly else _WRITER
+        self._reader = _make_reader(self, self.page_size)
+        self._bind_reader()
         for note in self.recovery_notes:
             warnings.warn(note, RecoveryWarning, stacklevel=3)
 
@@ -541,6 +580,10 @@ class PageStore:
 
     # -- reading ---------------------------------------------------------------
 
+    # read, read_bytes and read_word are served by a native PageReader bound as
+    # instance attributes (see _bind_reader); these methods document them and
+    # are what its fallback runs when a call cannot be served directly.
+
     def read(self, page_no: int) -> bytes:
         """The bytes of a logical page; a never-written page reads as zeros."""
         self._require_open()
@@ -555,6 +598,16 @@ class PageStore:
         """The little-endian 64-bit word at a logical address."""
         self._require_open()
         return _read_word(self._tree, self._dirty_ptr(), addr)
+
+    def _bind_reader(self) -> None:
+        """Point the native reader at the current state, or unbind it when the
+        store is not usable (so that every read goes to the checking fallback)."""
+        if self._reader is None:
+            return
+        if self._state in (_READER, _WRITER):
+            self._reader.rebind(_address(self._tree.ptr), _address(self._dirty_ptr()))
+        else:
+            self._reader.rebind(0, 0)
 
     def _dirty_ptr(self):
         return self._dirty.ptr if self._dirty is not None else ffi.NULL
@@ -729,6 +782,7 @@ class PageStore:
     def _enter_failed(self, exc: OSError) -> None:
         """The terminal state: never retry a sync (invariant 6)."""
         self._state = _FAILED
+        self._bind_reader()
         self._failure = f"{exc.strerror or exc}"
         raise StoreFailed(f"{self.path}: a sync failed ({self._failure}); the store refuses "
                           f"further work until it is reopened") from exc
@@ -796,7 +850,9 @@ class PageStore:
                 self._image.attach(segno)
         self.recovery_notes = []
         old_tree = self._tree
+        self._reader.rebind(0, 0)
         self._load_head()
+        self._bind_reader()
         old_tree.close()
         return self.head
 
@@ -865,6 +921,8 @@ class PageStore:
         self._state = _CLOSED
 
     def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.rebind(0, 0)
         if self._dirty is not None:
             self._dirty.close()
             self._dirty = None

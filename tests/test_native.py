@@ -130,3 +130,31 @@ class TestDirty:
                 lib.ic_page_sum(native.ptr, p, ffi.from_buffer(out[1024 * i:1024 * (i + 1)]))
         dirty.clear()
         assert len(dirty) == 0
+
+
+class TestPageReader:
+    def test_reader_unbound_falls_back(self):
+        """An unbound PageReader sends every call to its fallback, with the arguments."""
+        from native import PageReader
+        calls = []
+
+        def fallback(kind, *args):
+            calls.append((kind, args))
+            return "fb"
+
+        r = PageReader(1024, fallback)
+        assert r.read(3) == "fb" and r.read_word(8) == "fb" and r.read_bytes(1, 2) == "fb"
+        assert calls == [("read", (3,)), ("read_word", (8,)), ("read_bytes", (1, 2))]
+
+    def test_reader_bad_arguments_fall_back(self, tmp_path):
+        """Non-integer or negative arguments reach the fallback, which raises properly."""
+        from pager import PageStore
+        with PageStore.create(str(tmp_path / "r.image"), page_size=1024,
+                              segment_size=64 << 10) as s:
+            with pytest.raises(TypeError):
+                s.read("x")
+            with pytest.raises(ValueError):
+                s.read(-5)
+            with pytest.raises(ValueError):
+                s.read_bytes(-1, 4)
+            assert s.read_bytes(0, 0) == b""
