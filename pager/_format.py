@@ -54,8 +54,17 @@ RECORD_BLOCK = 512      # a sector: the unit a disk writes whole, so records nev
 FLAG_CHECKPOINT = 1
 MAX_META = 1 << 20      # caller metadata is a label, not a payload
 NO_PARENT = (1 << 64) - 1
+PAGE_SIZES = frozenset(1 << s for s in range(10, 17))
+MAX_SEGMENT = 1 << 40
 
 assert SEG_HEADER.size == 120 and REC_HEADER.size == 120
+
+
+def geometry_ok(page_size: int, seg_size: int) -> bool:
+    """Page sizes are powers of two from 1 KiB to 64 KiB; a segment is a whole
+    number of pages, at least 16 (room for a header, pages and records)."""
+    return (page_size in PAGE_SIZES and seg_size % page_size == 0
+            and 16 * page_size <= seg_size <= MAX_SEGMENT)
 
 
 def segment_name(segno: int) -> str:
@@ -87,7 +96,7 @@ def decode_segment_header(raw: bytes) -> SegmentHeader | None:
         return None
     magic, version, page_size, seg_size, segno, _, image_id, salt, created = \
         SEG_HEADER.unpack_from(raw)
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or not geometry_ok(page_size, seg_size):
         return None
     return SegmentHeader(page_size, seg_size, segno, image_id, salt, created)
 

@@ -32,6 +32,8 @@ CHECKPOINT_NODES = 256
 CHECKPOINT_RECORDS = 1024
 MAX_PAGE_NO = 1 << 40        # as in native/core.c: 4 PiB at 4 KiB pages
 LOCK_NAME = "LOCK"
+LOCK_ATTEMPTS = 20           # x 5 ms: far longer than a reader's probe, short for a person
+LOCK_RETRY_SECONDS = 0.005
 
 _READER, _WRITER, _FAILED, _CLOSED = "reader", "writer", "failed", "closed"
 
@@ -91,11 +93,12 @@ class _Image:
         numbers = _segment_numbers(path)
         if not numbers:
             raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
-        newest = self._header_of(numbers[-1])
-        self.page_size = newest.page_size
-        self.salt = newest.salt
-        self.image_id = newest.image_id
-        self.native = NativeStore(newest.page_size, newest.salt, newest.image_id)
+        oldest = self._header_of(numbers[0])
+        self.reference = numbers[0]   # the segment whose identity the others must share
+        self.page_size = oldest.page_size
+        self.salt = oldest.salt
+        self.image_id = oldest.image_id
+        self.native = NativeStore(oldest.page_size, oldest.salt, oldest.image_id)
         self.sizes: dict[int, int] = {}
         self.first_seq: dict[int, int] = {}
         for segno in numbers:
@@ -137,7 +140,7 @@ class _Image:
             if (header.image_id, header.salt, header.page_size) != \
                     (self.image_id, self.salt, self.page_size):
                 raise CorruptImage(f"{fmt.segment_name(segno)} in {self.path} belongs to "
-                                   f"another image")
+                                   f"another image than {fmt.segment_name(self.reference)}")
             self.native.map(segno, fd, header.seg_size)
             self.sizes[segno] = header.seg_size
         finally:
@@ -443,6 +446,8 @@ class PageStore:
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
             raise CorruptImage(f"{path} is not an imago image (an image is a directory)")
+        if not _segment_numbers(path):
+            raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
         if not readonly:
             self._take_lock()
         try:
@@ -463,13 +468,19 @@ class PageStore:
     def _take_lock(self) -> None:
         fd = self._vfs.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT)
         import fcntl
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # A reader probes the lock with a momentary shared flock (_writer_active);
+        # a few short retries tell that apart from a writer, which holds it.
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(LOCK_RETRY_SECONDS)
+        else:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             self._vfs.close(fd)
             raise ImageLocked(f"{self.path} is open for writing by another process "
-                              f"(pid {holder})") from None
+                              f"(pid {holder})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -482,11 +493,13 @@ class PageStore:
         for segno in reversed(numbers):
             tail0 = _empty_tail(segno, image.sizes[segno])
             records, tail = image.scan(tail0)
-            self._note_damage(tail, records)
-            while records:
-                reason = image.verify_pages(records[-1])
-                if reason is None:
-                    break
+            self._note_damage(tail)
+            # Only the newest commit can be torn: each commit's sync returned
+            # before the next was written.  So a newest record whose pages fail
+            # is dropped (and said so), and the one before it is trusted; its
+            # pages, like all others, are verified when first read.
+            reason = image.verify_pages(records[-1]) if records else None
+            if reason is not None:
                 dropped = records.pop()
                 self.recovery_notes.append(
                     f"{self.path}: dropped commit {dropped.seq}, whose pages fail their "
@@ -510,19 +523,20 @@ class PageStore:
                                    f"{self.path}: it holds {live} live pages of commit "
                                    f"{self.head}")
 
-    def _note_damage(self, tail: _Tail, records: list[fmt.Record]) -> None:
+    def _note_damage(self, tail: _Tail) -> None:
         if not self._image.damage_below(tail) or self._writer_active():
             return
         later = self._image.later_record(tail)
         where = f"{fmt.segment_name(tail.segno)} at offset {tail.top - fmt.RECORD_BLOCK}"
+        which = (f"the commit record after commit {tail.seq}" if tail.seq >= 0 else
+                 f"the first commit record of {fmt.segment_name(tail.segno)}")
         if later is not None:
-            raise CorruptImage(f"{self.path}: the commit record after commit {tail.seq} "
-                               f"({where}) is damaged, yet commit {later.seq} lies beyond it; "
-                               f"refusing to drop acknowledged commits")
+            raise CorruptImage(f"{self.path}: {which} ({where}) is damaged, yet commit "
+                               f"{later.seq} lies beyond it; refusing to drop acknowledged "
+                               f"commits")
         self.recovery_notes.append(
-            f"{self.path}: the commit record after commit {tail.seq} ({where}) is damaged or "
-            f"incomplete: an interrupted commit, or damage to an acknowledged one; the image "
-            f"opens at the newest valid commit")
+            f"{self.path}: {which} ({where}) is damaged or incomplete: an interrupted commit, "
+            f"or damage to an acknowledged one; the image opens at the newest valid commit")
 
     def _writer_active(self) -> bool:
         """For a reader: does a live writer hold the LOCK?  Then bytes past the
@@ -762,11 +776,20 @@ class PageStore:
             nodes_sum=hash64(plan.nodes, self._image.salt) if plan.is_checkpoint else 0)
 
     def _write_commit(self, plan: _Plan) -> None:
+        """One commit's writes.  The record goes with a zeroed block below it,
+        so that in every acknowledged state the block past the log's end is zero:
+        stale bytes of an interrupted commit can never come to sit right past
+        the end, where the next open would take them for damage."""
         tail, ch = plan.tail, plan.changes
         writes = []
         if ch.npages or plan.nodes:
             writes.append(([ch.pages, plan.nodes], tail.slot * self.page_size))
-        writes.append(([plan.record], tail.top - len(plan.record)))
+        record_at = tail.top - len(plan.record)
+        pages_end = (tail.slot + ch.npages + len(plan.nodes) // self.page_size) * self.page_size
+        if record_at - fmt.RECORD_BLOCK >= pages_end:
+            writes.append(([_ZERO_BLOCK, plan.record], record_at - fmt.RECORD_BLOCK))
+        else:
+            writes.append(([plan.record], record_at))
         self._write_synced(writes)
 
     def _write_synced(self, writes: list) -> None:
@@ -979,13 +1002,16 @@ class _Plan:
         return self.usage is not None
 
 
+_ZERO_BLOCK = bytes(fmt.RECORD_BLOCK)
+
+
 def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
 def _check_geometry(page_size: int, segment_size: int) -> None:
-    if page_size not in {1 << s for s in range(10, 17)}:
+    if page_size not in fmt.PAGE_SIZES:
         raise ValueError(f"page size {page_size} is not a power of two from 1 KiB to 64 KiB")
-    if segment_size % page_size or not 16 * page_size <= segment_size <= (1 << 40):
+    if not fmt.geometry_ok(page_size, segment_size):
         raise ValueError(f"segment size {segment_size} must be a multiple of the page size, "
                          f"from 16 pages to 1 TiB")
