@@ -398,9 +398,11 @@ class PageStore:
             cls._populate(vfs, temp, page_size, segment_size, image_id, salt)
             vfs.rename(temp, path)
             vfs.fsync_dir(os.path.dirname(os.path.abspath(path)))
-        except BaseException:
+        except BaseException as exc:
             import shutil
             shutil.rmtree(temp, ignore_errors=True)
+            if isinstance(exc, _SyncFailed):   # no store exists yet to enter FAILED
+                raise exc.error from None
             raise
         return cls.open(path, _vfs=vfs)
 
