@@ -16,8 +16,40 @@ enum ic_status {
     IC_RANGE = 2,     /* an address or length from the caller is out of range */
     IC_NOMEM = 3,
     IC_IO = 4,        /* mmap failed */
-    IC_MISSING = 5    /* a location names a segment that is not mapped */
+    IC_MISSING = 5,   /* a location names a segment that is not mapped */
+    IC_FULL = 6       /* ic_commit_build: the commit does not fit in the segment */
 };
+
+/* One commit being made: the caller fills the first block, ic_commit_build
+ * the second.  See core.c, "the commit builder". */
+typedef struct ic_commit {
+    uint64_t seq;
+    uint64_t parent;
+    uint64_t prev_sum;      /* checksum of the previous record */
+    uint64_t time_ns;
+    uint32_t segno;
+    uint32_t slot;          /* where the record goes */
+    uint64_t room;          /* slots from `slot` to the end of the segment */
+    uint64_t ckpt_slot;     /* this segment's newest checkpoint (for a plain commit) */
+    uint64_t prev_ckpt;     /* location of the previous checkpoint (for a checkpoint) */
+    int checkpoint;
+    const uint8_t *meta;
+    uint32_t meta_len;
+    uint64_t salt;
+
+    uint8_t *buf;           /* the bytes to write at `slot`: whole slots */
+    uint64_t buf_len;
+    uint64_t nslots;        /* slots the commit occupies (buf may add one zeroed slot) */
+    uint64_t need_slots;    /* on IC_FULL: what a fresh segment needs for it */
+    uint64_t record_sum;
+    uint32_t record_slots;
+    uint32_t npages;
+    uint32_t nnodes;
+    uint32_t nfreed;
+    uint8_t root[32];
+    int depth;
+    void *undo;
+} ic_commit;
 
 uint64_t ic_hash(const uint8_t *data, size_t len, uint64_t seed);
 
@@ -59,6 +91,10 @@ uint64_t ic_dirty_count(ic_dirty *d);
 int ic_dirty_drop(ic_dirty *d, uint64_t page_no);
 int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
               uint64_t *nwritten, uint8_t *freed_out, uint64_t *nfreed);
+
+int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c);
+void ic_commit_undo(ic_tree *t, ic_commit *c);
+void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c);
 
 const uint8_t *ic_page_read(ic_tree *t, ic_dirty *d, uint64_t page_no);
 uint8_t *ic_page_for_write(ic_tree *t, ic_dirty *d, uint64_t page_no);

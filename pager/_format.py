@@ -1,18 +1,19 @@
-"""On-disk layout of segments and commit records.
+"""On-disk layout of segments, commit records and the checkpoint hint.
 
-A segment file ``seg-NNNNNN`` (fixed size, zero-filled at creation) is::
+A segment file ``seg-NNNNNN`` (fixed size, zero-filled at creation) is a row of
+page-sized slots::
 
-    slot 0      segment header (the first 128 bytes of a page)
-    slot 1..    data pages and page-table nodes, growing UP, page-aligned
-       ...      free (zeros)
-    ..end       commit records, growing DOWN from the end, 512-byte blocks
+    slot 0      segment header (the first 128 bytes)
+    slot 1..    commits, one after another, each  [record][data pages][nodes]
+    ...         zeros
 
-Pages stay aligned with the OS page cache, while a small commit costs one
-record block instead of a whole page.  A record occupies ``[top - length,
-top)``: its 128-byte header is the last part, the body (page list, freed
-pages, segment usage, caller metadata) the first part, zero padding between.
-The first record of a segment is written at ``top = segment size``; each next
-record ends where the previous one starts.
+A commit occupies whole slots: its record (``record_slots`` slots), then the
+pages it wrote, then, for a checkpoint, the page-table nodes.  The next
+commit's record starts in the slot after.  Pages stay aligned with the OS
+page cache, a commit is one contiguous write, and no commit ever writes into a
+slot an earlier commit used (no reliance on the disk writing sectors
+atomically).  The writer also zeroes the slot after each commit, in the same
+write, so in every acknowledged state the slot past the log's end is zero.
 
 Segment header (little-endian)::
 
@@ -20,22 +21,31 @@ Segment header (little-endian)::
     24 segno u32   28 0   32 image_id 16B   48 salt u64   56 created_ns u64
     64..119 zero   120 sum u64 = xxh64(bytes 0..119, seed 0)
 
-Record header (the last 128 bytes of the record)::
+Record (built by native/core.c, ic_commit_build; read here)::
 
     0 magic "IMAGOREC"  8 version u16  10 flags u16  12 length u32
-    16 seq u64  24 parent u64  32 prev_sum u64  40 time_ns u64
-    48 first_slot u32  52 npages u32  56 nnodes u32  60 nfreed u32
-    64 meta_len u32  68 nusage u32  72 depth u16  74 0 u16  76 0 u32
-    80 root_loc u64  88 root_sum u64  96 ckpt_top u64  104 nodes_sum u64
-    112 0 u64  120 sum u64 = xxh64(body + header[0:120], seed salt)
+    16 seq  24 parent  32 prev_sum  40 time_ns                 (u64 each)
+    48 npages u32  52 nnodes u32  56 nfreed u32  60 meta_len u32
+    64 nusage u32  68 depth u16  70 0
+    72 root_loc  80 root_sum  88 ckpt_slot  96 prev_ckpt  104 nodes_sum
+    112 slot u32  116 segno u32  120 0 u64
+    128 body: npages x (page_no u64, sum u64), nfreed x page_no u64,
+              nusage x (segno u64, live u64), meta bytes
+    length - 8: sum = xxh64(record[0 : length - 8], seed salt)
 
-Body, in order: npages x (page_no u64, page_sum u64) for the data pages at
-slots first_slot.., nfreed x page_no u64, nusage x (segno u64, live u64),
-meta bytes.  Checkpoint node pages follow the data pages at slot
-first_slot + npages; ``nodes_sum`` hashes them all, ``root_*`` and ``depth``
-name the page-table root after this commit, ``ckpt_top`` is the top of the
-newest checkpoint record of this segment at or before this one (its own top
-when the record is a checkpoint).
+``length`` is a multiple of RECORD_BLOCK, at least what the contents need (a
+checkpoint's is sized for the most segments its usage table could list).  ``ckpt_slot`` is the slot of this
+segment's newest checkpoint record at or before this one (its own slot for a
+checkpoint); ``prev_ckpt`` (checkpoints only) locates the previous checkpoint
+record, in this segment or an older one, so old versions are found by walking
+back checkpoint to checkpoint.  A record names its own slot and segment, so a
+copy found anywhere else is never mistaken for it.
+
+The hint file ``HINT`` (written without sync; only ever a hint) names the
+newest checkpoint record, so that opening need not read a whole segment::
+
+    0 magic "IMAGOHNT"  8 segno u32  12 slot u32  16 seq u64  24 record sum u64
+    32 sum u64 = xxh64(bytes 0..31, seed salt)
 """
 from __future__ import annotations
 
@@ -48,16 +58,18 @@ FORMAT_VERSION = 1
 SEG_MAGIC = b"IMAGOSEG"
 REC_MAGIC = b"IMAGOREC"
 SEG_HEADER = struct.Struct("<8sIIQII16sQQ56x")   # without its trailing sum
-REC_HEADER = struct.Struct("<8sHHIQQQQIIIIIIHHIQQQQQ")
+REC_HEADER = struct.Struct("<8sHHIQQQQIIIIIHHQQQQQIIQ")
+HINT = struct.Struct("<8sIIQQ")
+HINT_MAGIC = b"IMAGOHNT"
 HEADER_BYTES = 128
-RECORD_BLOCK = 512      # a sector: the unit a disk writes whole, so records never share one with a torn neighbour's tail
+RECORD_BLOCK = 512      # records are whole sectors; the builder in core.c agrees
 FLAG_CHECKPOINT = 1
 MAX_META = 1 << 20      # caller metadata is a label, not a payload
 NO_PARENT = (1 << 64) - 1
 PAGE_SIZES = frozenset(1 << s for s in range(10, 17))
 MAX_SEGMENT = 1 << 40
 
-assert SEG_HEADER.size == 120 and REC_HEADER.size == 120
+assert SEG_HEADER.size == 120 and REC_HEADER.size == 128 and HINT.size == 32
 
 
 def geometry_ok(page_size: int, seg_size: int) -> bool:
@@ -105,21 +117,22 @@ def decode_segment_header(raw: bytes) -> SegmentHeader | None:
 class Record:
     """One commit record as found on disk, already checked against its checksum."""
     segno: int
-    top: int                 # the record ends here; the next one ends at top - length
+    slot: int                # where the record starts
+    record_slots: int        # slots the record itself takes
     length: int
     flags: int
     seq: int
     parent: int
     prev_sum: int
     time_ns: int
-    first_slot: int
     npages: int
     nnodes: int
     nfreed: int
     depth: int
     root_loc: int
     root_sum: int
-    ckpt_top: int
+    ckpt_slot: int
+    prev_ckpt: int
     nodes_sum: int
     sum: int
     pairs: bytes             # npages x (page_no, sum)
@@ -132,12 +145,13 @@ class Record:
         return bool(self.flags & FLAG_CHECKPOINT)
 
     @property
-    def start(self) -> int:
-        return self.top - self.length
+    def first_slot(self) -> int:
+        """The slot of this commit's first data page."""
+        return self.slot + self.record_slots
 
     @property
     def slot_end(self) -> int:
-        """The first slot after this commit's data pages and nodes."""
+        """The slot after this commit's pages and nodes: where the next record goes."""
         return self.first_slot + self.npages + self.nnodes
 
     def page_numbers(self) -> tuple[int, ...]:
@@ -145,56 +159,54 @@ class Record:
 
 
 def record_length(npages: int, nfreed: int, nusage: int, meta_len: int) -> int:
-    body = 16 * npages + 8 * nfreed + 16 * nusage + meta_len
-    return -(-(body + HEADER_BYTES) // RECORD_BLOCK) * RECORD_BLOCK
+    raw = HEADER_BYTES + 16 * npages + 8 * nfreed + 16 * nusage + meta_len + 8
+    return -(-raw // RECORD_BLOCK) * RECORD_BLOCK
 
 
-def encode_record(salt: int, *, flags: int, seq: int, parent: int, prev_sum: int,
-                  time_ns: int, first_slot: int, npages: int, nnodes: int, pairs: bytes,
-                  freed: bytes, usage: list[tuple[int, int]], meta: bytes, depth: int,
-                  root_loc: int, root_sum: int, ckpt_top: int,
-                  nodes_sum: int) -> tuple[bytes, int]:
-    """The record's bytes (length a multiple of RECORD_BLOCK) and its checksum."""
-    nfreed = len(freed) // 8
-    length = record_length(npages, nfreed, len(usage), len(meta))
-    usage_bytes = b"".join(struct.pack("<QQ", s, n) for s, n in usage)
-    body = b"".join((pairs, freed, usage_bytes, meta))
-    pad = bytes(length - HEADER_BYTES - len(body))
-    head = REC_HEADER.pack(REC_MAGIC, FORMAT_VERSION, flags, length, seq, parent, prev_sum,
-                           time_ns, first_slot, npages, nnodes, nfreed, len(meta), len(usage),
-                           depth, 0, 0, root_loc, root_sum, ckpt_top, nodes_sum, 0)
-    total = hash64(body + pad + head, salt)
-    return body + pad + head + struct.pack("<Q", total), total
-
-
-def decode_record(seg: memoryview, segno: int, top: int, salt: int,
+def decode_record(seg: memoryview, segno: int, slot: int, salt: int,
                   page_size: int) -> Record | None:
-    """The record ending at ``top`` in a segment's bytes, or None if what lies
-    there is not a whole, self-consistent record (zeros, garbage, a torn write)."""
-    if top < 2 * HEADER_BYTES or top > len(seg):
+    """The record starting at ``slot`` of a segment's bytes, or None if what lies
+    there is not a whole, self-consistent record (zeros, garbage, a torn write,
+    or a record that belongs somewhere else)."""
+    off = slot * page_size
+    nslots = len(seg) // page_size
+    if slot < 1 or off + HEADER_BYTES > len(seg) or seg[off:off + 8] != REC_MAGIC:
         return None
-    head = bytes(seg[top - HEADER_BYTES:top])
-    if head[:8] != REC_MAGIC:
+    (_, version, flags, length, seq, parent, prev_sum, time_ns, npages, nnodes, nfreed,
+     meta_len, nusage, depth, _, root_loc, root_sum, ckpt_slot, prev_ckpt, nodes_sum,
+     own_slot, own_segno, _) = REC_HEADER.unpack_from(seg, off)
+    if (version != FORMAT_VERSION or own_slot != slot or own_segno != segno
+            or meta_len > MAX_META or length % RECORD_BLOCK
+            or length < record_length(npages, nfreed, nusage, meta_len)):
         return None
-    (_, version, flags, length, seq, parent, prev_sum, time_ns, first_slot, npages, nnodes,
-     nfreed, meta_len, nusage, depth, _, _, root_loc, root_sum, ckpt_top, nodes_sum,
-     _) = REC_HEADER.unpack_from(head)
-    if version != FORMAT_VERSION or length % RECORD_BLOCK or length > top:
+    record_slots = -(-length // page_size)
+    if slot + record_slots + npages + nnodes > nslots:
         return None
-    if meta_len > MAX_META or length != record_length(npages, nfreed, nusage, meta_len):
+    stored = struct.unpack_from("<Q", seg, off + length - 8)[0]
+    if hash64(seg[off:off + length - 8], salt) != stored:
         return None
-    if first_slot < 1 or (first_slot + npages + nnodes) * page_size > top - length:
-        return None
-    raw = seg[top - length:top]
-    stored = struct.unpack_from("<Q", head, 120)[0]
-    if hash64(raw[:length - 8], salt) != stored:
-        return None
-    body = bytes(seg[top - length:top - length + 16 * npages + 8 * nfreed + 16 * nusage + meta_len])
-    p = 16 * npages
-    freed = body[p:p + 8 * nfreed]
+    p = off + HEADER_BYTES
+    pairs = bytes(seg[p:p + 16 * npages])
+    p += 16 * npages
+    freed = bytes(seg[p:p + 8 * nfreed])
     p += 8 * nfreed
-    usage = [struct.unpack_from("<QQ", body, p + 16 * i) for i in range(nusage)]
+    usage = [struct.unpack_from("<QQ", seg, p + 16 * i) for i in range(nusage)]
     p += 16 * nusage
-    return Record(segno, top, length, flags, seq, parent, prev_sum, time_ns, first_slot, npages,
-                  nnodes, nfreed, depth, root_loc, root_sum, ckpt_top, nodes_sum, stored,
-                  body[:16 * npages], freed, usage, body[p:p + meta_len])
+    return Record(segno, slot, record_slots, length, flags, seq, parent, prev_sum, time_ns,
+                  npages, nnodes, nfreed, depth, root_loc, root_sum, ckpt_slot, prev_ckpt,
+                  nodes_sum, stored, pairs, freed, usage, bytes(seg[p:p + meta_len]))
+
+
+def encode_hint(salt: int, segno: int, slot: int, seq: int, record_sum: int) -> bytes:
+    body = HINT.pack(HINT_MAGIC, segno, slot, seq, record_sum)
+    return body + struct.pack("<Q", hash64(body, salt))
+
+
+def decode_hint(raw: bytes, salt: int) -> tuple[int, int, int, int] | None:
+    """(segno, slot, seq, record sum) of a valid hint, else None."""
+    if len(raw) < HINT.size + 8 or raw[:8] != HINT_MAGIC:
+        return None
+    if hash64(raw[:HINT.size], salt) != struct.unpack_from("<Q", raw, HINT.size)[0]:
+        return None
+    _, segno, slot, seq, record_sum = HINT.unpack_from(raw)
+    return segno, slot, seq, record_sum

@@ -10,25 +10,28 @@ import os
 import struct
 import time
 import warnings
-from bisect import bisect_right
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from native import PageReader, ffi, lib
 from pager import _format as fmt
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)
-from pager._native import Dirty, NativeStore, Tree, hash64, loc_parts, make_loc, raise_status
+from pager._native import Dirty, NativeStore, Tree, make_loc, raise_status
+from pager._segments import (HINT_NAME, Image, SyncFailed, _Tail, empty_tail, make_segment,
+                             segment_numbers, sync)
 from pager._vfs import Vfs
 
 DEFAULT_PAGE_SIZE = 4096
 # 64 MiB: zero-filling a segment is a pause of well under a second even on an
 # SD card, and an image of a few TiB still needs only tens of thousands of maps.
 DEFAULT_SEGMENT_SIZE = 64 << 20
-# A checkpoint is due when this many page-table nodes are dirty (1 MiB at 4 KiB
-# pages) or this many records were written since the last one.  Together they
-# bound what open() replays and keep a checkpoint's cost near one page a commit.
-CHECKPOINT_NODES = 256
+# A checkpoint is due when this many page-table nodes are dirty (4 MiB at 4 KiB
+# pages) or this many records were written since the last one.  The records
+# bound what opening replays; the nodes bound memory, and a larger figure lets
+# more commits share the interior nodes a checkpoint rewrites (measured with
+# commits spread over a 10 GiB store: 256 nodes cost 2.8 pages a commit, 1,024
+# about 2.1).
+CHECKPOINT_NODES = 1024
 CHECKPOINT_RECORDS = 1024
 MAX_PAGE_NO = 1 << 40        # as in native/core.c: 4 PiB at 4 KiB pages
 LOCK_NAME = "LOCK"
@@ -45,241 +48,6 @@ class CommitInfo(NamedTuple):
     time: float              # seconds since the epoch
     meta: bytes
     pages: tuple[int, ...]   # the logical pages it wrote
-
-
-@dataclass(frozen=True)
-class _Tail:
-    """Where a segment's log ends, and what the next record there must match."""
-    segno: int
-    top: int          # the next record ends here
-    slot: int         # the next commit's pages start at this slot
-    seq: int          # the last record's commit number (-1: none seen yet)
-    sum: int          # the last record's checksum
-    ckpt_top: int     # top of this segment's newest checkpoint record (0: none yet)
-
-    def follows(self, rec: fmt.Record) -> bool:
-        """Does rec continue the log here (invariants 3 to 5 of pager/__init__)?"""
-        if rec.first_slot != self.slot:
-            return False
-        if self.seq >= 0 and (rec.seq != self.seq + 1 or rec.prev_sum != self.sum):
-            return False
-        if rec.is_checkpoint:
-            return rec.ckpt_top == rec.top
-        return self.ckpt_top != 0 and rec.ckpt_top == self.ckpt_top and rec.parent == rec.seq - 1
-
-    def after(self, rec: fmt.Record) -> _Tail:
-        return _Tail(self.segno, rec.start, rec.slot_end, rec.seq, rec.sum,
-                     rec.top if rec.is_checkpoint else self.ckpt_top)
-
-
-def _empty_tail(segno: int, seg_size: int, seq: int = -1, last_sum: int = 0) -> _Tail:
-    return _Tail(segno, seg_size, 1, seq, last_sum, 0)
-
-
-def _segment_numbers(path: str) -> list[int]:
-    numbers = []
-    for name in os.listdir(path):
-        if name.startswith("seg-") and len(name) == 10 and name[4:].isdigit():
-            numbers.append(int(name[4:]))
-    return sorted(numbers)
-
-
-class _Image:
-    """The segment files of one image directory, mapped by a NativeStore."""
-
-    def __init__(self, path: str, vfs: Vfs) -> None:
-        self.path = path
-        self.vfs = vfs
-        numbers = _segment_numbers(path)
-        if not numbers:
-            raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
-        oldest = self._header_of(numbers[0])
-        self.reference = numbers[0]   # the segment whose identity the others must share
-        self.page_size = oldest.page_size
-        self.salt = oldest.salt
-        self.image_id = oldest.image_id
-        self.native = NativeStore(oldest.page_size, oldest.salt, oldest.image_id)
-        self.sizes: dict[int, int] = {}
-        self.first_seq: dict[int, int] = {}
-        for segno in numbers:
-            self.attach(segno)
-
-    def seg_path(self, segno: int) -> str:
-        return os.path.join(self.path, fmt.segment_name(segno))
-
-    def _header_of(self, segno: int, fd: int | None = None) -> fmt.SegmentHeader:
-        name = fmt.segment_name(segno)
-        own = fd is None
-        if own:
-            fd = self.vfs.open(self.seg_path(segno), os.O_RDONLY)
-        try:
-            size = self.vfs.size(fd)
-            header = fmt.decode_segment_header(self.vfs.pread(fd, fmt.HEADER_BYTES, 0))
-        finally:
-            if own:
-                self.vfs.close(fd)
-        if header is None:
-            if size < fmt.HEADER_BYTES:
-                raise CorruptImage(f"{name} in {self.path} is truncated: {size} bytes")
-            raise CorruptImage(f"{name} in {self.path} is not an imago segment (bad header)")
-        if header.segno != segno:
-            raise CorruptImage(f"{name} in {self.path} is segment {header.segno} renamed")
-        if size < header.seg_size:
-            raise CorruptImage(f"{name} in {self.path} is truncated: {size} of "
-                               f"{header.seg_size} bytes")
-        if size > header.seg_size:
-            raise CorruptImage(f"{name} in {self.path} has {size - header.seg_size} bytes "
-                               f"of garbage appended past its end")
-        return header
-
-    def attach(self, segno: int) -> None:
-        """Check a segment's header against this image and map it."""
-        fd = self.vfs.open(self.seg_path(segno), os.O_RDONLY)
-        try:
-            header = self._header_of(segno, fd)
-            if (header.image_id, header.salt, header.page_size) != \
-                    (self.image_id, self.salt, self.page_size):
-                raise CorruptImage(f"{fmt.segment_name(segno)} in {self.path} belongs to "
-                                   f"another image than {fmt.segment_name(self.reference)}")
-            self.native.map(segno, fd, header.seg_size)
-            self.sizes[segno] = header.seg_size
-        finally:
-            self.vfs.close(fd)
-
-    def numbers(self) -> list[int]:
-        return sorted(self.sizes)
-
-    def segment(self, segno: int) -> memoryview:
-        view = self.native.segment(segno)
-        if view is None:
-            raise CorruptImage(f"segment {fmt.segment_name(segno)} is missing from {self.path}")
-        return view
-
-    def scan(self, tail: _Tail, upto: int | None = None) -> tuple[list[fmt.Record], _Tail]:
-        """The records that continue the log from tail, and the tail after them."""
-        seg = self.segment(tail.segno)
-        records = []
-        while upto is None or tail.seq < upto:
-            rec = fmt.decode_record(seg, tail.segno, tail.top, self.salt, self.page_size)
-            if rec is None or not tail.follows(rec):
-                break
-            records.append(rec)
-            tail = tail.after(rec)
-        return records, tail
-
-    def first_record(self, segno: int) -> fmt.Record | None:
-        size = self.sizes[segno]
-        rec = fmt.decode_record(self.segment(segno), segno, size, self.salt, self.page_size)
-        if rec is not None and _empty_tail(segno, size).follows(rec):
-            self.first_seq[segno] = rec.seq
-            return rec
-        return None
-
-    def damage_below(self, tail: _Tail) -> bool:
-        """Are there non-zero bytes in the record block after the log's end?"""
-        floor = tail.slot * self.page_size
-        if tail.top - fmt.RECORD_BLOCK < floor:
-            return False
-        seg = self.segment(tail.segno)
-        return any(seg[tail.top - fmt.RECORD_BLOCK:tail.top])
-
-    def later_record(self, tail: _Tail) -> fmt.Record | None:
-        """A whole record, newer than the tail, lying past damage in the log."""
-        seg = self.segment(tail.segno)
-        floor = tail.slot * self.page_size + fmt.RECORD_BLOCK
-        for top in range(tail.top - fmt.RECORD_BLOCK, floor, -fmt.RECORD_BLOCK):
-            if seg[top - fmt.HEADER_BYTES:top - fmt.HEADER_BYTES + 8] != fmt.REC_MAGIC:
-                continue
-            rec = fmt.decode_record(seg, tail.segno, top, self.salt, self.page_size)
-            if rec is not None and rec.seq > tail.seq:
-                return rec
-        return None
-
-    def verify_pages(self, rec: fmt.Record) -> str | None:
-        """None if every page and node a record wrote matches its checksum, else why not."""
-        base = make_loc(rec.segno, rec.first_slot)
-        for i in range(rec.npages):
-            page_no, page_sum = struct.unpack_from("<QQ", rec.pairs, 16 * i)
-            try:
-                self.native.verify_slot(base + i, page_sum, page_no, rec.seq)
-            except CorruptImage as exc:
-                return str(exc)
-        if rec.nnodes:
-            seg = self.segment(rec.segno)
-            lo = (rec.first_slot + rec.npages) * self.page_size
-            if hash64(seg[lo:lo + rec.nnodes * self.page_size], self.salt) != rec.nodes_sum:
-                return (f"the page-table checkpoint of commit {rec.seq} fails its checksum")
-        return None
-
-    def segment_of(self, commit_no: int) -> int | None:
-        """The segment whose log holds commit_no (each begins with a checkpoint)."""
-        numbers = [s for s in self.numbers() if s in self.first_seq or self.first_record(s)]
-        firsts = [self.first_seq[s] for s in numbers]
-        i = bisect_right(firsts, commit_no)
-        return numbers[i - 1] if i else None
-
-    def tree_at(self, records: list[fmt.Record], upto: int) -> Tree:
-        """The page table after commit `upto`, from its checkpoint and the deltas after it."""
-        target = next(r for r in records if r.seq == upto)
-        ckpt_index = next(i for i, r in enumerate(records) if r.top == target.ckpt_top)
-        ckpt = records[ckpt_index]
-        tree = Tree(self.native, ckpt.root_loc, ckpt.root_sum, ckpt.depth)
-        tree.set_usage(ckpt.usage)
-        for rec in records[ckpt_index + 1:]:
-            if rec.seq > upto:
-                break
-            tree.apply(rec.pairs, make_loc(rec.segno, rec.first_slot), rec.seq)
-            tree.apply_freed(rec.freed, rec.seq)
-        return tree
-
-class _SyncFailed(Exception):
-    """An fsync or fdatasync failed: what is on disk is unknown (invariant 6)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def _sync(vfs: Vfs, fd: int, data_only: bool = True) -> None:
-    try:
-        vfs.fdatasync(fd) if data_only else vfs.fsync(fd)
-    except OSError as exc:
-        raise _SyncFailed(exc) from exc
-
-
-def _make_segment(vfs: Vfs, dirpath: str, segno: int, seg_size: int, page_size: int,
-                  image_id: bytes, salt: int) -> None:
-    """Create a zero-filled segment whole: temp file, fsync, rename, dir fsync.
-
-    Zeros are written, not fallocated: on ext4 a fallocated extent is
-    "unwritten" and the first write into it costs a journal commit in
-    fdatasync (DESIGN.md measured 6,900 commits/s against 11,000/s)."""
-    final = os.path.join(dirpath, fmt.segment_name(segno))
-    temp = final + ".tmp"
-    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    try:
-        chunk = bytes(min(seg_size, 1 << 20))
-        for off in range(0, seg_size, len(chunk)):
-            vfs.pwrite(fd, chunk[:seg_size - off], off)
-        vfs.pwrite(fd, fmt.encode_segment_header(page_size, seg_size, segno, image_id, salt,
-                                                 time.time_ns()), 0)
-        _sync(vfs, fd, data_only=False)
-    except BaseException:
-        vfs.close(fd)
-        fd = -1
-        try:
-            vfs.unlink(temp)
-        except OSError:
-            pass
-        raise
-    finally:
-        if fd >= 0:
-            vfs.close(fd)
-    vfs.rename(temp, final)
-    try:
-        vfs.fsync_dir(dirpath)
-    except OSError as exc:
-        raise _SyncFailed(exc) from exc
 
 
 class PageView:
@@ -401,7 +169,7 @@ class PageStore:
         except BaseException as exc:
             import shutil
             shutil.rmtree(temp, ignore_errors=True)
-            if isinstance(exc, _SyncFailed):   # no store exists yet to enter FAILED
+            if isinstance(exc, SyncFailed):   # no store exists yet to enter FAILED
                 raise exc.error from None
             raise
         return cls.open(path, _vfs=vfs)
@@ -409,18 +177,21 @@ class PageStore:
     @staticmethod
     def _populate(vfs: Vfs, temp: str, page_size: int, segment_size: int, image_id: bytes,
                   salt: int) -> None:
-        """Write the first segment of a new image, holding commit 0."""
-        _make_segment(vfs, temp, 1, segment_size, page_size, image_id, salt)
-        record, _ = fmt.encode_record(
-            salt, flags=fmt.FLAG_CHECKPOINT, seq=0, parent=fmt.NO_PARENT, prev_sum=0,
-            time_ns=time.time_ns(), first_slot=1, npages=0, nnodes=0, pairs=b"", freed=b"",
-            usage=[], meta=b"", depth=0, root_loc=0, root_sum=0, ckpt_top=segment_size,
-            nodes_sum=hash64(b"", salt))
+        """Write the first segment of a new image, holding commit 0: a
+        checkpoint of the empty page table."""
+        make_segment(vfs, temp, 1, segment_size, page_size, image_id, salt)
+        native = NativeStore(page_size, salt, image_id)
+        tree, dirty = Tree(native), Dirty(page_size)
+        c = _new_commit(seq=0, parent=fmt.NO_PARENT, prev_sum=0, segno=1, slot=1,
+                        room=segment_size // page_size - 1, ckpt_slot=0, prev_ckpt=0,
+                        checkpoint=True, meta=ffi.NULL, meta_len=0, salt=salt)
+        native.check(lib.ic_commit_build(tree.ptr, dirty.ptr, c))
         fd = vfs.open(os.path.join(temp, fmt.segment_name(1)), os.O_RDWR)
         try:
-            vfs.pwrite(fd, record, segment_size - len(record))
-            vfs.fdatasync(fd)
+            vfs.pwrite(fd, ffi.buffer(c.buf, c.buf_len), page_size)
+            sync(vfs, fd)
         finally:
+            lib.ic_commit_done(tree.ptr, dirty.ptr, c)
             vfs.close(fd)
         vfs.close(vfs.open(os.path.join(temp, LOCK_NAME), os.O_RDWR | os.O_CREAT))
 
@@ -448,12 +219,12 @@ class PageStore:
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
             raise CorruptImage(f"{path} is not an imago image (an image is a directory)")
-        if not _segment_numbers(path):
+        if not segment_numbers(path):
             raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
         if not readonly:
             self._take_lock()
         try:
-            self._image = _Image(path, vfs)
+            self._image = Image(path, vfs)
             self.page_size = self._image.page_size
             self._load_head()
             if not readonly:
@@ -493,8 +264,7 @@ class PageStore:
         numbers = image.numbers()
         self._active = numbers[-1]
         for segno in reversed(numbers):
-            tail0 = _empty_tail(segno, image.sizes[segno])
-            records, tail = image.scan(tail0)
+            records, tail = self._scan_segment(segno)
             self._note_damage(tail)
             # Only the newest commit can be torn: each commit's sync returned
             # before the next was written.  So a newest record whose pages fail
@@ -507,29 +277,54 @@ class PageStore:
                     f"{self.path}: dropped commit {dropped.seq}, whose pages fail their "
                     f"checksums ({reason}): an interrupted commit, or damage; the image "
                     f"opens at commit {dropped.seq - 1}")
-                tail = tail0
-                for rec in records:
-                    tail = tail.after(rec)
-            if records:
-                self._records = records
-                self._tail = tail
+                tail = self._tail_after(segno, records)
+            if records and any(r.is_checkpoint for r in records):
                 break
         else:
             raise CorruptImage(f"{self.path}: no segment holds a valid commit record")
-        self.head = self._tail.seq
-        self._tree = image.tree_at(records, self.head)
-        self._records_since_ckpt = sum(1 for r in records if r.top < self._tail.ckpt_top)
+        self._set_head(records, tail)
         for segno, live in self._tree.usage().items():
             if segno not in image.sizes:
                 raise CorruptImage(f"segment {fmt.segment_name(segno)} is missing from "
                                    f"{self.path}: it holds {live} live pages of commit "
                                    f"{self.head}")
 
+    def _scan_segment(self, segno: int) -> tuple[list[fmt.Record], _Tail]:
+        """The log of one segment from its newest checkpoint the hint names, or
+        else from its first record."""
+        hint = self._image.read_hint()
+        if hint is not None and hint[0] == segno:
+            _, slot, seq, record_sum = hint
+            start = _Tail(segno, slot, -1, 0, 0)
+            records, tail = self._image.scan(start)
+            if records and records[0].seq == seq and records[0].sum == record_sum:
+                return records, tail
+        return self._image.scan(empty_tail(segno))
+
+    def _tail_after(self, segno: int, records: list[fmt.Record]) -> _Tail:
+        if not records:
+            return empty_tail(segno)
+        first = records[0]
+        tail = _Tail(segno, first.slot, -1, 0, 0)
+        for rec in records:
+            tail = tail.after(rec)
+        return tail
+
+    def _set_head(self, records: list[fmt.Record], tail: _Tail) -> None:
+        """Make the last of records the head; records begin at or before its
+        checkpoint and run on without a gap."""
+        index = max(i for i, r in enumerate(records) if r.is_checkpoint)
+        self._ckpt = records[index]
+        self._tail = tail
+        self.head = tail.seq
+        self._records_since_ckpt = len(records) - index - 1
+        self._tree = self._image.tree_from(self._ckpt, records[index + 1:])
+
     def _note_damage(self, tail: _Tail) -> None:
-        if not self._image.damage_below(tail) or self._writer_active():
+        if not self._image.slot_dirty(tail.segno, tail.slot) or self._writer_active():
             return
         later = self._image.later_record(tail)
-        where = f"{fmt.segment_name(tail.segno)} at offset {tail.top - fmt.RECORD_BLOCK}"
+        where = f"{fmt.segment_name(tail.segno)} slot {tail.slot}"
         which = (f"the commit record after commit {tail.seq}" if tail.seq >= 0 else
                  f"the first commit record of {fmt.segment_name(tail.segno)}")
         if later is not None:
@@ -563,34 +358,38 @@ class PageStore:
         image = self._image
         if self._active != self._tail.segno:
             # The newest segment holds no valid record yet: commits go on there.
-            self._tail = _empty_tail(self._active, image.sizes[self._active],
-                                     self._tail.seq, self._tail.sum)
+            self._tail = empty_tail(self._active, self._tail.seq, self._tail.sum)
         for name in os.listdir(self.path):
             if name.endswith(".tmp") and name.startswith("seg-"):
                 self._vfs.unlink(os.path.join(self.path, name))
         self._seg_fd = self._vfs.open(image.seg_path(self._active), os.O_RDWR)
         self._dirty = Dirty(self.page_size)
+        self._commit_args = ffi.new("ic_commit *")
         self._clear_torn_tail()
 
     def _clear_torn_tail(self) -> None:
-        """Save, then zero, non-zero record blocks below the log's end, so that a
-        shorter record written there later is never followed by stale bytes."""
-        tail, seg = self._tail, self._image.segment(self._tail.segno)
-        low, floor = tail.top, tail.slot * self.page_size
-        while low - fmt.RECORD_BLOCK >= floor and any(seg[low - fmt.RECORD_BLOCK:low]):
-            low -= fmt.RECORD_BLOCK
-        if low == tail.top:
+        """Save, then zero, the slots past the log's end that are not zeros (an
+        interrupted commit), restoring invariant: the slot past the end is zero."""
+        tail, image = self._tail, self._image
+        end = tail.slot
+        while image.slot_dirty(tail.segno, end):
+            end += 1
+        if end == tail.slot:
             return
-        damaged = os.path.join(self.path, f"damaged-{fmt.segment_name(tail.segno)}-{low}.bin")
+        ps = self.page_size
+        seg = image.segment(tail.segno)
+        damaged = os.path.join(self.path, f"damaged-{fmt.segment_name(tail.segno)}-"
+                                          f"{tail.slot}.bin")
         fd = self._vfs.open(damaged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            self._vfs.pwrite(fd, bytes(seg[low:tail.top]), 0)
+            self._vfs.pwrite(fd, bytes(seg[tail.slot * ps:end * ps]), 0)
             self._vfs.fsync(fd)
         finally:
             self._vfs.close(fd)
         try:
-            self._write_synced([(bytes(tail.top - low), low)])
-        except _SyncFailed as exc:
+            self._vfs.pwrite(self._seg_fd, bytes((end - tail.slot) * ps), tail.slot * ps)
+            sync(self._vfs, self._seg_fd)
+        except SyncFailed as exc:
             raise StoreFailed(f"{self.path}: could not clear a torn commit "
                               f"({exc.error.strerror or exc.error})") from exc
 
@@ -685,124 +484,70 @@ class PageStore:
         meta = bytes(meta)
         if len(meta) > fmt.MAX_META:
             raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is {fmt.MAX_META}")
-        changes = self._gather()
-        plan = self._plan(self._tail, changes, meta)
-        if plan is None:
-            plan = self._plan_in_new_segment(changes, meta)
+        meta_buf = ffi.from_buffer(meta)   # alive until the builder is done with it
+        c = self._build(self._tail, meta_buf, len(meta))
+        if c is None:
+            c = self._build_in_new_segment(meta_buf, len(meta))
+        tail = self._tail
         try:
-            self._write_commit(plan)
-        except _SyncFailed as exc:
+            self._vfs.pwrite(self._seg_fd, ffi.buffer(c.buf, c.buf_len),
+                             tail.slot * self.page_size)
+            sync(self._vfs, self._seg_fd)
+        except SyncFailed as exc:
+            lib.ic_commit_undo(self._tree.ptr, c)
             self._enter_failed(exc.error)
         except OSError as exc:
-            self._undo(plan)
-            raise CommitFailed(f"{self.path}: commit {plan.seq} could not be written "
+            lib.ic_commit_undo(self._tree.ptr, c)
+            raise CommitFailed(f"{self.path}: commit {c.seq} could not be written "
                                f"({exc.strerror or exc}); nothing was committed") from exc
-        self._finish(plan)
-        return plan.seq
+        self._finish(c)
+        return self.head
 
-    def _gather(self) -> _Changes:
-        n, ps = len(self._dirty), self.page_size
-        pairs, pages, freed = bytearray(16 * n), bytearray(n * ps), bytearray(8 * n)
-        nw, nf = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        self._image.native.check(lib.ic_gather(
-            self._tree.ptr, self._dirty.ptr, ffi.from_buffer(pairs), ffi.from_buffer(pages), nw,
-            ffi.from_buffer(freed), nf))
-        return _Changes(bytes(pairs[:16 * nw[0]]), memoryview(pages)[:nw[0] * ps],
-                        bytes(freed[:8 * nf[0]]), nw[0])
-
-    def _plan(self, tail: _Tail, ch: _Changes, meta: bytes, seg_size: int | None = None
-              ) -> _Plan | None:
-        """Apply the changes to the page table as if written at tail; None (and
-        undone) when they do not fit in that segment."""
-        seq, tree = tail.seq + 1, self._tree
-        first_loc = make_loc(tail.segno, tail.slot)
-        olds = tree.apply(ch.pairs, first_loc, seq, keep_olds=True)
-        try:
-            olds_freed = tree.apply_freed(ch.freed, seq, keep_olds=True)
-        except BaseException:
-            tree.restore(ch.pairs, 16, olds)
-            raise
-        plan = _Plan(tail, seq, ch, meta, olds, olds_freed)
-        if (tail.ckpt_top == 0 or self._records_since_ckpt >= CHECKPOINT_RECORDS
-                or tree.dirty_nodes >= CHECKPOINT_NODES):
-            plan.nodes, plan.root_loc, plan.root_sum, plan.depth = \
-                tree.serialize(first_loc + ch.npages)
-            usage = tree.usage()
-            nnodes = len(plan.nodes) // self.page_size
-            if nnodes:
-                usage[tail.segno] = usage.get(tail.segno, 0) + nnodes
-            plan.usage = sorted(usage.items())
-        length = fmt.record_length(ch.npages, len(ch.freed) // 8, len(plan.usage or []),
-                                   len(meta))
-        slots = tail.slot + ch.npages + len(plan.nodes) // self.page_size
-        if seg_size is not None:
-            plan.seg_size = max(seg_size, _round_up(slots * self.page_size + length,
-                                                    self.page_size))
-            plan.tail = tail = replace(tail, top=plan.seg_size)
-        if slots * self.page_size > tail.top - length:
-            self._undo(plan)
+    def _build(self, tail: _Tail, meta_buf, meta_len: int, room: int | None = None):
+        """Lay out the commit at tail and apply it to the page table (undoable);
+        None when it does not fit in that segment."""
+        checkpoint = (tail.ckpt_slot == 0 or self._records_since_ckpt >= CHECKPOINT_RECORDS
+                      or self._tree.dirty_nodes >= CHECKPOINT_NODES)
+        c = self._commit_args
+        _fill_commit(c, seq=tail.seq + 1, parent=self.head, prev_sum=tail.sum,
+                     segno=tail.segno, slot=tail.slot,
+                     room=(self._image.nslots(tail.segno) if room is None else room) - tail.slot,
+                     ckpt_slot=tail.ckpt_slot,
+                     prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
+                     checkpoint=checkpoint, meta=meta_buf, meta_len=meta_len,
+                     salt=self._image.salt)
+        code = lib.ic_commit_build(self._tree.ptr, self._dirty.ptr, c)
+        if code == lib.IC_FULL:
             return None
-        plan.record, plan.record_sum = self._encode(plan)
-        return plan
+        self._image.native.check(code)
+        return c
 
-    def _plan_in_new_segment(self, ch: _Changes, meta: bytes) -> _Plan:
-        """Start the next segment (its first record is a checkpoint) and plan there."""
-        tail = _empty_tail(self._active + 1, 0, self._tail.seq, self._tail.sum)
-        plan = self._plan(tail, ch, meta, seg_size=self._image.sizes[self._active])
+    def _build_in_new_segment(self, meta_buf, meta_len: int):
+        """Start the next segment, sized for this commit if it is larger than a
+        segment; its first record is a checkpoint (invariant 4)."""
+        tail = empty_tail(self._active + 1, self._tail.seq, self._tail.sum)
+        nominal = min(self._image.sizes.values())
+        probe = self._build(tail, meta_buf, meta_len, room=1)   # too small: reports its need
+        assert probe is None
+        need = self._commit_args.need_slots
+        seg_size = max(nominal, _round_up((need + 1) * self.page_size, self.page_size))
         try:
-            _make_segment(self._vfs, self.path, tail.segno, plan.seg_size, self.page_size,
-                          self._image.image_id, self._image.salt)
+            make_segment(self._vfs, self.path, tail.segno, seg_size, self.page_size,
+                         self._image.image_id, self._image.salt)
             self._image.attach(tail.segno)
             fd = self._vfs.open(self._image.seg_path(tail.segno), os.O_RDWR)
-        except _SyncFailed as exc:
+        except SyncFailed as exc:
             self._enter_failed(exc.error)
         except OSError as exc:
-            self._undo(plan)
             raise CommitFailed(f"{self.path}: could not start segment "
                                f"{fmt.segment_name(tail.segno)} ({exc.strerror or exc}); "
                                f"nothing was committed") from exc
         self._vfs.close(self._seg_fd)
-        self._seg_fd, self._active = fd, tail.segno
-        self._tail = plan.tail
-        return plan
-
-    def _encode(self, plan: _Plan) -> tuple[bytes, int]:
-        ch, tail = plan.changes, plan.tail
-        return fmt.encode_record(
-            self._image.salt, flags=fmt.FLAG_CHECKPOINT if plan.is_checkpoint else 0,
-            seq=plan.seq, parent=self.head, prev_sum=tail.sum, time_ns=time.time_ns(),
-            first_slot=tail.slot, npages=ch.npages, nnodes=len(plan.nodes) // self.page_size,
-            pairs=ch.pairs, freed=ch.freed, usage=plan.usage or [], meta=plan.meta,
-            depth=max(plan.depth, 0), root_loc=plan.root_loc, root_sum=plan.root_sum,
-            ckpt_top=tail.top if plan.is_checkpoint else tail.ckpt_top,
-            nodes_sum=hash64(plan.nodes, self._image.salt) if plan.is_checkpoint else 0)
-
-    def _write_commit(self, plan: _Plan) -> None:
-        """One commit's writes.  The record goes with a zeroed block below it,
-        so that in every acknowledged state the block past the log's end is zero:
-        stale bytes of an interrupted commit can never come to sit right past
-        the end, where the next open would take them for damage."""
-        tail, ch = plan.tail, plan.changes
-        writes = []
-        if ch.npages or plan.nodes:
-            writes.append(([ch.pages, plan.nodes], tail.slot * self.page_size))
-        record_at = tail.top - len(plan.record)
-        pages_end = (tail.slot + ch.npages + len(plan.nodes) // self.page_size) * self.page_size
-        if record_at - fmt.RECORD_BLOCK >= pages_end:
-            writes.append(([_ZERO_BLOCK, plan.record], record_at - fmt.RECORD_BLOCK))
-        else:
-            writes.append(([plan.record], record_at))
-        self._write_synced(writes)
-
-    def _write_synced(self, writes: list) -> None:
-        """Write, then fdatasync.  A failed write leaves the store usable; a failed
-        sync raises _SyncFailed, because the kernel may already have dropped the
-        dirty pages it could not write (invariant 6)."""
-        for buffers, offset in writes:
-            if isinstance(buffers, (bytes, bytearray, memoryview)):
-                buffers = [buffers]
-            self._vfs.pwritev(self._seg_fd, [b for b in buffers if len(b)], offset)
-        _sync(self._vfs, self._seg_fd)
+        self._seg_fd, self._active, self._tail = fd, tail.segno, tail
+        c = self._build(tail, meta_buf, meta_len)
+        if c is None:
+            raise CommitFailed(f"{self.path}: commit does not fit a segment of {seg_size} bytes")
+        return c
 
     def _enter_failed(self, exc: OSError) -> None:
         """The terminal state: never retry a sync (invariant 6)."""
@@ -812,25 +557,35 @@ class PageStore:
         raise StoreFailed(f"{self.path}: a sync failed ({self._failure}); the store refuses "
                           f"further work until it is reopened") from exc
 
-    def _undo(self, plan: _Plan) -> None:
-        self._tree.restore(plan.changes.freed, 8, plan.olds_freed)
-        self._tree.restore(plan.changes.pairs, 16, plan.olds)
-
-    def _finish(self, plan: _Plan) -> None:
-        ch, tail = plan.changes, plan.tail
-        nnodes = len(plan.nodes) // self.page_size
-        if plan.is_checkpoint:
-            self._tree.adopt(plan.root_loc, plan.root_sum, plan.depth,
-                             make_loc(tail.segno, tail.slot + ch.npages), nnodes)
+    def _finish(self, c) -> None:
+        """The commit is durable: account it and move the tail past it."""
+        tail = self._tail
+        lib.ic_commit_done(self._tree.ptr, self._dirty.ptr, c)
+        end = tail.slot + c.nslots
+        if c.checkpoint:
+            self._ckpt = self._image.record_at(tail.segno, tail.slot)
             self._records_since_ckpt = 0
+            self._tail = _Tail(tail.segno, end, c.seq, c.record_sum, tail.slot)
+            self._write_hint()
         else:
             self._records_since_ckpt += 1
-        self._dirty.clear()
-        self._tail = _Tail(tail.segno, tail.top - len(plan.record),
-                           tail.slot + ch.npages + nnodes, plan.seq, plan.record_sum,
-                           tail.top if plan.is_checkpoint else tail.ckpt_top)
-        self.head = plan.seq
-        self.appended_bytes += len(ch.pages) + len(plan.nodes) + len(plan.record)
+            self._tail = _Tail(tail.segno, end, c.seq, c.record_sum, tail.ckpt_slot)
+        self.head = c.seq
+        self.appended_bytes += c.nslots * self.page_size
+
+    def _write_hint(self) -> None:
+        """Name the newest checkpoint for the next open.  Unsynced and only a
+        hint: a stale or torn one is ignored (it has its own checksum)."""
+        data = fmt.encode_hint(self._image.salt, self._ckpt.segno, self._ckpt.slot,
+                               self._ckpt.seq, self._ckpt.sum)
+        try:
+            fd = self._vfs.open(os.path.join(self.path, HINT_NAME), os.O_WRONLY | os.O_CREAT)
+            try:
+                self._vfs.pwrite(fd, data, 0)
+            finally:
+                self._vfs.close(fd)
+        except OSError:
+            pass
 
     # -- history ---------------------------------------------------------------
 
@@ -844,9 +599,8 @@ class PageStore:
     def _all_records(self) -> list[fmt.Record]:
         out: list[fmt.Record] = []
         for segno in self._image.numbers():
-            size = self._image.sizes[segno]
             last = out[-1] if out else None
-            tail = _empty_tail(segno, size, last.seq if last else -1, last.sum if last else 0)
+            tail = empty_tail(segno, last.seq if last else -1, last.sum if last else 0)
             records, _ = self._image.scan(tail, upto=self.head)
             out.extend(records)
             if out and out[-1].seq >= self.head:
@@ -858,28 +612,50 @@ class PageStore:
         self._require_open()
         if not 0 <= commit_no <= self.head:
             raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
-        segno = self._image.segment_of(commit_no)
-        if segno is None:
+        ckpt = self._image.checkpoint_before(self._ckpt, commit_no)
+        if ckpt is None:
             raise KeyError(f"commit {commit_no} is no longer on disk")
-        size = self._image.sizes[segno]
-        records, _ = self._image.scan(_empty_tail(segno, size), upto=commit_no)
+        start = _Tail(ckpt.segno, ckpt.slot, -1, 0, 0)
+        records, _ = self._image.scan(start, upto=commit_no)
         if not records or records[-1].seq != commit_no:
-            raise KeyError(f"commit {commit_no} is not on disk")
-        return PageView(self._image.tree_at(records, commit_no), commit_no, self.page_size)
+            raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
+                               f"does not reach commit {commit_no}")
+        return PageView(self._image.tree_from(ckpt, records[1:]), commit_no, self.page_size)
 
     def refresh(self) -> int:
         """A reader moves to the newest commit; returns the new head."""
         self._require(_READER)
-        for segno in _segment_numbers(self.path):
+        for segno in segment_numbers(self.path):
             if segno not in self._image.sizes:
                 self._image.attach(segno)
+        if self._image.numbers()[-1] == self._tail.segno:
+            records, tail = self._image.scan(self._tail)
+            if records:
+                self._advance(records, tail)
+            return self.head
         self.recovery_notes = []
-        old_tree = self._tree
         self._reader.rebind(0, 0)
+        old_tree = self._tree
         self._load_head()
         self._bind_reader()
         old_tree.close()
         return self.head
+
+    def _advance(self, records: list[fmt.Record], tail: _Tail) -> None:
+        """A reader applies the records that followed its head."""
+        ckpts = [i for i, r in enumerate(records) if r.is_checkpoint]
+        self._reader.rebind(0, 0)
+        if ckpts:
+            old_tree = self._tree
+            self._set_head(records[ckpts[-1]:], tail)
+            old_tree.close()
+        else:
+            for rec in records:
+                self._tree.apply(rec.pairs, make_loc(rec.segno, rec.first_slot), rec.seq)
+                self._tree.apply_freed(rec.freed, rec.seq)
+            self._records_since_ckpt += len(records)
+            self._tail, self.head = tail, tail.seq
+        self._bind_reader()
 
     # -- verification ----------------------------------------------------------
 
@@ -911,14 +687,20 @@ class PageStore:
         t = self._tail
         assert self._state in (_READER, _WRITER), self._state
         assert t.seq == self.head, (t, self.head)
-        assert 1 <= t.slot and t.slot * self.page_size <= t.top <= self._image.sizes[t.segno]
-        assert self._records_since_ckpt <= CHECKPOINT_RECORDS
+        assert 1 <= t.slot <= self._image.nslots(t.segno)
+        assert self._ckpt.is_checkpoint and self._ckpt.seq <= self.head
+        assert t.ckpt_slot == 0 or (self._ckpt.segno, self._ckpt.slot) == (t.segno, t.ckpt_slot)
+        assert self._readonly_or_bounded()
         if self._state == _READER:
             assert self._dirty is None and self._seg_fd < 0 and self._lock_fd < 0
         else:
             assert t.segno == self._active and self._seg_fd >= 0 and self._lock_fd >= 0
 
     # -- states and closing ----------------------------------------------------
+
+    def _readonly_or_bounded(self) -> bool:
+        # a reader only replays what the writer wrote; the writer bounds it
+        return self._state == _READER or self._records_since_ckpt <= CHECKPOINT_RECORDS
 
     def _require_open(self) -> None:
         if self._state in (_READER, _WRITER):
@@ -974,37 +756,21 @@ class PageStore:
         return f"<PageStore {self.path} {self._state} head={getattr(self, 'head', None)}>"
 
 
-@dataclass
-class _Changes:
-    pairs: bytes            # (page_no, sum) per written page, in page order
-    pages: memoryview       # their bytes
-    freed: bytes            # dropped page numbers
-    npages: int
+def _new_commit(**fields):
+    c = ffi.new("ic_commit *")
+    _fill_commit(c, **fields)
+    return c
 
 
-@dataclass
-class _Plan:
-    tail: _Tail
-    seq: int
-    changes: _Changes
-    meta: bytes
-    olds: object
-    olds_freed: object
-    nodes: bytes | bytearray = b""
-    root_loc: int = 0
-    root_sum: int = 0
-    depth: int = -1
-    usage: list | None = None
-    seg_size: int = 0
-    record: bytes = b""
-    record_sum: int = 0
-
-    @property
-    def is_checkpoint(self) -> bool:
-        return self.usage is not None
-
-
-_ZERO_BLOCK = bytes(fmt.RECORD_BLOCK)
+def _fill_commit(c, *, seq: int, parent: int, prev_sum: int, segno: int, slot: int, room: int,
+                 ckpt_slot: int, prev_ckpt: int, checkpoint: bool, meta, meta_len: int,
+                 salt: int) -> None:
+    """Fill the caller's half of an ic_commit.  meta must stay alive (the
+    caller holds it) until ic_commit_build returns."""
+    c.seq, c.parent, c.prev_sum, c.time_ns = seq, parent, prev_sum, time.time_ns()
+    c.segno, c.slot, c.room = segno, slot, max(room, 0)
+    c.ckpt_slot, c.prev_ckpt, c.checkpoint = ckpt_slot, prev_ckpt, int(checkpoint)
+    c.meta, c.meta_len, c.salt = meta, meta_len, salt
 
 
 def _round_up(n: int, unit: int) -> int:

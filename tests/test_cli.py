@@ -69,9 +69,10 @@ class TestErrors:
             s.commit()
             s.write(1, b"b")
             s.commit()
-        seg = os.path.join(path, "seg-000001")
-        with open(seg, "r+b") as f:   # page 0 of commit 1 sits in slot 1
-            f.seek(1024 + 100)
+            loc = s._tree.entry(0)[0]
+        segno, slot = loc >> 32, loc & 0xFFFFFFFF
+        with open(os.path.join(path, f"seg-{segno:06d}"), "r+b") as f:
+            f.seek(slot * 1024 + 100)
             f.write(b"Z")
         result = run("check", path)
         assert result.returncode == 1
