@@ -13,7 +13,7 @@ peer and the ratio imago/peer; a verdict per target closes the output.
    Target: imago >= both peers.
 2. Bytes appended per one-page commit: ``store.appended_bytes`` over a run of
    thousands of commits (so several page-table checkpoints are included),
-   in bytes, in pages and as pages + record blocks.  Target: at most two
+   in bytes, in pages, and as record slot + data page + page-table nodes.  Target: at most two
    pages plus one record block (8,704 bytes).  Beside it: the bytes each
    system handed to write()/pwrite() per commit in benchmark 1's runs
    (/proc/self/io wchar).  Section 4 adds the same count for one-page commits
@@ -276,7 +276,7 @@ def bench_commits(cfg: Config) -> dict:
 def one_page_commits(store: PageStore, n: int, npages: int, rng: random.Random) -> dict:
     """n commits of PAYLOAD bytes into a random page of the first npages, and
     what they appended, commit by commit."""
-    deltas = []
+    deltas, checkpoints = [], 0
     segs0 = segment_count(store.path)
     w0 = bytes_handed_to_write()
     for _ in range(n):
@@ -284,16 +284,17 @@ def one_page_commits(store: PageStore, n: int, npages: int, rng: random.Random) 
         store.write(rng.randrange(npages), rng.randbytes(PAYLOAD), rng.randrange(PAGE - PAYLOAD))
         store.commit()
         deltas.append(store.appended_bytes - before)
+        checkpoints += store._ckpt.seq == store.head   # private: the head's checkpoint record
     w1 = bytes_handed_to_write()
-    # A one-page commit appends whole pages (its page, plus page-table nodes
-    # when it is a checkpoint) and one record of 512-byte blocks, which stays
-    # below a page here; so delta // PAGE are pages and the rest record blocks.
+    # A one-page commit appends whole slots: its record (one slot while the
+    # record is under a page), its data page, and page-table nodes when it is a
+    # checkpoint.  So slots - 2 are node pages.
+    slots = [d // PAGE for d in deltas]
     return {"commits": n, "appended_bytes_per_commit": sum(deltas) / n,
             "pages_per_commit": sum(deltas) / n / PAGE,
-            "data_pages_per_commit": sum(d // PAGE for d in deltas) / n,
-            "record_blocks_per_commit": sum(d % PAGE for d in deltas) / RECORD_BLOCK / n,
+            "node_pages_per_commit": sum(max(k - 2, 0) for k in slots) / n,
             "largest_commit_bytes": max(deltas),
-            "checkpoints": sum(1 for d in deltas if d // PAGE > 1),
+            "checkpoints": checkpoints,
             "segments_started": segment_count(store.path) - segs0,
             "written_bytes_per_commit": (w1 - w0) / n if w0 is not None and w1 else None}
 
@@ -306,9 +307,8 @@ def appended_rows(st: dict, width: int, extra: tuple[str, ...] = ()) -> None:
     per = st["appended_bytes_per_commit"]
     row("appended bytes / commit (store count)", num(per), *extra, width=width)
     row("  in pages (4,096 B)", num(per / PAGE, 3), *extra, width=width)
-    row("  as pages + record blocks (512 B)",
-        f"{st['data_pages_per_commit']:.3f}p+{st['record_blocks_per_commit']:.3f}rb", *extra,
-        width=width)
+    row("  = record slot + data page + nodes",
+        f"1+1+{st['node_pages_per_commit']:.3f}", *extra, width=width)
     row("  largest single commit (bytes)", num(st["largest_commit_bytes"]), *extra, width=width)
     row("  commits that wrote a checkpoint", num(st["checkpoints"]), *extra, width=width)
     row("  segments started (zero-filled)", num(st["segments_started"]), *extra, width=width)
@@ -338,8 +338,8 @@ def bench_bytes(cfg: Config, commits: dict) -> dict:
         ratio(wr.get("imago_random"), wr.get("sqlite")),
         ratio(wr.get("imago_random"), wr.get("lmdb")), width=width)
     print("  (bytes to write(): what the process passed to write()/pwrite(), /proc/self/io "
-          "wchar.\n   The filesystem writes whole 4 KiB blocks, so imago's 512-byte record "
-          "costs a block\n   on the device.  The pager zero-fills each new segment (64 MiB) "
+          "wchar.\n   imago also writes the zeroed slot after each commit (the next record's "
+          "place),\n   which is not appended.  The pager zero-fills each new segment (64 MiB) "
           "before using it,\n   about as many bytes again as the commits append: that shows "
           "in the write() count\n   only of a run that started a segment, never in the "
           "appended count.\n   Section 4 has the same figures for commits spread over the "

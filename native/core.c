@@ -743,6 +743,7 @@ int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out) {
 /* dirty pages: open addressing, linear probing                        */
 
 #define EMPTY_KEY UINT64_MAX
+#define DIRTY_MIN_CAP 64      /* a power of two; the table halves load at 50% */
 
 struct ic_dirty {
     uint32_t page_size;
@@ -765,7 +766,7 @@ ic_dirty *ic_dirty_new(uint32_t page_size) {
     ic_dirty *d = calloc(1, sizeof *d);
     if (!d) return NULL;
     d->page_size = page_size;
-    if (dirty_alloc(d, 64) != IC_OK) { free(d); return NULL; }
+    if (dirty_alloc(d, DIRTY_MIN_CAP) != IC_OK) { free(d); return NULL; }
     return d;
 }
 
@@ -782,8 +783,17 @@ void ic_dirty_free(ic_dirty *d) {
     free(d);
 }
 
+/* Clearing shrinks a table that a bulk commit grew, so that clearing after
+ * each small commit costs what the small commit used, not the largest one. */
 void ic_dirty_clear(ic_dirty *d) {
     free_vals(d);
+    if (d->cap > DIRTY_MIN_CAP) {
+        uint64_t *keys = d->keys;
+        uint8_t **vals = d->vals;
+        if (dirty_alloc(d, DIRTY_MIN_CAP) == IC_OK) { free(keys); free(vals); return; }
+        d->keys = keys;
+        d->vals = vals;
+    }
     for (uint64_t i = 0; i < d->cap; i++) { d->keys[i] = EMPTY_KEY; d->vals[i] = NULL; }
     d->count = 0;
 }
@@ -1123,7 +1133,8 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
         free_undo(c);
         return IC_FULL;
     }
-    uint64_t buf_slots = nslots + (nslots < c->room);   /* the zeroed slot, when it fits */
+    /* The zeroed slot past the commit, when it fits and is not known zero. */
+    uint64_t buf_slots = nslots + (nslots < c->room && c->slot + nslots < c->zero_from);
     c->buf = calloc(buf_slots, st->page_size);
     if (!c->buf) { undo_apply(t, u); free_undo(c); return fail(st, IC_NOMEM, "out of memory in commit"); }
     c->buf_len = buf_slots << st->page_shift;

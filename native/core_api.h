@@ -36,6 +36,7 @@ typedef struct ic_commit {
     const uint8_t *meta;
     uint32_t meta_len;
     uint64_t salt;
+    uint64_t zero_from;     /* slots from here on are known to be zeros */
 
     uint8_t *buf;           /* the bytes to write at `slot`: whole slots */
     uint64_t buf_len;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pager import _format as fmt
 from pager._errors import CorruptImage
@@ -20,9 +20,9 @@ from pager._native import NativeStore, Tree, hash64, make_loc
 from pager._vfs import Vfs
 
 
-@dataclass(frozen=True)
-class _Tail:
-    """Where a segment's log ends, and what the next record there must match."""
+class _Tail(NamedTuple):
+    """Where a segment's log ends, and what the next record there must match.
+    (A NamedTuple: the writer makes one per commit, and it must be cheap.)"""
     segno: int
     slot: int         # the next record starts here
     seq: int          # the last record's commit number (-1: none seen yet)

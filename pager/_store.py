@@ -90,6 +90,9 @@ class PageView:
         self.close()
 
 
+_ic_write = lib.ic_write
+
+
 def _address(ptr) -> int:
     return int(ffi.cast("uintptr_t", ptr)) if ptr is not None else 0
 
@@ -185,6 +188,7 @@ class PageStore:
         c = _new_commit(seq=0, parent=fmt.NO_PARENT, prev_sum=0, segno=1, slot=1,
                         room=segment_size // page_size - 1, ckpt_slot=0, prev_ckpt=0,
                         checkpoint=True, meta=ffi.NULL, meta_len=0, salt=salt)
+        c.zero_from = 2   # a new segment is zeros past commit 0
         native.check(lib.ic_commit_build(tree.ptr, dirty.ptr, c))
         fd = vfs.open(os.path.join(temp, fmt.segment_name(1)), os.O_RDWR)
         try:
@@ -365,6 +369,10 @@ class PageStore:
         self._seg_fd = self._vfs.open(image.seg_path(self._active), os.O_RDWR)
         self._dirty = Dirty(self.page_size)
         self._commit_args = ffi.new("ic_commit *")
+        # Slots from here on are known to be zeros.  Unknown for a segment this
+        # process did not create (an interrupted commit may have left bytes
+        # anywhere past the end), so every commit there writes its zero slot.
+        self._zero_from = image.nslots(self._active)
         self._clear_torn_tail()
 
     def _clear_torn_tail(self) -> None:
@@ -431,13 +439,17 @@ class PageStore:
 
     def write(self, page_no: int, data: bytes, offset: int = 0) -> None:
         """Copy data into a page at offset; visible to this writer at once."""
-        self._require_writer()
+        if self._state is not _WRITER:
+            self._require_writer()
         if offset < 0 or offset + len(data) > self.page_size:
             raise ValueError(f"{len(data)} bytes at offset {offset} do not fit in a "
                              f"{self.page_size}-byte page")
         if not 0 <= page_no < MAX_PAGE_NO:
             raise ValueError(f"page number {page_no} is out of range")
-        self.write_bytes(page_no * self.page_size + offset, data)
+        code = _ic_write(self._tree.ptr, self._dirty.ptr, page_no * self.page_size + offset,
+                         ffi.from_buffer(data), len(data))
+        if code:
+            raise_status(self._image.native.ptr, code)
 
     def write_bytes(self, addr: int, data: bytes) -> None:
         """Copy data to a logical address, across page boundaries."""
@@ -480,7 +492,8 @@ class PageStore:
 
     def commit(self, meta: bytes = b"") -> int:
         """Make every write since the last commit durable; returns the commit number."""
-        self._require_writer()
+        if self._state is not _WRITER:
+            self._require_writer()
         meta = bytes(meta)
         if len(meta) > fmt.MAX_META:
             raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is {fmt.MAX_META}")
@@ -490,6 +503,7 @@ class PageStore:
             c = self._build_in_new_segment(meta_buf, len(meta))
         tail = self._tail
         try:
+            self._zero_from = max(self._zero_from, tail.slot + c.buf_len // self.page_size)
             self._vfs.pwrite(self._seg_fd, ffi.buffer(c.buf, c.buf_len),
                              tail.slot * self.page_size)
             sync(self._vfs, self._seg_fd)
@@ -516,6 +530,7 @@ class PageStore:
                      prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
                      checkpoint=checkpoint, meta=meta_buf, meta_len=meta_len,
                      salt=self._image.salt)
+        c.zero_from = self._zero_from
         code = lib.ic_commit_build(self._tree.ptr, self._dirty.ptr, c)
         if code == lib.IC_FULL:
             return None
@@ -544,6 +559,7 @@ class PageStore:
                                f"nothing was committed") from exc
         self._vfs.close(self._seg_fd)
         self._seg_fd, self._active, self._tail = fd, tail.segno, tail
+        self._zero_from = 1   # made by this process, zero-filled: no zero slot needed
         c = self._build(tail, meta_buf, meta_len)
         if c is None:
             raise CommitFailed(f"{self.path}: commit does not fit a segment of {seg_size} bytes")
