@@ -692,13 +692,13 @@ static int mark_seen(checker *c, uint64_t loc) {
 static int check_node(checker *c, ic_mnode *m, const uint8_t *entry, int level, uint64_t prefix) {
     ic_store *st = c->t->st;
     const uint8_t *node;
+    c->nodes++;
     if (m) {
         node = m->data;
     } else {
         int rc = mark_seen(c, ld64(entry));
         if (rc) return rc;
         if (!(node = node_bytes(st, level, ld64(entry), ld64(entry + 8), 1))) return err_code(st);
-        c->nodes++;
     }
     for (uint32_t i = 0; i < fanout(st); i++) {
         const uint8_t *e = node + (size_t)i * ENTRY_SIZE;

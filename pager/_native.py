@@ -156,7 +156,7 @@ class Tree:
             self.store.check(lib.ic_tree_set_usage(self.ptr, segno, live))
 
     def check(self) -> tuple[int, int]:
-        """Walk every node and page, re-verifying checksums; (pages, disk nodes)."""
+        """Walk every node and page, re-verifying checksums; (pages, nodes)."""
         pages, nodes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
         self.store.check(lib.ic_tree_check(self.ptr, pages, nodes))
         return pages[0], nodes[0]
