@@ -6,10 +6,11 @@ checksums; _format.py owns the byte layout.
 """
 from __future__ import annotations
 
+import fcntl
 import os
-import struct
 import time
 import warnings
+import weakref
 from typing import NamedTuple
 
 from native import PageReader, ffi, lib
@@ -102,7 +103,7 @@ def _make_reader(owner, page_size: int) -> PageReader:
     which check the state and raise the right error."""
     methods = {"read": type(owner).read, "read_word": type(owner).read_word,
                "read_bytes": type(owner).read_bytes}
-    ref = __import__("weakref").ref(owner)
+    ref = weakref.ref(owner)
 
     def fallback(kind: str, *args):
         target = ref()
@@ -244,7 +245,6 @@ class PageStore:
 
     def _take_lock(self) -> None:
         fd = self._vfs.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT)
-        import fcntl
         # A reader probes the lock with a momentary shared flock (_writer_active);
         # a few short retries tell that apart from a writer, which holds it.
         for attempt in range(LOCK_ATTEMPTS):
@@ -344,7 +344,6 @@ class PageStore:
         log's end are a commit in flight, not damage."""
         if not self.readonly:
             return False
-        import fcntl
         try:
             fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
