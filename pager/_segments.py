@@ -210,18 +210,6 @@ class Image:
             zero = self._zero = bytes(self.page_size)
         return zero
 
-    def later_record(self, tail: _Tail) -> fmt.Record | None:
-        """A whole record, newer than the tail, lying past damage in the log."""
-        seg = self.segment(tail.segno)
-        for slot in range(tail.slot + 1, self.nslots(tail.segno)):
-            off = slot * self.page_size
-            if seg[off:off + 8] != fmt.REC_MAGIC:
-                continue
-            rec = fmt.decode_record(seg, tail.segno, slot, self.salt, self.page_size)
-            if rec is not None and rec.seq > tail.seq:
-                return rec
-        return None
-
     def verify_pages(self, rec: fmt.Record) -> str | None:
         """None if every page and node a record wrote matches its checksum, else why not."""
         base = make_loc(rec.segno, rec.first_slot)
@@ -247,17 +235,56 @@ class Image:
             tree.apply_freed(rec.freed, rec.seq)
         return tree
 
-    def checkpoint_before(self, start: fmt.Record, commit_no: int) -> fmt.Record | None:
+    def checkpoint_before(self, start: fmt.Record, commit_no: int) -> fmt.Record:
         """Walk back the checkpoint chain from `start` to the newest checkpoint at
-        or before commit_no; None if the chain ends (or breaks) first."""
+        or before commit_no.  KeyError if the chain leaves the segments on disk;
+        CorruptImage if a checkpoint in it is damaged."""
         ckpt = start
         while ckpt.seq > commit_no:
             segno, slot = ckpt.prev_ckpt >> 32, ckpt.prev_ckpt & 0xFFFFFFFF
-            earlier = self.record_at(segno, slot) if ckpt.prev_ckpt else None
+            if not ckpt.prev_ckpt or segno not in self.sizes:
+                raise KeyError(f"commit {commit_no} is no longer on disk")
+            earlier = self.record_at(segno, slot)
             if earlier is None or not earlier.is_checkpoint or earlier.seq >= ckpt.seq:
-                return None
+                raise CorruptImage(
+                    f"{self.path}: the checkpoint record before commit {ckpt.seq} "
+                    f"({fmt.segment_name(segno)} slot {slot}) is damaged, so commit "
+                    f"{commit_no} cannot be viewed")
             ckpt = earlier
         return ckpt
+
+    def next_checkpoint(self, tail: _Tail, upto: int | None = None) -> fmt.Record | None:
+        """The first valid checkpoint record past damage at the tail, newer than
+        it (and not past upto)."""
+        for rec in self._records_past(tail):
+            if rec.is_checkpoint and (upto is None or rec.seq <= upto):
+                return rec
+        return None
+
+    def later_record(self, tail: _Tail) -> fmt.Record | None:
+        """A whole record, newer than the tail, lying past damage in the log."""
+        return next(self._records_past(tail), None)
+
+    def _records_past(self, tail: _Tail):
+        seg = self.segment(tail.segno)
+        for slot in range(tail.slot + 1, self.nslots(tail.segno)):
+            off = slot * self.page_size
+            if seg[off:off + 8] != fmt.REC_MAGIC:
+                continue
+            rec = fmt.decode_record(seg, tail.segno, slot, self.salt, self.page_size)
+            if rec is not None and rec.seq > tail.seq:
+                yield rec
+
+    def claimed_extent(self, segno: int, slot: int) -> int:
+        """The slot after the commit whose record header (even if the record is
+        damaged) starts at slot: that header's claim, bounded by the segment."""
+        seg, off = self.segment(segno), slot * self.page_size
+        if off + fmt.HEADER_BYTES > len(seg) or seg[off:off + 8] != fmt.REC_MAGIC:
+            return slot
+        fields = fmt.REC_HEADER.unpack_from(seg, off)
+        length, npages, nnodes = fields[3], fields[8], fields[9]
+        end = slot + -(-length // self.page_size) + npages + nnodes
+        return min(end, self.nslots(segno))
 
     def read_hint(self) -> tuple[int, int, int, int] | None:
         try:

@@ -270,19 +270,8 @@ class PageStore:
         for segno in reversed(numbers):
             records, tail = self._scan_segment(segno)
             self._note_damage(tail)
-            # Only the newest commit can be torn: each commit's sync returned
-            # before the next was written.  So a newest record whose pages fail
-            # is dropped (and said so), and the one before it is trusted; its
-            # pages, like all others, are verified when first read.
-            reason = image.verify_pages(records[-1]) if records else None
-            if reason is not None:
-                dropped = records.pop()
-                self.recovery_notes.append(
-                    f"{self.path}: dropped commit {dropped.seq}, whose pages fail their "
-                    f"checksums ({reason}): an interrupted commit, or damage; the image "
-                    f"opens at commit {dropped.seq - 1}")
-                tail = self._tail_after(segno, records)
-            if records and any(r.is_checkpoint for r in records):
+            records, tail = self._settle_newest(segno, records, tail)
+            if records:
                 break
         else:
             raise CorruptImage(f"{self.path}: no segment holds a valid commit record")
@@ -293,17 +282,61 @@ class PageStore:
                                    f"{self.path}: it holds {live} live pages of commit "
                                    f"{self.head}")
 
+    def _settle_newest(self, segno: int, records: list[fmt.Record], tail: _Tail
+                       ) -> tuple[list[fmt.Record], _Tail]:
+        """Drop the newest commit if it is torn.  Only the newest can be: each
+        commit's sync returned before the next was written.  For the same reason
+        a newest commit followed by bytes was acknowledged (the next one had
+        begun), so it stays even if its pages fail; they fail loudly when read."""
+        reason = self._image.verify_pages(records[-1]) if records else None
+        if reason is None:
+            return records, tail
+        newest = records[-1]
+        if self._image.slot_dirty(segno, tail.slot):
+            self.recovery_notes.append(
+                f"{self.path}: commit {newest.seq} was acknowledged (a later commit had "
+                f"begun), but its pages are damaged ({reason}); reading them raises "
+                f"CorruptImage")
+            return records, tail
+        records.pop()
+        self.recovery_notes.append(
+            f"{self.path}: dropped commit {newest.seq}, whose pages fail their checksums "
+            f"({reason}): an interrupted commit, or damage; the image opens at commit "
+            f"{newest.seq - 1}")
+        if not any(r.is_checkpoint for r in records):
+            return self._scan_from_start(segno, upto=newest.seq - 1)
+        return records, self._tail_after(segno, records)
+
     def _scan_segment(self, segno: int) -> tuple[list[fmt.Record], _Tail]:
-        """The log of one segment from its newest checkpoint the hint names, or
-        else from its first record."""
+        """The log of one segment from the newest checkpoint the hint names, or
+        else from its first record.  The hint only saves time: both ways find
+        the same head."""
         hint = self._image.read_hint()
         if hint is not None and hint[0] == segno:
             _, slot, seq, record_sum = hint
-            start = _Tail(segno, slot, -1, 0, 0)
-            records, tail = self._image.scan(start)
+            records, tail = self._image.scan(_Tail(segno, slot, -1, 0, 0))
             if records and records[0].seq == seq and records[0].sum == record_sum:
                 return records, tail
-        return self._image.scan(empty_tail(segno))
+        return self._scan_from_start(segno)
+
+    def _scan_from_start(self, segno: int, upto: int | None = None
+                         ) -> tuple[list[fmt.Record], _Tail]:
+        """Read a segment's log from slot 1.  Where a damaged record breaks it and
+        a valid checkpoint lies beyond, go on from that checkpoint: the state
+        does not depend on the damaged record, only views of the commits before
+        the checkpoint do (and those fail with CorruptImage)."""
+        image = self._image
+        records, tail = image.scan(empty_tail(segno), upto=upto)
+        while (upto is None or tail.seq < upto) and image.slot_dirty(segno, tail.slot):
+            ckpt = image.next_checkpoint(tail, upto)
+            if ckpt is None:
+                break
+            self.recovery_notes.append(
+                f"{self.path}: the log of {fmt.segment_name(segno)} is damaged after commit "
+                f"{tail.seq} (slot {tail.slot}); the image opens from the checkpoint of commit "
+                f"{ckpt.seq}, and commits in between can no longer be viewed")
+            records, tail = image.scan(_Tail(segno, ckpt.slot, -1, 0, 0), upto=upto)
+        return records, tail
 
     def _tail_after(self, segno: int, records: list[fmt.Record]) -> _Tail:
         if not records:
@@ -383,6 +416,9 @@ class PageStore:
             end += 1
         if end == tail.slot:
             return
+        # A torn commit may have holes (a slot that never reached the disk): its
+        # record header, where readable, gives its whole extent.
+        end = max(end, image.claimed_extent(tail.segno, tail.slot))
         ps = self.page_size
         seg = image.segment(tail.segno)
         damaged = os.path.join(self.path, f"damaged-{fmt.segment_name(tail.segno)}-"
@@ -628,8 +664,6 @@ class PageStore:
         if not 0 <= commit_no <= self.head:
             raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
         ckpt = self._image.checkpoint_before(self._ckpt, commit_no)
-        if ckpt is None:
-            raise KeyError(f"commit {commit_no} is no longer on disk")
         start = _Tail(ckpt.segno, ckpt.slot, -1, 0, 0)
         records, _ = self._image.scan(start, upto=commit_no)
         if not records or records[-1].seq != commit_no:
@@ -645,6 +679,14 @@ class PageStore:
                 self._image.attach(segno)
         if self._image.numbers()[-1] == self._tail.segno:
             records, tail = self._image.scan(self._tail)
+            # A commit is one write, record first: a reader may see a record
+            # before all its pages have landed.  Until they verify, that commit
+            # is still in flight.
+            for i, rec in enumerate(records):
+                if self._image.verify_pages(rec) is not None:
+                    records = records[:i]
+                    tail = self._tail_after(self._tail.segno, records) if records else self._tail
+                    break
             if records:
                 self._advance(records, tail)
             return self.head

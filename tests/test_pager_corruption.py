@@ -5,12 +5,20 @@ path that does not exist) whose message names the file, segment, page or commit
 concerned, or, where opening can fall back to an older commit without losing an
 acknowledged one, in a RecoveryWarning.  Never any other exception, never a
 crash, and never wrong bytes returned as if they were good.
+
+The layout these tests aim at (pager/_format.py): a segment is a row of
+page-sized slots, slot 0 its header; from slot 1 commits follow one another,
+each [record: record_slots][data pages: npages][page-table nodes: nnodes], so
+a record starts at the previous record's slot_end, and the slot after the
+log's end is zero.  The unsynced HINT file names the newest checkpoint record.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +28,7 @@ import warnings
 
 import pytest
 
+import pager._store
 from pager import CorruptImage, PageStore, RecoveryWarning
 from pager import _format as fmt
 
@@ -28,6 +37,11 @@ SEGMENT = 64 << 10         # 64 slots: several segments, so checkpoints write no
 TINY_SEGMENT = 16 << 10    # the smallest segment allowed (16 pages)
 FANOUT = PAGE // 32        # page-table entries per node (32 bytes each, native/core.c)
 FANOUT_BITS = FANOUT.bit_length() - 1
+# Byte offsets into a record that a test damages: a header field (seq), the
+# body (the first page pair, or the metadata of a commit without pages), and
+# the record's own checksum (the last 8 bytes of its length).
+RECORD_PARTS = {"header": lambda rec: 20, "body": lambda rec: fmt.HEADER_BYTES + 3,
+                "checksum": lambda rec: rec.length - 5}
 
 
 # -- a model of what each commit wrote -------------------------------------------
@@ -54,6 +68,11 @@ class History:
 
     def pages(self) -> list[int]:
         return sorted({p for w in self.writes for p in w})
+
+    def copy(self) -> History:
+        twin = History()
+        twin.writes = list(self.writes)
+        return twin
 
     def writer_of(self, commit: int, page_no: int) -> int:
         """The commit whose bytes page_no holds at `commit` (0: never written)."""
@@ -83,16 +102,22 @@ def read_file(path: str) -> bytes:
         return f.read()
 
 
+def salt_of(path: str) -> int:
+    raw = read_file(os.path.join(path, segment_names(path)[0]))
+    return fmt.decode_segment_header(raw[:fmt.HEADER_BYTES]).salt
+
+
 def records(path: str) -> list[fmt.Record]:
-    """Every commit record of an undamaged image, in log order."""
+    """Every commit record of an undamaged image, in log order: each segment's
+    log read forward from slot 1, each record starting where the last ended."""
     out = []
     for name in segment_names(path):
         raw = memoryview(read_file(os.path.join(path, name)))
         header = fmt.decode_segment_header(bytes(raw[:fmt.HEADER_BYTES]))
-        top = len(raw)
-        while (rec := fmt.decode_record(raw, header.segno, top, header.salt, PAGE)) is not None:
+        slot = 1
+        while (rec := fmt.decode_record(raw, header.segno, slot, header.salt, PAGE)) is not None:
             out.append(rec)
-            top = rec.start
+            slot = rec.slot_end
     return out
 
 
@@ -111,6 +136,29 @@ def flip(path: str, offset: int, mask: int = 0x40) -> None:
 
 def slot_offset(slot: int) -> int:
     return slot * PAGE
+
+
+def damage_record(path: str, rec: fmt.Record, part: str) -> None:
+    """Flip one byte of a record, in the part named (a key of RECORD_PARTS)."""
+    flip(seg_file(path, rec.segno), slot_offset(rec.slot) + RECORD_PARTS[part](rec))
+
+
+def dirty_slots(path: str, segno: int, start: int) -> list[int]:
+    """The slots from `start` on in a segment that hold anything but zeros."""
+    raw = read_file(seg_file(path, segno))
+    return [s for s in range(start, len(raw) // PAGE) if any(raw[s * PAGE:(s + 1) * PAGE])]
+
+
+def saved_damage(path: str) -> dict[tuple[str, int], bytes]:
+    """The damaged-<segment>-<slot>.bin files of an image, by (segment name, first slot)."""
+    out = {}
+    for name in os.listdir(path):
+        m = re.fullmatch(r"damaged-(seg-\d{6})-(\d+)\.bin", name)
+        if m:
+            out[m[1], int(m[2])] = read_file(os.path.join(path, name))
+        else:
+            assert not name.startswith("damaged"), name
+    return out
 
 
 def node_path(path: str, rec: fmt.Record, page_no: int) -> list[tuple[int, int, int]]:
@@ -134,6 +182,11 @@ def open_quietly(path: str, **kw) -> PageStore:
         return PageStore.open(path, **kw)
 
 
+def names_commit(message: str, commit: int) -> bool:
+    """Does an error message name this commit (and not merely one whose number starts so)?"""
+    return re.search(rf"\bcommit {commit}\b", message) is not None
+
+
 def build(path: str, batches, segment_size: int = SEGMENT) -> History:
     """Create an image whose commits 1, 2, ... write the given batches of pages."""
     hist = History()
@@ -149,6 +202,16 @@ def small_batches(n: int, seed: int, npages: int = 24) -> list[list[int]]:
     return [rng.sample(range(npages), rng.randint(1, 4)) for _ in range(n)]
 
 
+@contextlib.contextmanager
+def checkpoint_every(n: int):
+    """Let the writers made inside write a checkpoint every n records instead of
+    every CHECKPOINT_RECORDS (1,024), so that a small image holds several
+    checkpoints per segment, as a 64 MiB segment of one-page commits does."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pager._store, "CHECKPOINT_RECORDS", n)
+        yield
+
+
 @pytest.fixture
 def image(tmp_path) -> str:
     return str(tmp_path / "t.image")
@@ -159,43 +222,43 @@ def image(tmp_path) -> str:
 
 def damage_newest_record(path: str, part: str) -> fmt.Record:
     rec = records(path)[-1]
-    where = rec.top - 60 if part == "header" else rec.start + 3
-    flip(seg_file(path, rec.segno), where)
+    damage_record(path, rec, part)
     return rec
 
 
 class TestNewestRecordDamaged:
-    @pytest.mark.parametrize("part", ["header", "body"])
+    @pytest.mark.parametrize("part", sorted(RECORD_PARTS))
     @pytest.mark.parametrize("readonly", [False, True])
     def test_opens_at_previous_commit(self, image, part, readonly):
         """A flipped byte in the newest record drops that commit, with a warning and a note."""
         hist = build(image, small_batches(20, seed=1) + [[0, 1, 2, 3]])
         rec = damage_newest_record(image, part)
-        assert rec.seq == 21
+        assert rec.seq == 21 and rec.slot > 1
         with pytest.warns(RecoveryWarning) as caught:
             store = PageStore.open(image, readonly=readonly)
         with store:
             messages = [str(w.message) for w in caught]
             assert len(messages) == 1
-            assert "damaged" in messages[0] and fmt.segment_name(rec.segno) in messages[0]
-            assert image in messages[0] and "commit 20" in messages[0]
+            assert "damaged" in messages[0] and image in messages[0]
+            assert f"{fmt.segment_name(rec.segno)} slot {rec.slot}" in messages[0]
+            assert names_commit(messages[0], 20)
             assert store.recovery_notes == messages
             assert store.head == 20
             hist.assert_state(store, 20)
             assert store.check()["head"] == 20
 
-    @pytest.mark.parametrize("part", ["header", "body"])
+    @pytest.mark.parametrize("part", sorted(RECORD_PARTS))
     def test_writer_saves_damaged_bytes(self, image, part):
-        """The writer saves the damaged record to damaged-*.bin and zeroes it; reopens are quiet."""
+        """The writer saves the damaged commit to damaged-<seg>-<slot>.bin and zeroes it."""
         hist = build(image, small_batches(12, seed=2))
         rec = damage_newest_record(image, part)
-        damaged = read_file(seg_file(image, rec.segno))[rec.start:rec.top]
+        name = fmt.segment_name(rec.segno)
+        damaged = read_file(seg_file(image, rec.segno))[slot_offset(rec.slot):
+                                                        slot_offset(rec.slot_end)]
         with pytest.warns(RecoveryWarning):
             PageStore.open(image).close()
-        saved = [n for n in os.listdir(image) if n.startswith("damaged-") and n.endswith(".bin")]
-        assert len(saved) == 1 and fmt.segment_name(rec.segno) in saved[0]
-        assert read_file(os.path.join(image, saved[0])) == damaged
-        assert not any(read_file(seg_file(image, rec.segno))[rec.start:rec.top])
+        assert saved_damage(image) == {(name, rec.slot): damaged}
+        assert dirty_slots(image, rec.segno, rec.slot) == []
         with open_quietly(image) as store:
             assert store.head == rec.seq - 1
             hist.writes.pop()
@@ -205,19 +268,31 @@ class TestNewestRecordDamaged:
             hist.assert_state(store, rec.seq)
 
     def test_torn_record_with_a_hole(self, image):
-        """A torn three-block record whose middle block never landed is cleared whole by the writer.
-
-        Otherwise its lowest block lies just below the log's end once two more
-        one-block commits are made, and a later open reports damage again."""
+        """A torn three-slot record with a hole in its middle is saved and cleared whole."""
+        # The record's last slot and the commit's pages lie beyond the hole.  They
+        # may be an acknowledged commit that lost a block; unless saved and
+        # zeroed, later commits write over them (into non-zeros, invariant 1).
         hist = build(image, small_batches(5, seed=12))
-        top = records(image)[-1].start
+        with PageStore.open(image) as store:
+            hist.commit(store, [7, 8], meta=bytes(range(256)) * 9)   # a 2.3 KiB label
+        torn = records(image)[-1]
+        assert (torn.seq, torn.segno, torn.record_slots, torn.npages) == (6, 1, 3, 2)
         with open(seg_file(image, 1), "r+b") as f:
-            f.seek(top - fmt.RECORD_BLOCK)
-            f.write(b"\x11" * fmt.RECORD_BLOCK)
-            f.seek(top - 3 * fmt.RECORD_BLOCK)
-            f.write(b"\x22" * fmt.RECORD_BLOCK)
+            f.seek(slot_offset(torn.slot + 1))
+            f.write(bytes(PAGE))
+        before = read_file(seg_file(image, 1))
+        beyond = dirty_slots(image, 1, torn.slot)
+        assert beyond == [torn.slot, *range(torn.slot + 2, torn.slot_end)]
         with pytest.warns(RecoveryWarning):
             PageStore.open(image).close()
+        saved = saved_damage(image)
+        for slot in beyond:
+            assert any(start <= slot and
+                       data[slot_offset(slot - start):slot_offset(slot - start + 1)] ==
+                       before[slot_offset(slot):slot_offset(slot + 1)]
+                       for (_, start), data in saved.items()), f"slot {slot} was not saved"
+        assert dirty_slots(image, 1, torn.slot) == [], "the torn commit was not cleared whole"
+        hist.writes.pop()
         for _ in range(2):
             with open_quietly(image) as store:
                 hist.commit(store, [1])
@@ -228,18 +303,19 @@ class TestNewestRecordDamaged:
         """A damaged checkpoint that opens the newest segment falls back to the previous segment."""
         hist = build_second_segment(image, seed=10, nrecords=1)
         rec = records(image)[-1]
-        assert rec.segno == 2 and rec.is_checkpoint
-        flip(seg_file(image, 2), rec.top - 60)
+        assert rec.segno == 2 and rec.slot == 1 and rec.is_checkpoint
+        damage_record(image, rec, "header")
         with pytest.warns(RecoveryWarning) as caught:
             store = PageStore.open(image)
         with store:
             msg = str(caught[0].message)
-            assert "seg-000002" in msg and "damaged" in msg
+            assert "seg-000002 slot 1" in msg and "damaged" in msg
             assert store.head == rec.seq - 1
             hist.assert_state(store, rec.seq - 1)
             store.check()
             hist.writes.pop()
             hist.commit(store, [7])
+        assert saved_damage(image).keys() == {("seg-000002", 1)}
         with open_quietly(image) as store:
             assert store.head == rec.seq
             hist.assert_state(store, rec.seq)
@@ -256,6 +332,26 @@ class TestNewestRecordDamaged:
                 PageStore.open(image, readonly=True).close()
         assert {n: read_file(os.path.join(image, n)) for n in segment_names(image)} == before
         assert not [n for n in os.listdir(image) if n.startswith("damaged-")]
+
+    @pytest.mark.parametrize("fill", [b"\x5a", b"IMAGOREC"])
+    def test_bytes_past_the_end(self, image, fill):
+        """Bytes in the slot past the log's end (which commits zero) warn, then are cleared."""
+        hist = build(image, small_batches(6, seed=13))
+        last = records(image)[-1]
+        assert last.slot_end < SEGMENT // PAGE
+        with open(seg_file(image, last.segno), "r+b") as f:
+            f.seek(slot_offset(last.slot_end))
+            f.write(fill * 8)
+        with pytest.warns(RecoveryWarning) as caught:
+            store = PageStore.open(image)
+        with store:
+            assert f"slot {last.slot_end}" in str(caught[0].message)
+            assert names_commit(str(caught[0].message), last.seq)
+            assert store.head == last.seq
+            hist.assert_state(store, last.seq)
+        assert saved_damage(image).keys() == {(fmt.segment_name(last.segno), last.slot_end)}
+        with open_quietly(image) as store:
+            assert store.check()["head"] == last.seq
 
 
 # -- an older commit record ----------------------------------------------------------
@@ -275,7 +371,7 @@ def build_second_segment(path: str, seed: int, nrecords: int = 6) -> History:
 
 
 class TestOlderRecordDamaged:
-    @pytest.mark.parametrize("part", ["header", "body"])
+    @pytest.mark.parametrize("part", sorted(RECORD_PARTS))
     @pytest.mark.parametrize("which", ["middle", "segment-first"])
     @pytest.mark.parametrize("readonly", [False, True])
     def test_refuses_to_drop_acknowledged_commits(self, image, part, which, readonly):
@@ -284,13 +380,12 @@ class TestOlderRecordDamaged:
         recs = records(image)
         in_seg = [r for r in recs if r.segno == 2]
         victim = in_seg[len(in_seg) // 2] if which == "middle" else in_seg[0]
-        where = victim.top - 60 if part == "header" else victim.start + 3
-        flip(seg_file(image, 2), where)
+        damage_record(image, victim, part)
         before = read_file(seg_file(image, 2))
         with pytest.raises(CorruptImage) as err:
             PageStore.open(image, readonly=readonly)
         msg = str(err.value)
-        assert image in msg and "seg-000002" in msg and "damaged" in msg
+        assert image in msg and f"seg-000002 slot {victim.slot}" in msg and "damaged" in msg
         assert f"commit {victim.seq + 1} lies beyond" in msg
         assert read_file(seg_file(image, 2)) == before
         assert "commit -1" not in msg, msg      # name a commit that exists
@@ -298,8 +393,10 @@ class TestOlderRecordDamaged:
     def test_damaged_first_record_of_segment_one(self, image):
         """Damage to commit 0 with newer commits after it raises CorruptImage."""
         build(image, small_batches(5, seed=9))
-        flip(seg_file(image, 1), SEGMENT - 100)
-        with pytest.raises(CorruptImage, match="seg-000001") as err:
+        first = records(image)[0]
+        assert (first.seq, first.segno, first.slot) == (0, 1, 1)
+        damage_record(image, first, "body")
+        with pytest.raises(CorruptImage, match="seg-000001 slot 1") as err:
             PageStore.open(image)
         assert "commit 1 lies beyond" in str(err.value)
 
@@ -309,15 +406,21 @@ class TestOlderRecordDamaged:
         recs = records(image)
         assert recs[-1].segno >= 3
         victim = next(r for r in recs if r.segno == 2 and not r.is_checkpoint)
-        flip(seg_file(image, 2), victim.top - 60)
+        damage_record(image, victim, "header")
         with open_quietly(image) as store:
             assert store.head == recs[-1].seq
             hist.assert_state(store, store.head)
-            with pytest.raises(CorruptImage, match=f"commit {victim.seq - 1}"):
+            with pytest.raises(CorruptImage, match=rf"commit {victim.seq - 1}\b"):
                 store.check()
 
 
 # -- data pages ------------------------------------------------------------------------
+
+
+def page_slot(store: PageStore, page_no: int) -> tuple[int, int, int]:
+    """(segno, slot, commit) where the page table of an open store maps a page."""
+    loc, _, commit = store._tree.entry(page_no)
+    return loc >> 32, loc & 0xFFFFFFFF, commit
 
 
 class TestDataPageDamaged:
@@ -328,6 +431,8 @@ class TestDataPageDamaged:
         hist = build(image, batches)
         rec = next(r for r in records(image) if r.seq == 5)
         assert rec.page_numbers() == (100, 101, 102)
+        with open_quietly(image, readonly=True) as store:    # the table agrees with the record
+            assert page_slot(store, 101) == (rec.segno, rec.first_slot + 1, 5)
         flip(seg_file(image, rec.segno), slot_offset(rec.first_slot + 1) + 77)   # page 101
         with open_quietly(image) as store:
             assert store.head == 15
@@ -377,24 +482,71 @@ class TestDataPageDamaged:
             store.check()
             hist.writes.pop()
             hist.commit(store, [1, 2, 3, 4])
+        assert saved_damage(image).keys() == {(fmt.segment_name(rec.segno), rec.slot)}
         with open_quietly(image) as store:
             assert store.head == 11
             hist.assert_state(store, 11)
             store.check()
 
-    def test_damage_spanning_the_two_newest_commits(self, image):
-        """One bad disk block over the pages of the two newest commits never drops the older one.
+    @pytest.mark.parametrize("hint", ["kept", "removed"])
+    def test_newest_commit_is_a_mid_segment_checkpoint(self, image, hint):
+        """A damaged page of a newest, mid-segment checkpoint drops that commit alone."""
+        # Built with the real CHECKPOINT_RECORDS: the newest commit is the 1,025th
+        # record after segment 2's first checkpoint, so a checkpoint the HINT names.
+        hist = History()
+        with PageStore.create(image, page_size=PAGE, segment_size=2 << 20) as store:
+            hist.commit(store, range(1500, 3400))          # 1,900 of segment 1's 2,047 slots
+            while len(segment_names(image)) < 2:
+                hist.commit(store, [])                     # a record and nothing else
+            first = store.head                             # segment 2's first checkpoint
+            while store.head < first + pager._store.CHECKPOINT_RECORDS:
+                hist.commit(store, [])
+            hist.commit(store, [9])
+        newest = records(image)[-1]
+        assert newest.seq == first + 1025 and newest.is_checkpoint and newest.segno == 2
+        assert newest.slot > 1 and newest.npages == 1
+        assert fmt.decode_hint(read_file(os.path.join(image, "HINT")), salt_of(image))[:2] == \
+            (2, newest.slot)
+        if hint == "removed":
+            os.unlink(os.path.join(image, "HINT"))
+        flip(seg_file(image, 2), slot_offset(newest.first_slot) + 9)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                store = PageStore.open(image)
+            except CorruptImage as exc:
+                pytest.fail(f"opening refused although commits 0..{newest.seq - 1} are whole: "
+                            f"{exc}")
+        with store:
+            notes = [str(w.message) for w in caught]
+            assert store.head == newest.seq - 1, f"opened at {store.head}: {notes}"
+            assert len(notes) == 1 and f"dropped commit {newest.seq}" in notes[0]
+            hist.assert_state(store, newest.seq - 1)
+            with store.view(first + 3) as view:
+                assert view.read(1500) == hist.expected(first + 3, 1500)
+            store.check()
+        assert dirty_slots(image, 2, 1) == list(range(1, newest.slot)), \
+            "the writer zeroed acknowledged commits"
 
-        Commit 11's record was written only after commit 10's sync returned, so
-        commit 10 was acknowledged: opening may drop the torn commit 11, but must
-        then refuse (CorruptImage) or open at commit 10 with its page unreadable."""
+    @pytest.mark.parametrize("where", ["pages of both", "page and the record after it"])
+    def test_damage_spanning_the_two_newest_commits(self, image, where):
+        """Damage over the two newest commits never drops the older, acknowledged one."""
+        # Commit 11 was written only after commit 10's sync returned, so commit 10
+        # was acknowledged: opening may drop commit 11, but must then refuse
+        # (CorruptImage) or open at commit 10 with its damaged page unreadable.
+        # The damage: a bad block on each commit's pages, or one bad block over
+        # commit 10's last page and commit 11's record, which follows it.
         hist = build(image, small_batches(9, seed=11) + [[30, 31], [32, 33]])
         older, newest = records(image)[-2:]
-        assert (older.seq, newest.seq) == (10, 11)
-        assert older.first_slot + older.npages == newest.first_slot
-        with open(seg_file(image, newest.segno), "r+b") as f:    # pages 31 and 32
-            f.seek(slot_offset(newest.first_slot) - PAGE // 2)
-            f.write(b"\xff" * PAGE)
+        assert (older.seq, newest.seq) == (10, 11) and older.slot_end == newest.slot
+        with open(seg_file(image, newest.segno), "r+b") as f:
+            if where == "pages of both":               # pages 31 and 32
+                for slot in (older.first_slot + 1, newest.first_slot):
+                    f.seek(slot_offset(slot) + PAGE // 4)
+                    f.write(b"\xff" * (PAGE // 2))
+            else:                                      # page 31 and commit 11's record
+                f.seek(slot_offset(newest.slot) - PAGE // 2)
+                f.write(b"\xff" * PAGE)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -455,6 +607,7 @@ class TestPageTableNodeDamaged:
         _, ckpt = build_with_nodes(image)
         level, segno, slot = node_path(image, ckpt, 0)[0]
         assert level == 1
+        assert ckpt.first_slot + ckpt.npages <= slot < ckpt.slot_end   # the checkpoint's own
         flip(seg_file(image, segno), slot_offset(slot) + 3)
         with pytest.raises(CorruptImage) as err:
             PageStore.open(image)
@@ -671,9 +824,237 @@ class TestForeignSegment:
         assert name in str(err.value) and "renamed" in str(err.value)
 
 
+# -- the HINT file and the checkpoint chain ------------------------------------------
+
+
+class Chain:
+    """An image whose checkpoints chain back across segments and within them."""
+
+    def __init__(self, path: str, hist: History) -> None:
+        self.path, self.hist = path, hist
+        self.recs = records(path)
+        self.salt = salt_of(path)
+        self.ckpts = [r for r in self.recs if r.is_checkpoint]
+        self.newest_segno = self.recs[-1].segno
+
+    def in_segment(self, segno: int, checkpoint: bool) -> list[fmt.Record]:
+        return [r for r in self.recs if r.segno == segno and r.is_checkpoint == checkpoint]
+
+    def copy(self, dest: str) -> str:
+        shutil.copytree(self.path, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def pristine_chain(tmp_path_factory) -> Chain:
+    """Several 64-slot segments, each holding several checkpoints (one every five
+    records), the newest with records after its newest checkpoint.  Built once;
+    tests damage copies."""
+    path = str(tmp_path_factory.mktemp("chain") / "chain.image")
+    rng = random.Random(31)
+    hist = History()
+    with checkpoint_every(5), PageStore.create(path, page_size=PAGE,
+                                               segment_size=SEGMENT) as store:
+        chain = None
+        while (chain is None or chain.newest_segno < 4 or chain.recs[-1].is_checkpoint
+               or len(chain.in_segment(chain.newest_segno, checkpoint=True)) < 2):
+            hist.commit(store, rng.sample(range(40), rng.randint(1, 4)))
+            chain = Chain(path, hist)
+    assert [r.seq for r in chain.recs] == list(range(len(hist.writes)))
+    newest = chain.in_segment(chain.newest_segno, checkpoint=True)
+    assert len(newest) >= 2 and not chain.recs[-1].is_checkpoint
+    assert all(len(chain.in_segment(s, checkpoint=True)) >= 2 for s in (1, 2, 3))
+    assert any(r.nnodes for r in chain.ckpts if r.slot > 1)
+    return chain
+
+
+@pytest.fixture
+def chain(pristine_chain, tmp_path) -> Chain:
+    """A copy of the pristine chain image, and of its history, for one test to change."""
+    return Chain(pristine_chain.copy(str(tmp_path / "c.image")), pristine_chain.hist.copy())
+
+
+def opened_state(store: PageStore) -> tuple:
+    """What an open found: head, log end, the checkpoint it replays from, records since."""
+    ckpt = store._ckpt
+    return store.head, store._tail, (ckpt.segno, ckpt.slot), store._records_since_ckpt
+
+
+def _write_hint(path: str, data: bytes) -> None:
+    with open(os.path.join(path, "HINT"), "wb") as f:
+        f.write(data)
+
+
+def _hint_for(c: Chain, rec: fmt.Record, **change) -> bytes:
+    fields = {"salt": c.salt, "segno": rec.segno, "slot": rec.slot, "seq": rec.seq,
+              "record_sum": rec.sum}
+    return fmt.encode_hint(**(fields | change))
+
+
+def _replace_hint_with_directory(c: Chain) -> None:
+    os.unlink(os.path.join(c.path, "HINT"))
+    os.mkdir(os.path.join(c.path, "HINT"))
+
+
+def _flip_hint(c: Chain, offset: int) -> None:
+    flip(os.path.join(c.path, "HINT"), offset)
+
+
+# Each makes the HINT of a Chain's copy missing, damaged or stale.
+BAD_HINTS = {
+    "missing": lambda c: os.unlink(os.path.join(c.path, "HINT")),
+    "empty": lambda c: _write_hint(c.path, b""),
+    "garbage": lambda c: _write_hint(c.path, random.Random(5).randbytes(40)),
+    "truncated": lambda c: _write_hint(c.path, read_file(os.path.join(c.path, "HINT"))[:30]),
+    "bad checksum": lambda c: _flip_hint(c, 35),
+    "bad slot field": lambda c: _flip_hint(c, 12),
+    "another image's salt": lambda c: _write_hint(c.path, _hint_for(c, c.ckpts[-1],
+                                                                    salt=c.salt ^ 1)),
+    "a directory": _replace_hint_with_directory,
+    "a record that is not a checkpoint": lambda c: _write_hint(
+        c.path, _hint_for(c, c.in_segment(c.newest_segno, checkpoint=False)[0])),
+    "a data page": lambda c: _write_hint(c.path, _hint_for(c, c.recs[-1],
+                                                           slot=c.recs[-1].first_slot)),
+    "the slot past the log's end": lambda c: _write_hint(
+        c.path, _hint_for(c, c.recs[-1], slot=c.recs[-1].slot_end, seq=c.recs[-1].seq + 1)),
+    "slot 0": lambda c: _write_hint(c.path, _hint_for(c, c.ckpts[-1], slot=0)),
+    "a slot past the segment's end": lambda c: _write_hint(c.path, _hint_for(
+        c, c.ckpts[-1], slot=(1 << 32) - 1)),
+    "a missing segment": lambda c: _write_hint(c.path, _hint_for(
+        c, c.ckpts[-1], segno=c.newest_segno + 3)),
+    "the newest checkpoint, wrong sum": lambda c: _write_hint(c.path, _hint_for(
+        c, c.ckpts[-1], record_sum=c.ckpts[-1].sum ^ 1)),
+    "the newest checkpoint, wrong commit": lambda c: _write_hint(c.path, _hint_for(
+        c, c.ckpts[-1], seq=c.ckpts[-1].seq - 1)),
+    "an older checkpoint of the newest segment": lambda c: _write_hint(
+        c.path, _hint_for(c, c.in_segment(c.newest_segno, checkpoint=True)[0])),
+    "a checkpoint of an older segment": lambda c: _write_hint(
+        c.path, _hint_for(c, c.in_segment(2, checkpoint=True)[1])),
+    "commit 0": lambda c: _write_hint(c.path, _hint_for(c, c.recs[0])),
+}
+
+
+class TestHint:
+    def test_names_the_newest_checkpoint(self, pristine_chain):
+        """After a checkpoint the writer leaves a HINT naming it (segment, slot, commit, sum)."""
+        c = pristine_chain
+        ckpt = c.ckpts[-1]
+        assert ckpt.slot > 1 and ckpt.segno == c.newest_segno
+        hint = fmt.decode_hint(read_file(os.path.join(c.path, "HINT")), c.salt)
+        assert hint == (ckpt.segno, ckpt.slot, ckpt.seq, ckpt.sum)
+
+    @pytest.mark.parametrize("kind", list(BAD_HINTS))
+    def test_bad_hint_changes_nothing(self, pristine_chain, chain, kind):
+        """A missing, damaged or stale HINT opens the same state, quietly, for reader and writer."""
+        with open_quietly(pristine_chain.path, readonly=True) as store:
+            expected = opened_state(store)
+        BAD_HINTS[kind](chain)
+        hist = chain.hist
+        with open_quietly(chain.path, readonly=True) as store:
+            assert opened_state(store) == expected
+            hist.assert_state(store, store.head)
+            with store.view(chain.ckpts[2].seq + 1) as view:
+                for p in hist.pages():
+                    assert view.read(p) == hist.expected(view.commit, p)
+        with open_quietly(chain.path) as store:
+            assert opened_state(store) == expected
+            store.check()
+            n = hist.commit(store, [3, 39])
+        assert not saved_damage(chain.path)
+        with open_quietly(chain.path, readonly=True) as store:
+            assert store.head == n
+            hist.assert_state(store, n)
+
+    @pytest.mark.parametrize("readonly", [True, False])
+    def test_missing_hint_and_damage_before_the_newest_checkpoint(self, chain, tmp_path,
+                                                                  readonly):
+        """A record damaged before the newest checkpoint opens alike with or without the HINT."""
+        # The HINT is written without a sync, so a power cut may take it away:
+        # whether such an image opens cannot depend on it.
+        victim = next(r for r in chain.in_segment(chain.newest_segno, checkpoint=False)
+                      if r.seq < chain.ckpts[-1].seq)
+        damage_record(chain.path, victim, "header")
+        without = chain.copy(str(tmp_path / "without.image"))
+        os.unlink(os.path.join(without, "HINT"))
+        outcomes = {}
+        for name, path in (("with the HINT", chain.path), ("without it", without)):
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                try:
+                    with PageStore.open(path, readonly=readonly) as store:
+                        outcomes[name] = f"opened at commit {store.head}"
+                except CorruptImage as exc:
+                    outcomes[name] = f"CorruptImage: {exc}".replace(path, "IMAGE")
+        assert outcomes["with the HINT"] == outcomes["without it"], outcomes
+
+
+class TestViewsOfOldCommits:
+    @pytest.mark.parametrize("readonly", [False, True])
+    def test_every_commit_reads_as_it_did(self, chain, readonly):
+        """A view of any commit, segments and checkpoints back, reads that commit's pages."""
+        hist = chain.hist
+        assert chain.recs[-1].segno - chain.recs[0].segno >= 3
+        with open_quietly(chain.path, readonly=readonly) as store:
+            for n in range(store.head + 1):
+                with store.view(n) as view:
+                    for p in hist.pages():
+                        assert view.read(p) == hist.expected(n, p), f"page {p}, commit {n}"
+
+    @pytest.mark.parametrize("part", ["record", "nodes"])
+    @pytest.mark.parametrize("which", ["segment-first", "mid-segment"])
+    def test_damaged_checkpoint_in_the_chain(self, chain, which, part):
+        """A damaged old checkpoint fails the views needing it, naming commit or node."""
+        hist = chain.hist
+        in_seg = chain.in_segment(2, checkpoint=True)
+        victim = in_seg[0] if which == "segment-first" else next(r for r in in_seg[1:]
+                                                                 if r.nnodes)
+        after = next(r for r in chain.ckpts if r.seq > victim.seq)   # the next checkpoint
+        if part == "record":
+            damage_record(chain.path, victim, "header")
+            where = None
+        else:
+            assert victim.nnodes
+            slot = victim.first_slot + victim.npages
+            flip(seg_file(chain.path, 2), slot_offset(slot) + 64)
+            where = f"seg-000002 slot {slot}"
+        failed = set()
+        with open_quietly(chain.path, readonly=True) as store:   # the head needs neither
+            for n in range(store.head + 1):
+                try:
+                    with store.view(n) as view:
+                        for p in hist.pages():
+                            assert view.read(p) == hist.expected(n, p), f"page {p}, commit {n}"
+                except (CorruptImage, KeyError) as exc:
+                    msg = str(exc)
+                    assert names_commit(msg, n) or (where and where in msg), msg
+                    failed.add(n)
+        if part == "record":
+            assert failed == set(range(after.seq)), "views that need the checkpoint"
+        else:            # later checkpoints may share the node; earlier ones never do
+            assert victim.seq in failed and min(failed) >= victim.seq
+
+    def test_damaged_record_after_a_checkpoint(self, chain):
+        """A damaged record in a sealed segment fails views up to the next checkpoint."""
+        hist = chain.hist
+        victim = chain.in_segment(2, checkpoint=False)[1]
+        after = next(r for r in chain.ckpts if r.seq > victim.seq)
+        damage_record(chain.path, victim, "body")
+        with open_quietly(chain.path, readonly=True) as store:
+            for n in range(victim.seq - 3, after.seq + 2):
+                try:
+                    with store.view(n) as view:
+                        assert [view.read(p) for p in hist.pages()] == \
+                            [hist.expected(n, p) for p in hist.pages()], f"commit {n}"
+                except CorruptImage as exc:
+                    assert names_commit(str(exc), n) and victim.seq <= n < after.seq, str(exc)
+                else:
+                    assert not victim.seq <= n < after.seq, f"commit {n} opened past the damage"
+
+
 # -- fuzz --------------------------------------------------------------------------------
 
-FUZZ_KINDS = ("header", "record", "page", "node", "newest segment", "anywhere")
+FUZZ_KINDS = ("header", "record", "page", "node", "past the end", "hint", "newest segment",
+              "anywhere")
 
 
 def fuzz_image(path: str) -> History:
@@ -686,28 +1067,39 @@ def fuzz_image(path: str) -> History:
             batches.append(list(range(start, start + rng.randint(4, 8))))
         else:
             batches.append(rng.sample(range(100), rng.randint(1, 3)))
+    batches += [[7], [8], [9]]            # the newest segment: several records, then room
     hist = build(path, batches, segment_size=TINY_SEGMENT)
-    assert len(segment_names(path)) >= 4 and any(r.nnodes for r in records(path))
+    recs = records(path)
+    assert len(segment_names(path)) >= 4 and any(r.nnodes for r in recs)
+    assert recs[-1].slot_end < TINY_SEGMENT // PAGE
+    assert os.path.exists(os.path.join(path, "HINT"))
     return hist
 
 
 def fuzz_targets(path: str) -> dict[str, list[tuple[str, int, int]]]:
-    """Byte ranges (file, start, end) of each kind of on-disk structure."""
+    """Byte ranges (file, start, end) of each kind of on-disk structure: segment
+    headers, records (the bytes their checksum covers, and the checksum), data
+    pages, page-table nodes, the zeroed slot past the newest log, the HINT."""
     recs = records(path)
     targets: dict[str, list] = {k: [] for k in FUZZ_KINDS}
     for name in segment_names(path):
         targets["header"].append((name, 0, fmt.HEADER_BYTES))
         targets["anywhere"].append((name, 0, os.path.getsize(os.path.join(path, name))))
     targets["newest segment"].append(targets["anywhere"][-1])
+    targets["hint"].append(("HINT", 0, os.path.getsize(os.path.join(path, "HINT"))))
     for r in recs:
         name = fmt.segment_name(r.segno)
-        targets["record"].append((name, r.start, r.top))
+        targets["record"].append((name, slot_offset(r.slot), slot_offset(r.slot) + r.length))
         if r.npages:
             targets["page"].append((name, slot_offset(r.first_slot),
                                     slot_offset(r.first_slot + r.npages)))
         if r.nnodes:
             lo = slot_offset(r.first_slot + r.npages)
             targets["node"].append((name, lo, lo + r.nnodes * PAGE))
+    newest = recs[-1]
+    lo = slot_offset(newest.slot_end)
+    targets["past the end"].append((fmt.segment_name(newest.segno), lo, lo + PAGE))
+    assert all(targets.values()), targets
     return targets
 
 
