@@ -190,7 +190,7 @@ class Image:
         records = []
         while upto is None or tail.seq < upto:
             rec = fmt.decode_record(seg, tail.segno, tail.slot, self.salt, self.page_size)
-            if rec is None or not tail.follows(rec):
+            if rec is None or not tail.follows(rec) or (upto is not None and rec.seq > upto):
                 break
             records.append(rec)
             tail = tail.after(rec)
@@ -274,6 +274,21 @@ class Image:
             rec = fmt.decode_record(seg, tail.segno, slot, self.salt, self.page_size)
             if rec is not None and rec.seq > tail.seq:
                 yield rec
+
+    def next_commit_began(self, newest: fmt.Record) -> bool:
+        """Does the slot after `newest` hold the header of the commit after it
+        (its magic, number, place and a prev_sum naming newest), even if that
+        record is damaged elsewhere?  Then newest's sync had returned.  Other
+        bytes there prove nothing: a power cut can leave stale bytes or a
+        garbled zero slot."""
+        seg, slot = self.segment(newest.segno), newest.slot_end
+        off = slot * self.page_size
+        if off + fmt.HEADER_BYTES > len(seg) or seg[off:off + 8] != fmt.REC_MAGIC:
+            return False
+        fields = fmt.REC_HEADER.unpack_from(seg, off)
+        seq, prev_sum, own_slot, own_segno = fields[4], fields[6], fields[20], fields[21]
+        return (seq, prev_sum, own_slot, own_segno) == \
+            (newest.seq + 1, newest.sum, slot, newest.segno)
 
     def claimed_extent(self, segno: int, slot: int) -> int:
         """The slot after the commit whose record header (even if the record is

@@ -286,13 +286,13 @@ class PageStore:
                        ) -> tuple[list[fmt.Record], _Tail]:
         """Drop the newest commit if it is torn.  Only the newest can be: each
         commit's sync returned before the next was written.  For the same reason
-        a newest commit followed by bytes was acknowledged (the next one had
-        begun), so it stays even if its pages fail; they fail loudly when read."""
+        a newest commit followed by the header of the next one was acknowledged,
+        so it stays even if its pages fail; they fail loudly when read."""
         reason = self._image.verify_pages(records[-1]) if records else None
         if reason is None:
             return records, tail
         newest = records[-1]
-        if self._image.slot_dirty(segno, tail.slot):
+        if self._image.next_commit_began(newest):
             self.recovery_notes.append(
                 f"{self.path}: commit {newest.seq} was acknowledged (a later commit had "
                 f"begun), but its pages are damaged ({reason}); reading them raises "
@@ -648,11 +648,19 @@ class PageStore:
                 for r in self._all_records()]
 
     def _all_records(self) -> list[fmt.Record]:
+        """Every record from the oldest segment to the head, in order.  A
+        segment's log ends where the next segment's begins: a record past that
+        (a commit whose write failed before the writer moved on) is not part of
+        the history."""
         out: list[fmt.Record] = []
-        for segno in self._image.numbers():
+        numbers = self._image.numbers()
+        firsts = [self._image.record_at(n, 1) for n in numbers]
+        for i, segno in enumerate(numbers):
+            later = [f.seq for f in firsts[i + 1:] if f is not None]
+            upto = min([self.head] + [seq - 1 for seq in later])
             last = out[-1] if out else None
             tail = empty_tail(segno, last.seq if last else -1, last.sum if last else 0)
-            records, _ = self._image.scan(tail, upto=self.head)
+            records, _ = self._image.scan(tail, upto=upto)
             out.extend(records)
             if out and out[-1].seq >= self.head:
                 break

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import os
 import random
 import re
@@ -528,14 +529,15 @@ class TestDataPageDamaged:
         assert dirty_slots(image, 2, 1) == list(range(1, newest.slot)), \
             "the writer zeroed acknowledged commits"
 
-    @pytest.mark.parametrize("where", ["pages of both", "page and the record after it"])
+    @pytest.mark.parametrize("where", ["pages of both", "page and the record body after it"])
     def test_damage_spanning_the_two_newest_commits(self, image, where):
         """Damage over the two newest commits never drops the older, acknowledged one."""
         # Commit 11 was written only after commit 10's sync returned, so commit 10
         # was acknowledged: opening may drop commit 11, but must then refuse
         # (CorruptImage) or open at commit 10 with its damaged page unreadable.
         # The damage: a bad block on each commit's pages, or one bad block over
-        # commit 10's last page and commit 11's record, which follows it.
+        # commit 10's last page and the body of commit 11's record, whose header
+        # (which chains to commit 10) survives.
         hist = build(image, small_batches(9, seed=11) + [[30, 31], [32, 33]])
         older, newest = records(image)[-2:]
         assert (older.seq, newest.seq) == (10, 11) and older.slot_end == newest.slot
@@ -544,9 +546,11 @@ class TestDataPageDamaged:
                 for slot in (older.first_slot + 1, newest.first_slot):
                     f.seek(slot_offset(slot) + PAGE // 4)
                     f.write(b"\xff" * (PAGE // 2))
-            else:                                      # page 31 and commit 11's record
-                f.seek(slot_offset(newest.slot) - PAGE // 2)
-                f.write(b"\xff" * PAGE)
+            else:                                      # page 31 and commit 11's body
+                f.seek(slot_offset(older.first_slot + 1) + PAGE // 2)
+                f.write(b"\xff" * (PAGE // 2))
+                f.seek(slot_offset(newest.slot) + 200)
+                f.write(b"\xff" * 64)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -560,6 +564,26 @@ class TestDataPageDamaged:
             with pytest.raises(CorruptImage, match="page 31"):
                 store.read(31)
             assert store.read(30) == hist.expected(10, 30)
+
+
+    def test_bad_block_over_the_next_header_is_loud(self, image):
+        """A bad block over a commit's last page and the next record's header cannot be told
+        from a power cut, so the commit may be dropped, but loudly and with its bytes saved."""
+        build(image, small_batches(9, seed=11) + [[30, 31], [32, 33]])
+        older, newest = records(image)[-2:]
+        with open(seg_file(image, newest.segno), "r+b") as f:
+            f.seek(slot_offset(newest.slot) - PAGE // 2)
+            f.write(b"\xff" * PAGE)
+            f.seek(slot_offset(older.slot))
+            older_bytes = f.read((older.slot_end - older.slot) * PAGE)
+        with pytest.warns(RecoveryWarning, match=r"commit 10\b"):
+            store = PageStore.open(image)
+        with store:
+            assert store.head == 9
+        saved = glob.glob(os.path.join(image, f"damaged-seg-{older.segno:06d}-{older.slot}.bin"))
+        assert len(saved) == 1
+        with open(saved[0], "rb") as f:
+            assert f.read(len(older_bytes)) == older_bytes
 
 
 # -- page-table nodes ------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 The contract (pager/__init__.py, invariant 6 and STATES):
 
-- a failed write (pwrite/pwritev, and the open or rename of a new segment)
-  makes commit() raise CommitFailed; nothing was acknowledged, the store stays
-  a writer with its uncommitted pages, and once the fault is gone the same
-  store commits them, durably, under the next commit number;
+- a failed write (the commit's one pwrite, whole or short, and the writes,
+  open or rename of a new segment) makes commit() raise CommitFailed; nothing
+  was acknowledged, the store stays a writer with its uncommitted pages, and
+  once the fault is gone the same store commits them, durably, under the next
+  commit number, whether the commit goes on in the same segment or a new one;
+- a store closed after a failed commit write reopens at its last commit; what
+  a short write left is reported (its record is whole, its pages are not), and
+  the next commit's zero slot keeps the open after it silent;
 - a failed sync (fdatasync of a commit, fsync of a new segment, fsync of the
   directory) makes commit() raise StoreFailed, and every later call raises
   StoreFailed until the image is reopened; a sync is never retried;
@@ -13,6 +17,9 @@ The contract (pager/__init__.py, invariant 6 and STATES):
   finds every earlier commit's pages and check() passes.  After a failed sync
   the commit in flight may or may not be there (its bytes may have reached the
   disk), but only whole;
+- opening clears a torn commit (saves the dirty slots to damaged-*.bin, then
+  one pwrite of zeros and an fdatasync); if any step fails, open raises and
+  the next open finds what is left, reports and saves it;
 - create() on a failing disk raises and leaves no half-made image directory.
 """
 from __future__ import annotations
@@ -24,7 +31,7 @@ import warnings
 
 import pytest
 
-from faults import CrashVfs, FaultVfs, SimulatedCrash, abandon, fates
+from faults import CrashVfs, FaultVfs, SimulatedCrash, abandon, commit_write, fates
 from pager import CommitFailed, PagerError, PageStore, RecoveryWarning, StoreFailed
 
 PAGE = 1024
@@ -107,16 +114,19 @@ def failed_calls_raise_store_failed(store: PageStore) -> None:
             call()
 
 
+SAME_SEGMENT, NEW_SEGMENT = 5, ROLLOVER_PAGES
+SEGMENT_CASES = {"argvalues": [SAME_SEGMENT, NEW_SEGMENT], "ids": ["same-segment", "new-segment"]}
+
+
 class TestFailedWrite:
     @pytest.mark.parametrize("err", ERRNOS)
-    @pytest.mark.parametrize("nth", [1, 2], ids=["pages", "record"])
     @pytest.mark.parametrize("partial", [False, True], ids=["whole", "short"])
-    @pytest.mark.parametrize("pages", [5, ROLLOVER_PAGES], ids=["same-segment", "new-segment"])
-    def test_commit_raises_and_can_be_retried(self, image, err, nth, partial, pages):
-        """A failed page or record write raises CommitFailed; a retry commits the pages durably."""
+    @pytest.mark.parametrize("pages", **SEGMENT_CASES)
+    def test_commit_raises_and_can_be_retried(self, image, err, partial, pages):
+        """A failed or short commit write raises CommitFailed; a retry commits the pages durably."""
         image.commit_some()
         image.stage(pages)
-        image.vfs.arm("pwritev", nth, err, partial=partial)
+        image.vfs.arm("pwrite", 1, err, partial=partial, when=commit_write)
         with pytest.raises(CommitFailed, match=os.strerror(err)):
             image.store.commit()
         assert image.vfs.failures == 1
@@ -130,11 +140,54 @@ class TestFailedWrite:
         image.store.close()
         image.reopen_and_verify().close()
 
+    @pytest.mark.parametrize("partial", [False, True], ids=["whole", "short"])
+    @pytest.mark.parametrize("pages", **SEGMENT_CASES)
+    def test_failed_commit_then_reopen(self, image, partial, pages):
+        """A store closed after a failed commit write reopens at its last commit; a short
+        write's bytes are reported as a dropped commit, and a later one opens silently."""
+        image.commit_some()
+        image.stage(pages)
+        image.vfs.arm("pwrite", 1, errno.EIO, partial=partial, when=commit_write)
+        with pytest.raises(CommitFailed):
+            image.store.commit()
+        image.store.close()
+        image.staged = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RecoveryWarning)
+            image.store = image.reopen_and_verify()
+        # half a commit write holds its whole record (it comes first) and some pages
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == partial, messages
+        assert all(f"dropped commit {image.head + 1}" in m for m in messages), messages
+        image.commit_some(2)
+        image.store.close()
+        image.reopen_and_verify().close()               # warnings are errors: none expected
+
+    @pytest.mark.parametrize("reopen", [False, True], ids=["same-store", "reopened"])
+    def test_short_write_then_a_commit_in_a_new_segment(self, image, reopen):
+        """A short commit write followed by a commit in a new segment leaves no trace in
+        the history: commits() lists only what commit() returned, and check() passes."""
+        image.commit_some()
+        image.stage(3)
+        image.vfs.arm("pwrite", 1, errno.ENOSPC, partial=True, when=commit_write)
+        with pytest.raises(CommitFailed):
+            image.store.commit(b"failed")               # its record lands whole, its pages not
+        image.vfs.disarm()
+        image.stage(ROLLOVER_PAGES)
+        seq = image.commit()
+        assert image.store._tail.segno == 2             # the retry went to segment 2
+        if reopen:
+            image.store.close()
+            image.store = PageStore.open(image.path)
+        assert [c.meta for c in image.store.commits()] == \
+            [b""] + [f"commit {n}".encode() for n in range(1, seq + 1)]
+        assert image.store.check()["head"] == seq
+
     @pytest.mark.parametrize("err", ERRNOS)
     def test_full_disk_fails_every_commit_until_space_returns(self, image, err):
         """While every write fails, commits raise CommitFailed and lose nothing, then resume."""
         image.commit_some()
-        image.vfs.arm("pwritev", 1, err, persist=True, partial=True)
+        image.vfs.arm("pwrite", 1, err, persist=True, partial=True)
         image.stage(4)
         for _ in range(3):
             with pytest.raises(CommitFailed):
@@ -149,20 +202,21 @@ class TestFailedWrite:
         image.store.close()
         image.reopen_and_verify().close()
 
-    @pytest.mark.parametrize("nth", [1, 2], ids=["pages", "record"])
-    def test_rollback_after_a_failed_commit(self, image, nth):
+    @pytest.mark.parametrize("pages", [30, NEW_SEGMENT], ids=["same-segment", "new-segment"])
+    def test_rollback_after_a_failed_commit(self, image, pages):
         """After a short write fails a commit, rollback and new commits leave a clean image."""
         image.commit_some()
-        image.stage(30)
-        image.vfs.arm("pwritev", nth, errno.ENOSPC, partial=True)
+        image.stage(pages)
+        image.vfs.arm("pwrite", 1, errno.ENOSPC, partial=True, when=commit_write)
         with pytest.raises(CommitFailed):
-            image.store.commit(bytes(range(256)) * 4)     # a record of four blocks
+            image.store.commit(bytes(range(256)) * 4)     # a record of several blocks
+        assert image.vfs.failures == 1
         image.store.rollback()
         image.staged = {}
         assert image.store.dirty_pages == 0
         image.expect(image.store, image.committed)
         image.vfs.disarm()
-        image.commit_some(2)
+        image.commit_some(2)                            # smaller: they end inside the torn bytes
         image.store.close()
         image.reopen_and_verify().close()               # warnings are errors: none expected
 
@@ -258,28 +312,48 @@ class TestOpenFaults:
             assert len(os.listdir("/dev/fd")) == fds, f"open #{nth} leaked"
         image.store = image.reopen_and_verify()
 
-    @pytest.mark.parametrize("op", ["pwrite", "pwritev", "fsync", "fdatasync"])
-    def test_failure_while_clearing_a_torn_tail(self, image, op):
-        """If clearing a torn commit at open fails, open raises and a later open still recovers."""
+    @pytest.mark.parametrize("op,nth,partial,zeroed", [
+        ("open", 1, False, 0), ("pwrite", 1, False, 0), ("fsync", 1, False, 0),
+        ("pwrite", 2, False, 0), ("pwrite", 2, True, 1), ("fdatasync", 1, False, 2)],
+        ids=["open-saved", "save", "sync-saved", "zero", "zero-short", "sync-zeros"])
+    def test_failure_while_clearing_a_torn_tail(self, image, op, nth, partial, zeroed):
+        """If saving or zeroing a torn commit at open fails, open raises, and a later open
+        reports what is left, saves it and recovers."""
         image.commit_some()
         image.store.close()
-        crash = CrashVfs(random.Random(3), crash_at_sync=1, force=fates(record="torn"))
+        crash = CrashVfs(random.Random(3), crash_at_sync=1,
+                         force=fates(record="sectors:01", pages="keep"))
         store = PageStore.open(image.path, _vfs=crash)
         store.write(1, b"in flight")
         with pytest.raises(SimulatedCrash):
-            store.commit()
+            store.commit(b"x" * 600)                  # a record of two sectors, the first lost
         abandon(store)
+        commit = crash.report.commit()
+        start, ps = commit.offset, commit.file.page_size
+        assert [r.kind for r in commit.layout.regions] == ["record", "page", "zero"]
+        torn = commit.file.after[start - commit.file.lo:][:2 * ps]   # the record and the page
+        assert torn[:512] == bytes(512) and torn[512:ps] != bytes(ps - 512)
         vfs = FaultVfs()
-        vfs.arm(op, 1, errno.EIO)
-        with warnings.catch_warnings(record=True), pytest.raises((OSError, PagerError)):
+        when = (lambda path, *_: "damaged-" in path) if op == "open" else None
+        vfs.arm(op, nth, errno.EIO, partial=partial, when=when)
+        with warnings.catch_warnings(record=True), \
+                pytest.raises(StoreFailed if op == "fdatasync" else OSError):
             warnings.simplefilter("always", RecoveryWarning)
             PageStore.open(image.path, _vfs=vfs)
         assert vfs.failures == 1
+        with open(os.path.join(image.path, "seg-000001"), "rb") as f:
+            left = f.read()[start:start + 2 * ps]
+        assert left == bytes(zeroed * ps) + torn[zeroed * ps:]   # the slots it did zero
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RecoveryWarning)
             image.store = PageStore.open(image.path)
-        # the failed fdatasync came after the zeros were written, so they may have landed
-        assert caught or op == "fdatasync"
+        # what the failed open zeroed (a failed fdatasync came after the zeros were written)
+        # is gone; whatever is left in the torn commit's first slot is reported and saved
+        assert len(caught) == (left[:ps] != bytes(ps))
+        if caught:
+            with open(os.path.join(image.path, f"damaged-seg-000001-{start // ps}.bin"),
+                      "rb") as f:
+                assert f.read() == left
         image.expect(image.store, image.committed)
         image.commit_some(1)
         image.store.close()
