@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "core_api.h"
 
@@ -1106,10 +1107,21 @@ static void write_header(ic_commit *c, uint8_t *r, uint64_t length, uint32_t nus
     st32(r + 112, c->slot); st32(r + 116, c->segno);
 }
 
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     ic_store *st = t->st;
     clear_err(st);
     c->buf = NULL; c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
+    c->time_ns = now_ns();
+    uint64_t room = c->seg_slots > c->slot ? c->seg_slots - c->slot : 0;
+    if (d->count > UINT32_MAX / 32)
+        return fail(st, IC_RANGE, "a commit of %llu pages is too large",
+                    (unsigned long long)d->count);
     memset(c->root, 0, sizeof c->root);
     undo_log *u = calloc(1, sizeof *u);
     if (!u) return fail(st, IC_NOMEM, "out of memory in commit");
@@ -1126,7 +1138,7 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     if (rc) { undo_apply(t, u); free_undo(c); return rc; }
     uint64_t nodes = c->checkpoint ? t->nmem : 0;
     uint64_t nslots = record_slots + u->nwritten + nodes;
-    if (nslots > c->room) {
+    if (nslots > room) {
         uint64_t fresh = record_length(u->nwritten, u->nfreed, usage_segments(t) + 1, c->meta_len);
         c->need_slots = slots_for(st, fresh) + u->nwritten + t->nmem + 1;
         undo_apply(t, u);
@@ -1134,7 +1146,7 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
         return IC_FULL;
     }
     /* The zeroed slot past the commit, when it fits and is not known zero. */
-    uint64_t buf_slots = nslots + (nslots < c->room && c->slot + nslots < c->zero_from);
+    uint64_t buf_slots = nslots + (nslots < room && c->slot + nslots < c->zero_from);
     c->buf = calloc(buf_slots, st->page_size);
     if (!c->buf) { undo_apply(t, u); free_undo(c); return fail(st, IC_NOMEM, "out of memory in commit"); }
     c->buf_len = buf_slots << st->page_shift;
@@ -1159,6 +1171,8 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     write_header(c, c->buf, length, nusage, nodes_sum);
     c->record_sum = ic_hash(c->buf, length - 8, c->salt);
     st64(c->buf + length - 8, c->record_sum);
+    /* Whatever happens to the write, it touches nothing past buf. */
+    if (c->slot + buf_slots > c->zero_from) c->zero_from = c->slot + buf_slots;
     return IC_OK;
 }
 
@@ -1167,11 +1181,18 @@ void ic_commit_undo(ic_tree *t, ic_commit *c) {
     free_undo(c);
 }
 
+/* The commit is durable: finish it, and make c describe the commit after. */
 void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c) {
     if (c->checkpoint) {
         uint64_t first = ((uint64_t)c->segno << 32) | (c->slot + c->record_slots + c->npages);
         ic_tree_adopt(t, c->root, c->depth, first, c->nnodes);
+        c->ckpt_slot = c->slot;
+        c->prev_ckpt = ((uint64_t)c->segno << 32) | c->slot;
     }
     ic_dirty_clear(d);
     free_undo(c);
+    c->parent = c->seq;
+    c->seq++;
+    c->prev_sum = c->record_sum;
+    c->slot += (uint32_t)c->nslots;
 }

@@ -20,29 +20,31 @@ enum ic_status {
     IC_FULL = 6       /* ic_commit_build: the commit does not fit in the segment */
 };
 
-/* One commit being made: the caller fills the first block, ic_commit_build
- * the second.  See core.c, "the commit builder". */
+/* The next commit of a log.  The caller sets the first block when the log
+ * starts or moves to a new segment, and meta, meta_len and checkpoint for each
+ * commit; ic_commit_build fills the second block, and ic_commit_done advances
+ * the first to describe the commit after.  See core.c, "the commit builder". */
 typedef struct ic_commit {
-    uint64_t seq;
+    uint64_t seq;           /* the number this commit gets */
     uint64_t parent;
     uint64_t prev_sum;      /* checksum of the previous record */
-    uint64_t time_ns;
     uint32_t segno;
     uint32_t slot;          /* where the record goes */
-    uint64_t room;          /* slots from `slot` to the end of the segment */
+    uint64_t seg_slots;     /* slots in the segment */
     uint64_t ckpt_slot;     /* this segment's newest checkpoint (for a plain commit) */
-    uint64_t prev_ckpt;     /* location of the previous checkpoint (for a checkpoint) */
+    uint64_t prev_ckpt;     /* location of the newest checkpoint (for a checkpoint) */
+    uint64_t zero_from;     /* slots from here on are known to be zeros */
+    uint64_t salt;
     int checkpoint;
     const uint8_t *meta;
     uint32_t meta_len;
-    uint64_t salt;
-    uint64_t zero_from;     /* slots from here on are known to be zeros */
 
     uint8_t *buf;           /* the bytes to write at `slot`: whole slots */
     uint64_t buf_len;
     uint64_t nslots;        /* slots the commit occupies (buf may add one zeroed slot) */
     uint64_t need_slots;    /* on IC_FULL: what a fresh segment needs for it */
     uint64_t record_sum;
+    uint64_t time_ns;
     uint32_t record_slots;
     uint32_t npages;
     uint32_t nnodes;

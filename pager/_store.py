@@ -92,6 +92,7 @@ class PageView:
 
 
 _ic_write = lib.ic_write
+_buffer = ffi.buffer
 
 
 def _address(ptr) -> int:
@@ -186,10 +187,10 @@ class PageStore:
         make_segment(vfs, temp, 1, segment_size, page_size, image_id, salt)
         native = NativeStore(page_size, salt, image_id)
         tree, dirty = Tree(native), Dirty(page_size)
-        c = _new_commit(seq=0, parent=fmt.NO_PARENT, prev_sum=0, segno=1, slot=1,
-                        room=segment_size // page_size - 1, ckpt_slot=0, prev_ckpt=0,
-                        checkpoint=True, meta=ffi.NULL, meta_len=0, salt=salt)
-        c.zero_from = 2   # a new segment is zeros past commit 0
+        c = ffi.new("ic_commit *")
+        _start_log(c, _Tail(1, 1, -1, 0, 0), parent=fmt.NO_PARENT, prev_ckpt=0,
+                   seg_slots=segment_size // page_size, zero_from=2, salt=salt)
+        c.checkpoint = 1
         native.check(lib.ic_commit_build(tree.ptr, dirty.ptr, c))
         fd = vfs.open(os.path.join(temp, fmt.segment_name(1)), os.O_RDWR)
         try:
@@ -401,11 +402,11 @@ class PageStore:
         self._seg_fd = self._vfs.open(image.seg_path(self._active), os.O_RDWR)
         self._dirty = Dirty(self.page_size)
         self._commit_args = ffi.new("ic_commit *")
-        # Slots from here on are known to be zeros.  Unknown for a segment this
-        # process did not create (an interrupted commit may have left bytes
-        # anywhere past the end), so every commit there writes its zero slot.
-        self._zero_from = image.nslots(self._active)
         self._clear_torn_tail()
+        # Slots from zero_from on are known to be zeros.  Unknown for a segment
+        # this process did not create (an interrupted commit may have left bytes
+        # anywhere past the end), so every commit there writes its zero slot.
+        self._start_log(self._tail, zero_from=image.nslots(self._active))
 
     def _clear_torn_tail(self) -> None:
         """Save, then zero, the slots past the log's end that are not zeros (an
@@ -529,43 +530,48 @@ class PageStore:
         """Make every write since the last commit durable; returns the commit number."""
         if self._state is not _WRITER:
             self._require_writer()
-        meta = bytes(meta)
-        if len(meta) > fmt.MAX_META:
-            raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is {fmt.MAX_META}")
-        meta_buf = ffi.from_buffer(meta)   # alive until the builder is done with it
-        c = self._build(self._tail, meta_buf, len(meta))
+        if meta:
+            meta = bytes(meta)
+            if len(meta) > fmt.MAX_META:
+                raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is "
+                                 f"{fmt.MAX_META}")
+            meta_buf = ffi.from_buffer(meta)   # alive until the builder is done with it
+        else:
+            meta_buf = ffi.NULL
+        c = self._build(meta_buf, len(meta))
         if c is None:
             c = self._build_in_new_segment(meta_buf, len(meta))
         tail = self._tail
         try:
-            self._zero_from = max(self._zero_from, tail.slot + c.buf_len // self.page_size)
-            self._vfs.pwrite(self._seg_fd, ffi.buffer(c.buf, c.buf_len),
-                             tail.slot * self.page_size)
+            self._vfs.pwrite(self._seg_fd, _buffer(c.buf, c.buf_len), tail.slot * self.page_size)
             sync(self._vfs, self._seg_fd)
         except SyncFailed as exc:
             lib.ic_commit_undo(self._tree.ptr, c)
             self._enter_failed(exc.error)
         except OSError as exc:
             lib.ic_commit_undo(self._tree.ptr, c)
-            raise CommitFailed(f"{self.path}: commit {c.seq} could not be written "
+            raise CommitFailed(f"{self.path}: commit {tail.seq + 1} could not be written "
                                f"({exc.strerror or exc}); nothing was committed") from exc
         self._finish(c)
         return self.head
 
-    def _build(self, tail: _Tail, meta_buf, meta_len: int, room: int | None = None):
-        """Lay out the commit at tail and apply it to the page table (undoable);
-        None when it does not fit in that segment."""
-        checkpoint = (tail.ckpt_slot == 0 or self._records_since_ckpt >= CHECKPOINT_RECORDS
-                      or self._tree.dirty_nodes >= CHECKPOINT_NODES)
+    def _start_log(self, tail: _Tail, zero_from: int, seg_slots: int | None = None) -> None:
+        """Describe the next commit to the builder: after this, it keeps the
+        tail itself (ic_commit_done advances it), so a commit sets only what
+        is its own."""
+        _start_log(self._commit_args, tail, parent=self.head,
+                   prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
+                   seg_slots=self._image.nslots(tail.segno) if seg_slots is None else seg_slots,
+                   zero_from=zero_from, salt=self._image.salt)
+
+    def _build(self, meta_buf, meta_len: int):
+        """Lay out the next commit and apply it to the page table (undoable);
+        None when it does not fit in the segment."""
         c = self._commit_args
-        _fill_commit(c, seq=tail.seq + 1, parent=self.head, prev_sum=tail.sum,
-                     segno=tail.segno, slot=tail.slot,
-                     room=(self._image.nslots(tail.segno) if room is None else room) - tail.slot,
-                     ckpt_slot=tail.ckpt_slot,
-                     prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
-                     checkpoint=checkpoint, meta=meta_buf, meta_len=meta_len,
-                     salt=self._image.salt)
-        c.zero_from = self._zero_from
+        c.checkpoint = (self._tail.ckpt_slot == 0
+                        or self._records_since_ckpt >= CHECKPOINT_RECORDS
+                        or lib.ic_tree_dirty_nodes(self._tree.ptr) >= CHECKPOINT_NODES)
+        c.meta, c.meta_len = meta_buf, meta_len
         code = lib.ic_commit_build(self._tree.ptr, self._dirty.ptr, c)
         if code == lib.IC_FULL:
             return None
@@ -577,7 +583,8 @@ class PageStore:
         segment; its first record is a checkpoint (invariant 4)."""
         tail = empty_tail(self._active + 1, self._tail.seq, self._tail.sum)
         nominal = min(self._image.sizes.values())
-        probe = self._build(tail, meta_buf, meta_len, room=1)   # too small: reports its need
+        self._start_log(tail, zero_from=1, seg_slots=1)   # no room: the builder reports its need
+        probe = self._build(meta_buf, meta_len)
         assert probe is None
         need = self._commit_args.need_slots
         seg_size = max(nominal, _round_up((need + 1) * self.page_size, self.page_size))
@@ -589,13 +596,15 @@ class PageStore:
         except SyncFailed as exc:
             self._enter_failed(exc.error)
         except OSError as exc:
+            self._start_log(self._tail, zero_from=self._image.nslots(self._active))
             raise CommitFailed(f"{self.path}: could not start segment "
                                f"{fmt.segment_name(tail.segno)} ({exc.strerror or exc}); "
                                f"nothing was committed") from exc
         self._vfs.close(self._seg_fd)
         self._seg_fd, self._active, self._tail = fd, tail.segno, tail
-        self._zero_from = 1   # made by this process, zero-filled: no zero slot needed
-        c = self._build(tail, meta_buf, meta_len)
+        # Made by this process and zero-filled: no zero slot needed.
+        self._start_log(tail, zero_from=1)
+        c = self._build(meta_buf, meta_len)
         if c is None:
             raise CommitFailed(f"{self.path}: commit does not fit a segment of {seg_size} bytes")
         return c
@@ -611,18 +620,19 @@ class PageStore:
     def _finish(self, c) -> None:
         """The commit is durable: account it and move the tail past it."""
         tail = self._tail
+        nslots, record_sum, checkpoint = c.nslots, c.record_sum, c.checkpoint
         lib.ic_commit_done(self._tree.ptr, self._dirty.ptr, c)
-        end = tail.slot + c.nslots
-        if c.checkpoint:
+        seq = tail.seq + 1
+        if checkpoint:
             self._ckpt = self._image.record_at(tail.segno, tail.slot)
             self._records_since_ckpt = 0
-            self._tail = _Tail(tail.segno, end, c.seq, c.record_sum, tail.slot)
+            self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum, tail.slot)
             self._write_hint()
         else:
             self._records_since_ckpt += 1
-            self._tail = _Tail(tail.segno, end, c.seq, c.record_sum, tail.ckpt_slot)
-        self.head = c.seq
-        self.appended_bytes += c.nslots * self.page_size
+            self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum, tail.ckpt_slot)
+        self.head = seq
+        self.appended_bytes += nslots * self.page_size
 
     def _write_hint(self) -> None:
         """Name the newest checkpoint for the next open.  Unsynced and only a
@@ -821,21 +831,13 @@ class PageStore:
         return f"<PageStore {self.path} {self._state} head={getattr(self, 'head', None)}>"
 
 
-def _new_commit(**fields):
-    c = ffi.new("ic_commit *")
-    _fill_commit(c, **fields)
-    return c
-
-
-def _fill_commit(c, *, seq: int, parent: int, prev_sum: int, segno: int, slot: int, room: int,
-                 ckpt_slot: int, prev_ckpt: int, checkpoint: bool, meta, meta_len: int,
-                 salt: int) -> None:
-    """Fill the caller's half of an ic_commit.  meta must stay alive (the
-    caller holds it) until ic_commit_build returns."""
-    c.seq, c.parent, c.prev_sum, c.time_ns = seq, parent, prev_sum, time.time_ns()
-    c.segno, c.slot, c.room = segno, slot, max(room, 0)
-    c.ckpt_slot, c.prev_ckpt, c.checkpoint = ckpt_slot, prev_ckpt, int(checkpoint)
-    c.meta, c.meta_len, c.salt = meta, meta_len, salt
+def _start_log(c, tail: _Tail, *, parent: int, prev_ckpt: int, seg_slots: int, zero_from: int,
+               salt: int) -> None:
+    """Set the log half of an ic_commit: the commit after `tail`."""
+    c.seq, c.parent, c.prev_sum = tail.seq + 1, parent, tail.sum
+    c.segno, c.slot, c.seg_slots = tail.segno, tail.slot, seg_slots
+    c.ckpt_slot, c.prev_ckpt, c.zero_from, c.salt = tail.ckpt_slot, prev_ckpt, zero_from, salt
+    c.meta, c.meta_len, c.checkpoint = ffi.NULL, 0, 0
 
 
 def _round_up(n: int, unit: int) -> int:

@@ -30,21 +30,25 @@ class Vfs:
         return os.pread(fd, length, offset)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+        n = os.pwrite(fd, data, offset)
+        if n == len(data):   # the usual case, on the commit path
+            return
+        view = memoryview(data)[n:]
+        while view:          # a short write (a signal, a nearly full disk): go on
+            n = os.pwrite(fd, view, offset + len(data) - len(view))
+            view = view[n:]
 
     def pwritev(self, fd: int, buffers: list, offset: int) -> None:
         for buf in buffers:
             self.pwrite(fd, buf, offset)
             offset += len(buf)
 
-    def fdatasync(self, fd: int) -> None:
-        if sys.platform == "darwin":   # fsync on macOS does not reach the platter
-            import fcntl
+    if sys.platform == "darwin":
+        def fdatasync(self, fd: int) -> None:
+            import fcntl   # fsync on macOS does not reach the platter
             fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
-        else:
+    else:
+        def fdatasync(self, fd: int) -> None:
             os.fdatasync(fd)
 
     def fsync(self, fd: int) -> None:
