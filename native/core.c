@@ -53,7 +53,6 @@
 #include "core_api.h"
 
 #define ENTRY_SIZE 32
-#define MAX_DEPTH 12           /* 1 KiB pages: fanout 32, 5 bits a level, 40 bits */
 #define MAX_PAGE_BITS 40       /* 2^40 logical pages: 4 PiB at 4 KiB, far past any disk */
 #define SEG_HEADER_BYTES 128   /* the part of slot 0 that a segment header uses */
 #define SEG_MAGIC "IMAGOSEG"
@@ -167,7 +166,7 @@ typedef struct {
     uint8_t *base;        /* NULL: not mapped */
     uint64_t len;
     uint64_t nslots;      /* len / page_size */
-    uint8_t *verified;    /* one bit a slot */
+    uint32_t *verified;   /* per slot: tag of the (sum, seed) it passed, 0 if none */
     int header_ok;        /* header checked against this image once */
 } ic_seg;
 
@@ -255,10 +254,10 @@ int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len) {
     if (p == MAP_FAILED)
         return fail(st, IC_IO, "segment %u: mmap failed: %s", segno, strerror(errno));
     uint64_t nslots = len / st->page_size;
-    uint8_t *bits = calloc(1, (size_t)(nslots + 7) / 8);
-    if (!bits) { munmap(p, (size_t)len); return fail(st, IC_NOMEM, "out of memory"); }
+    uint32_t *tags = calloc((size_t)nslots, sizeof *tags);
+    if (!tags) { munmap(p, (size_t)len); return fail(st, IC_NOMEM, "out of memory"); }
     ic_seg *s = &st->segs[segno];
-    s->base = p; s->len = len; s->nslots = nslots; s->verified = bits; s->header_ok = 0;
+    s->base = p; s->len = len; s->nslots = nslots; s->verified = tags; s->header_ok = 0;
     return IC_OK;
 }
 
@@ -328,8 +327,10 @@ uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data) {
     return ic_hash(data, st->page_size, node_seed(st, level));
 }
 
-/* Return the verified bytes of a slot.  `force` re-hashes even a slot that
- * passed before (ic_tree_check uses it). */
+/* Return the verified bytes of a slot.  A slot remembers a tag of the
+ * (checksum, seed) it passed with, so a second reference that names another
+ * checksum or seed (a data page used as a node, two entries for one slot) is
+ * hashed again, not trusted.  `force` re-hashes regardless (ic_tree_check). */
 static const uint8_t *verified_slot(ic_store *st, uint64_t loc, uint64_t sum, uint64_t seed,
                                     int force, int *mismatch) {
     ic_seg *s;
@@ -337,10 +338,11 @@ static const uint8_t *verified_slot(ic_store *st, uint64_t loc, uint64_t sum, ui
     const uint8_t *p = slot_ptr(st, loc, &s);
     if (!p) return NULL;
     uint32_t slot = loc_slot(loc);
-    uint8_t bit = (uint8_t)(1u << (slot & 7));
-    if (!force && (s->verified[slot >> 3] & bit)) return p;
+    uint64_t mix = (sum ^ seed) * GOLDEN;
+    uint32_t tag = (uint32_t)(mix >> 32) | 1u;   /* never 0, which means "not verified" */
+    if (!force && s->verified[slot] == tag) return p;
     if (ic_hash(p, st->page_size, seed) != sum) { *mismatch = 1; return NULL; }
-    s->verified[slot >> 3] |= bit;
+    s->verified[slot] = tag;
     return p;
 }
 
@@ -399,14 +401,21 @@ static inline uint32_t index_at(ic_store *st, uint64_t page_no, int level) {
     return (uint32_t)(page_no >> (st->fanout_shift * level)) & (fanout(st) - 1);
 }
 
+
+/* The deepest tree page numbers below 2^MAX_PAGE_BITS need at this page size. */
+static int max_depth(ic_store *st) {
+    return (MAX_PAGE_BITS + st->fanout_shift - 1) / st->fanout_shift;
+}
+
 static int depth_for(ic_store *st, uint64_t page_no) {
     int d = 1;
-    while (d < MAX_DEPTH && (page_no >> (st->fanout_shift * d)) != 0) d++;
+    while (d < max_depth(st) && (page_no >> (st->fanout_shift * d)) != 0) d++;
     return d;
 }
 
 ic_tree *ic_tree_new(ic_store *st, const uint8_t *root_entry, int depth) {
-    if (depth < 0 || depth > MAX_DEPTH) return NULL;
+    int rooted = root_entry && ld64(root_entry);
+    if (depth < 0 || depth > max_depth(st) || (rooted && depth == 0)) return NULL;
     ic_tree *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->st = st;
@@ -435,26 +444,42 @@ void ic_tree_free(ic_tree *t) {
 int ic_tree_depth(ic_tree *t) { return t->depth; }
 uint64_t ic_tree_dirty_nodes(ic_tree *t) { return t->nmem; }
 
+/* Segment numbers from disk are bounded before they size anything: 2^24
+ * segments of 64 MiB is an exabyte-scale image. */
+#define MAX_SEGMENTS (1u << 24)
+
 static int usage_add(ic_tree *t, uint64_t loc, int64_t delta) {
     if (!loc) return IC_OK;
     uint32_t s = loc_seg(loc);
+    if (s == 0 || s >= MAX_SEGMENTS)
+        return fail(t->st, IC_CORRUPT, "location names segment %u, which cannot exist", s);
     if (s >= t->usage_cap) {
-        uint32_t n = t->usage_cap ? t->usage_cap : 16;
+        uint64_t n = t->usage_cap ? t->usage_cap : 16;
         while (n <= s) n *= 2;
         uint64_t *u = realloc(t->usage, (size_t)n * sizeof *u);
         if (!u) return fail(t->st, IC_NOMEM, "out of memory growing segment usage");
         memset(u + t->usage_cap, 0, (size_t)(n - t->usage_cap) * sizeof *u);
         t->usage = u;
-        t->usage_cap = n;
+        t->usage_cap = (uint32_t)n;
     }
+    if (delta < 0 && t->usage[s] < (uint64_t)-delta)
+        return fail(t->st, IC_CORRUPT, "seg-%06u: segment usage would fall below zero "
+                    "(the page table and its accounting disagree)", s);
     t->usage[s] += (uint64_t)delta;
     return IC_OK;
+}
+
+uint32_t ic_tree_usage_next(ic_tree *t, uint32_t from) {
+    for (uint32_t s = from; s < t->usage_cap; s++)
+        if (t->usage[s]) return s;
+    return UINT32_MAX;
 }
 
 uint32_t ic_tree_usage_cap(ic_tree *t) { return t->usage_cap; }
 uint64_t ic_tree_usage(ic_tree *t, uint32_t s) { return s < t->usage_cap ? t->usage[s] : 0; }
 
 int ic_tree_set_usage(ic_tree *t, uint32_t s, uint64_t live) {
+    clear_err(t->st);
     int rc = usage_add(t, (uint64_t)s << 32 | 1, 0);
     if (rc == IC_OK) t->usage[s] = live;
     return rc;
@@ -547,9 +572,11 @@ static int set_entry(ic_tree *t, uint64_t page_no, const uint8_t *entry, uint8_t
     if (!leaf) return err_code(t->st);
     if (old_out) memcpy(old_out, leaf, ENTRY_SIZE);
     int rc = usage_add(t, ld64(leaf), -1);
-    if (rc == IC_OK) rc = usage_add(t, ld64(entry), +1);
-    if (rc == IC_OK) memcpy(leaf, entry, ENTRY_SIZE);
-    return rc;
+    if (rc) return rc;
+    rc = usage_add(t, ld64(entry), +1);
+    if (rc) { usage_add(t, ld64(leaf), +1); return rc; }
+    memcpy(leaf, entry, ENTRY_SIZE);
+    return IC_OK;
 }
 
 /* Apply one commit's page list: pairs are (page_no u64, sum u64), written at
@@ -926,6 +953,11 @@ int ic_read(ic_tree *t, ic_dirty *d, uint64_t addr, uint8_t *out, uint64_t len) 
 int ic_write(ic_tree *t, ic_dirty *d, uint64_t addr, const uint8_t *src, uint64_t len) {
     ic_store *st = t->st;
     if (range_ok(st, addr, len)) return IC_RANGE;
+    /* Make every page writable first, so that a failure (a damaged page) leaves
+     * nothing half written: copying a page into the dirty table changes no bytes. */
+    uint64_t last = len ? (addr + len - 1) >> st->page_shift : 0;
+    for (uint64_t p = addr >> st->page_shift; len && p <= last; p++)
+        if (!ic_page_for_write(t, d, p)) return err_code(st);
     while (len) {
         uint64_t off = addr & (st->page_size - 1), n = st->page_size - off;
         if (n > len) n = len;
@@ -1119,6 +1151,9 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     c->buf = NULL; c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
     c->time_ns = now_ns();
     uint64_t room = c->seg_slots > c->slot ? c->seg_slots - c->slot : 0;
+    if (c->seq >= ((uint64_t)1 << 62))
+        return fail(st, IC_RANGE, "commit number %llu is past the last one",
+                    (unsigned long long)c->seq);
     if (d->count > UINT32_MAX / 32)
         return fail(st, IC_RANGE, "a commit of %llu pages is too large",
                     (unsigned long long)d->count);
@@ -1137,6 +1172,12 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     rc = apply_pages(t, c, u, record_slots);
     if (rc) { undo_apply(t, u); free_undo(c); return rc; }
     uint64_t nodes = c->checkpoint ? t->nmem : 0;
+    if (c->checkpoint && usage_segments(t) + (nodes && !ic_tree_usage(t, c->segno)) > nusage_max) {
+        undo_apply(t, u);
+        free_undo(c);
+        return fail(st, IC_CORRUPT, "segment usage grew while applying a commit "
+                    "(the page table and its accounting disagree)");
+    }
     uint64_t nslots = record_slots + u->nwritten + nodes;
     if (nslots > room) {
         uint64_t fresh = record_length(u->nwritten, u->nfreed, usage_segments(t) + 1, c->meta_len);

@@ -84,6 +84,7 @@ void ic_tree_adopt(ic_tree *t, const uint8_t *root_entry, int depth, uint64_t fi
                    uint64_t nnodes);
 uint32_t ic_tree_usage_cap(ic_tree *t);
 uint64_t ic_tree_usage(ic_tree *t, uint32_t segno);
+uint32_t ic_tree_usage_next(ic_tree *t, uint32_t from);
 int ic_tree_set_usage(ic_tree *t, uint32_t segno, uint64_t live);
 int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out);
 

@@ -36,11 +36,20 @@ typedef struct {
     PyObject_HEAD
     void *tree;            /* NULL: unbound */
     void *dirty;           /* NULL for readers and views */
+    PyObject *keepalive;   /* the Python owners of tree and dirty: they outlive the binding */
     Py_ssize_t page_size;
-    PyObject *fallback;
+    PyObject *fallback;    /* NULL until __init__ */
 } PageReader;
 
 static PyObject *fallback(PageReader *r, const char *kind, PyObject *const *args, Py_ssize_t n) {
+    if (!r->fallback) {
+        PyErr_SetString(PyExc_RuntimeError, "PageReader used before __init__");
+        return NULL;
+    }
+    if (n > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", kind, n);
+        return NULL;
+    }
     PyObject *name = PyUnicode_FromString(kind);
     if (!name) return NULL;
     PyObject *all[3] = {name, n > 0 ? args[0] : NULL, n > 1 ? args[1] : NULL};
@@ -77,8 +86,9 @@ static PyObject *reader_read_word(PageReader *r, PyObject *const *args, Py_ssize
 
 static PyObject *reader_read_bytes(PageReader *r, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t addr, len;
+    /* Large requests go to the fallback, which checks the range before it allocates. */
     if (nargs != 2 || !r->tree || as_u64(args[0], &addr) || as_u64(args[1], &len)
-        || len > PY_SSIZE_T_MAX)
+        || len > ((uint64_t)1 << 30))
         return fallback(r, "read_bytes", args, nargs);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
     if (!out) return NULL;
@@ -89,16 +99,20 @@ static PyObject *reader_read_bytes(PageReader *r, PyObject *const *args, Py_ssiz
     return out;
 }
 
-/* rebind(tree_addr, dirty_addr): point at another state (0, 0: unbound). */
+/* rebind(tree_addr, dirty_addr, keepalive): point at another state, holding
+ * keepalive (the objects that own tree and dirty, whose finalisers free them)
+ * for as long as the binding lasts.  rebind(0, 0, None): unbound. */
 static PyObject *reader_rebind(PageReader *r, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "rebind(tree_addr, dirty_addr)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rebind(tree_addr, dirty_addr, keepalive)");
         return NULL;
     }
     void *tree = PyLong_AsVoidPtr(args[0]);
     if (PyErr_Occurred()) return NULL;
     void *dirty = PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred()) return NULL;
+    Py_INCREF(args[2]);
+    Py_XSETREF(r->keepalive, args[2]);
     r->tree = tree;
     r->dirty = dirty;
     Py_RETURN_NONE;
@@ -111,7 +125,7 @@ static PyMethodDef reader_methods[] = {
     {"read_bytes", (PyCFunction)(void (*)(void))reader_read_bytes, METH_FASTCALL,
      "read_bytes(addr, length) -> bytes"},
     {"rebind", (PyCFunction)(void (*)(void))reader_rebind, METH_FASTCALL,
-     "rebind(tree_addr, dirty_addr)"},
+     "rebind(tree_addr, dirty_addr, keepalive)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -137,6 +151,7 @@ static int reader_init(PageReader *r, PyObject *args, PyObject *kw) {
 
 static void reader_dealloc(PageReader *r) {
     Py_XDECREF(r->fallback);
+    Py_XDECREF(r->keepalive);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 

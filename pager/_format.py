@@ -65,6 +65,7 @@ HEADER_BYTES = 128
 RECORD_BLOCK = 512      # records are whole sectors; the builder in core.c agrees
 FLAG_CHECKPOINT = 1
 MAX_META = 1 << 20      # caller metadata is a label, not a payload
+MAX_PAGE_NO = 1 << 40   # as native/core.c: 4 PiB at 4 KiB pages
 NO_PARENT = (1 << 64) - 1
 PAGE_SIZES = frozenset(1 << s for s in range(10, 17))
 MAX_SEGMENT = 1 << 40
@@ -185,8 +186,12 @@ def decode_record(seg: memoryview, segno: int, slot: int, salt: int,
     stored = struct.unpack_from("<Q", seg, off + length - 8)[0]
     if hash64(seg[off:off + length - 8], salt) != stored:
         return None
+    if seq >= 1 << 62 or (parent >= 1 << 62 and parent != NO_PARENT):
+        return None
     p = off + HEADER_BYTES
     pairs = bytes(seg[p:p + 16 * npages])
+    if npages and max(struct.unpack_from(f"<{2 * npages}Q", pairs)[::2]) >= MAX_PAGE_NO:
+        return None
     p += 16 * npages
     freed = bytes(seg[p:p + 8 * nfreed])
     p += 8 * nfreed

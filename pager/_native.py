@@ -146,13 +146,16 @@ class Tree:
 
     def usage(self) -> dict[int, int]:
         """Live slots per segment, for segments that hold any."""
-        cap = lib.ic_tree_usage_cap(self.ptr)
-        return {s: n for s in range(cap) if (n := lib.ic_tree_usage(self.ptr, s))}
+        out, s = {}, lib.ic_tree_usage_next(self.ptr, 0)
+        while s != 0xFFFFFFFF:
+            out[s] = lib.ic_tree_usage(self.ptr, s)
+            s = lib.ic_tree_usage_next(self.ptr, s + 1)
+        return out
 
     def set_usage(self, usage: list[tuple[int, int]]) -> None:
         for segno, live in usage:
-            if segno >= 1 << 32:
-                raise CorruptImage(f"segment usage names segment {segno}")
+            if not 0 < segno < 1 << 24:
+                raise CorruptImage(f"segment usage names segment {segno}, which cannot exist")
             self.store.check(lib.ic_tree_set_usage(self.ptr, segno, live))
 
     def check(self) -> tuple[int, int]:

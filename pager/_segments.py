@@ -10,6 +10,7 @@ such a record ends the log.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 from typing import NamedTuple
@@ -48,11 +49,17 @@ def empty_tail(segno: int, seq: int = -1, last_sum: int = 0) -> _Tail:
     return _Tail(segno, 1, seq, last_sum, 0)
 
 
+_SEGMENT_NAME = re.compile(r"seg-([0-9]{6})", re.ASCII)
+
+
 def segment_numbers(path: str) -> list[int]:
+    """The numbers of the segment files in an image directory (seg-000000 is
+    never one: segments count from 1)."""
     numbers = []
     for name in os.listdir(path):
-        if name.startswith("seg-") and len(name) == 10 and name[4:].isdigit():
-            numbers.append(int(name[4:]))
+        match = _SEGMENT_NAME.fullmatch(name)
+        if match and int(match[1]) > 0:
+            numbers.append(int(match[1]))
     return sorted(numbers)
 
 
@@ -229,10 +236,18 @@ class Image:
     def tree_from(self, ckpt: fmt.Record, records: list[fmt.Record]) -> Tree:
         """The page table after the last of records, which follow the checkpoint ckpt."""
         tree = Tree(self.native, ckpt.root_loc, ckpt.root_sum, ckpt.depth)
-        tree.set_usage(ckpt.usage)
-        for rec in records:
-            tree.apply(rec.pairs, make_loc(rec.segno, rec.first_slot), rec.seq)
-            tree.apply_freed(rec.freed, rec.seq)
+        try:
+            tree.set_usage(ckpt.usage)
+            for rec in records:
+                tree.apply(rec.pairs, make_loc(rec.segno, rec.first_slot), rec.seq)
+                tree.apply_freed(rec.freed, rec.seq)
+        except ValueError as exc:   # a range the core refused: it came from disk
+            tree.close()
+            raise CorruptImage(f"{self.path}: replaying commits after the checkpoint of "
+                               f"commit {ckpt.seq}: {exc}") from None
+        except BaseException:
+            tree.close()
+            raise
         return tree
 
     def checkpoint_before(self, start: fmt.Record, commit_no: int) -> fmt.Record:

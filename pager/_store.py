@@ -34,7 +34,7 @@ DEFAULT_SEGMENT_SIZE = 64 << 20
 # about 2.1).
 CHECKPOINT_NODES = 1024
 CHECKPOINT_RECORDS = 1024
-MAX_PAGE_NO = 1 << 40        # as in native/core.c: 4 PiB at 4 KiB pages
+MAX_PAGE_NO = fmt.MAX_PAGE_NO
 LOCK_NAME = "LOCK"
 LOCK_ATTEMPTS = 20           # x 5 ms: far longer than a reader's probe, short for a person
 LOCK_RETRY_SECONDS = 0.005
@@ -59,7 +59,7 @@ class PageView:
         self.commit = commit
         self.page_size = page_size
         self._reader = _make_reader(self, page_size)
-        self._reader.rebind(_address(tree.ptr), 0)
+        self._reader.rebind(_address(tree.ptr), 0, tree)
 
     def _require_open(self) -> Tree:
         if self._tree is None:
@@ -79,7 +79,7 @@ class PageView:
         return _read_word(self._require_open(), ffi.NULL, addr)
 
     def close(self) -> None:
-        self._reader.rebind(0, 0)
+        self._reader.rebind(0, 0, None)
         if self._tree is not None:
             self._tree.close()
             self._tree = None
@@ -92,6 +92,7 @@ class PageView:
 
 
 _ic_write = lib.ic_write
+_ZERO_BLOCK = bytes(fmt.RECORD_BLOCK)
 _buffer = ffi.buffer
 
 
@@ -129,6 +130,8 @@ def _read_page(tree: Tree, dirty, page_no: int, page_size: int) -> bytes:
 
 
 def _read_bytes(tree: Tree, dirty, addr: int, length: int) -> bytes:
+    if length < 0 or addr < 0 or addr + length > MAX_PAGE_NO * tree.store.page_size:
+        raise ValueError(f"address range {addr}+{length} is out of range")
     out = bytearray(length)
     try:
         code = lib.ic_read(tree.ptr, dirty, addr, ffi.from_buffer(out), length)
@@ -259,9 +262,12 @@ class PageStore:
             self._vfs.close(fd)
             raise ImageLocked(f"{self.path} is open for writing by another process "
                               f"(pid {holder})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        try:   # who holds the lock, for the message above; only a courtesy
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
 
     def _load_head(self) -> None:
         """Find the newest valid commit and build its page table (recovery)."""
@@ -352,11 +358,12 @@ class PageStore:
         """Make the last of records the head; records begin at or before its
         checkpoint and run on without a gap."""
         index = max(i for i, r in enumerate(records) if r.is_checkpoint)
+        tree = self._image.tree_from(records[index], records[index + 1:])   # may raise
         self._ckpt = records[index]
         self._tail = tail
         self.head = tail.seq
         self._records_since_ckpt = len(records) - index - 1
-        self._tree = self._image.tree_from(self._ckpt, records[index + 1:])
+        self._tree = tree
 
     def _note_damage(self, tail: _Tail) -> None:
         if not self._image.slot_dirty(tail.segno, tail.slot) or self._writer_active():
@@ -464,9 +471,10 @@ class PageStore:
         if self._reader is None:
             return
         if self._state in (_READER, _WRITER):
-            self._reader.rebind(_address(self._tree.ptr), _address(self._dirty_ptr()))
+            self._reader.rebind(_address(self._tree.ptr), _address(self._dirty_ptr()),
+                                (self._tree, self._dirty))
         else:
-            self._reader.rebind(0, 0)
+            self._reader.rebind(0, 0, None)
 
     def _dirty_ptr(self):
         return self._dirty.ptr if self._dirty is not None else ffi.NULL
@@ -477,13 +485,14 @@ class PageStore:
         """Copy data into a page at offset; visible to this writer at once."""
         if self._state is not _WRITER:
             self._require_writer()
-        if offset < 0 or offset + len(data) > self.page_size:
-            raise ValueError(f"{len(data)} bytes at offset {offset} do not fit in a "
+        nbytes = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if offset < 0 or offset + nbytes > self.page_size:
+            raise ValueError(f"{nbytes} bytes at offset {offset} do not fit in a "
                              f"{self.page_size}-byte page")
         if not 0 <= page_no < MAX_PAGE_NO:
             raise ValueError(f"page number {page_no} is out of range")
         code = _ic_write(self._tree.ptr, self._dirty.ptr, page_no * self.page_size + offset,
-                         ffi.from_buffer(data), len(data))
+                         ffi.from_buffer(data), nbytes)
         if code:
             raise_status(self._image.native.ptr, code)
 
@@ -492,7 +501,7 @@ class PageStore:
         self._require_writer()
         try:
             code = lib.ic_write(self._tree.ptr, self._dirty.ptr, addr, ffi.from_buffer(data),
-                                len(data))
+                                memoryview(data).nbytes)
         except OverflowError:
             raise ValueError(f"address {addr} is out of range") from None
         if code:
@@ -550,8 +559,19 @@ class PageStore:
             self._enter_failed(exc.error)
         except OSError as exc:
             lib.ic_commit_undo(self._tree.ptr, c)
+            if getattr(exc, "written", None) != 0:   # some bytes may have landed
+                self._scrub_failed_commit(tail)
             raise CommitFailed(f"{self.path}: commit {tail.seq + 1} could not be written "
                                f"({exc.strerror or exc}); nothing was committed") from exc
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, MemoryError) between write and sync: whether
+            # the commit reached the disk is unknown, so the page table is put
+            # back and the store trusts nothing more until it is reopened.
+            lib.ic_commit_undo(self._tree.ptr, c)
+            self._state = _FAILED
+            self._failure = f"interrupted during commit ({type(exc).__name__})"
+            self._bind_reader()
+            raise
         self._finish(c)
         return self.head
 
@@ -563,6 +583,17 @@ class PageStore:
                    prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
                    seg_slots=self._image.nslots(tail.segno) if seg_slots is None else seg_slots,
                    zero_from=zero_from, salt=self._image.salt)
+
+    def _scrub_failed_commit(self, tail: _Tail) -> None:
+        """A commit write that failed part-way may have left its whole record in
+        the page cache, where a reader or the next open would take it for a
+        commit.  Zero the record's first block (no sync needed: the page cache
+        now holds zeros, whatever reaches the disk).  If even that fails, what
+        lies past the log's end is unknown: terminal."""
+        try:
+            self._vfs.pwrite(self._seg_fd, _ZERO_BLOCK, tail.slot * self.page_size)
+        except OSError as exc:
+            self._enter_failed(exc)
 
     def _build(self, meta_buf, meta_len: int):
         """Lay out the next commit and apply it to the page table (undoable);
@@ -623,16 +654,22 @@ class PageStore:
         nslots, record_sum, checkpoint = c.nslots, c.record_sum, c.checkpoint
         lib.ic_commit_done(self._tree.ptr, self._dirty.ptr, c)
         seq = tail.seq + 1
+        self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum,
+                           tail.slot if checkpoint else tail.ckpt_slot)
+        self.head = seq
+        self.appended_bytes += nslots * self.page_size
         if checkpoint:
-            self._ckpt = self._image.record_at(tail.segno, tail.slot)
             self._records_since_ckpt = 0
-            self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum, tail.slot)
+            ckpt = self._image.record_at(tail.segno, tail.slot)
+            if ckpt is None:   # what was just written and synced does not read back
+                self._state = _FAILED
+                self._failure = f"commit {seq} does not read back from disk"
+                self._bind_reader()
+                raise StoreFailed(f"{self.path}: {self._failure}; reopen the image")
+            self._ckpt = ckpt
             self._write_hint()
         else:
             self._records_since_ckpt += 1
-            self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum, tail.ckpt_slot)
-        self.head = seq
-        self.appended_bytes += nslots * self.page_size
 
     def _write_hint(self) -> None:
         """Name the newest checkpoint for the next open.  Unsynced and only a
@@ -703,13 +740,15 @@ class PageStore:
             for i, rec in enumerate(records):
                 if self._image.verify_pages(rec) is not None:
                     records = records[:i]
-                    tail = self._tail_after(self._tail.segno, records) if records else self._tail
+                    tail = self._tail
+                    for done in records:
+                        tail = tail.after(done)
                     break
             if records:
                 self._advance(records, tail)
             return self.head
         self.recovery_notes = []
-        self._reader.rebind(0, 0)
+        self._reader.rebind(0, 0, None)
         old_tree = self._tree
         self._load_head()
         self._bind_reader()
@@ -719,18 +758,28 @@ class PageStore:
     def _advance(self, records: list[fmt.Record], tail: _Tail) -> None:
         """A reader applies the records that followed its head."""
         ckpts = [i for i, r in enumerate(records) if r.is_checkpoint]
-        self._reader.rebind(0, 0)
-        if ckpts:
-            old_tree = self._tree
-            self._set_head(records[ckpts[-1]:], tail)
+        old_tree = self._tree
+        self._reader.rebind(0, 0, None)
+        try:
+            if ckpts:
+                self._set_head(records[ckpts[-1]:], tail)
+            else:
+                # Replay onto a fresh tree from the head's checkpoint, so that a
+                # failure part-way leaves the old state whole.
+                replayed = self._records_since_head_checkpoint() + records
+                tree = self._image.tree_from(self._ckpt, replayed)
+                self._tree = tree
+                self._records_since_ckpt += len(records)
+                self._tail, self.head = tail, tail.seq
+        finally:
+            self._bind_reader()
+        if self._tree is not old_tree:
             old_tree.close()
-        else:
-            for rec in records:
-                self._tree.apply(rec.pairs, make_loc(rec.segno, rec.first_slot), rec.seq)
-                self._tree.apply_freed(rec.freed, rec.seq)
-            self._records_since_ckpt += len(records)
-            self._tail, self.head = tail, tail.seq
-        self._bind_reader()
+
+    def _records_since_head_checkpoint(self) -> list[fmt.Record]:
+        records, _ = self._image.scan(_Tail(self._ckpt.segno, self._ckpt.slot, -1, 0, 0),
+                                      upto=self.head)
+        return records[1:]
 
     # -- verification ----------------------------------------------------------
 
@@ -740,6 +789,9 @@ class PageStore:
         self._require_open()
         self._verify_state()
         records = self._all_records()
+        if not records:
+            raise CorruptImage(f"{self.path}: the log of the oldest segment is damaged at its "
+                               f"start, so the history before the head cannot be verified")
         if 1 in self._image.sizes and records[0].seq != 0:
             raise CorruptImage(f"{self.path}: the log does not start at commit 0")
         if records[-1].seq != self.head:
@@ -797,25 +849,27 @@ class PageStore:
 
     def close(self) -> None:
         """Release the image; uncommitted writes are dropped.  Views stay usable."""
-        if self._state == _CLOSED:
-            return
-        self._release()
-        self._state = _CLOSED
+        if self._state != _CLOSED or self._lock_fd >= 0 or self._seg_fd >= 0:
+            self._release()
 
     def _release(self) -> None:
+        """Let go of everything: the reader first (it points into the tree),
+        then memory, then descriptors, each whatever the others did."""
+        self._state = _CLOSED
         if self._reader is not None:
-            self._reader.rebind(0, 0)
-        if self._dirty is not None:
-            self._dirty.close()
-            self._dirty = None
-        if self._tree is not None:
-            self._tree.close()
-        if self._seg_fd >= 0:
-            self._vfs.close(self._seg_fd)
-            self._seg_fd = -1
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)   # closing the descriptor releases the flock
-            self._lock_fd = -1
+            self._reader.rebind(0, 0, None)
+        dirty, tree, seg_fd, lock_fd = self._dirty, self._tree, self._seg_fd, self._lock_fd
+        self._dirty, self._seg_fd, self._lock_fd = None, -1, -1
+        try:
+            if dirty is not None:
+                dirty.close()
+            if tree is not None:
+                tree.close()
+            if seg_fd >= 0:
+                self._vfs.close(seg_fd)
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)   # closing the descriptor releases the flock
 
     def __enter__(self) -> PageStore:
         return self

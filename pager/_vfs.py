@@ -30,12 +30,22 @@ class Vfs:
         return os.pread(fd, length, offset)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-        n = os.pwrite(fd, data, offset)
+        """Write all of data at offset.  On failure the OSError carries
+        ``written``: how many bytes did land first (0: none)."""
+        try:
+            n = os.pwrite(fd, data, offset)
+        except OSError as exc:
+            exc.written = 0
+            raise
         if n == len(data):   # the usual case, on the commit path
             return
         view = memoryview(data)[n:]
         while view:          # a short write (a signal, a nearly full disk): go on
-            n = os.pwrite(fd, view, offset + len(data) - len(view))
+            try:
+                n = os.pwrite(fd, view, offset + len(data) - len(view))
+            except OSError as exc:
+                exc.written = len(data) - len(view)
+                raise
             view = view[n:]
 
     def pwritev(self, fd: int, buffers: list, offset: int) -> None:

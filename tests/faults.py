@@ -562,8 +562,10 @@ class FaultVfs(Vfs):
             return True
         return False
 
-    def _raise(self, op: str) -> NoReturn:
-        raise OSError(self.err, f"{os.strerror(self.err)} (injected into {op})")
+    def _raise(self, op: str, written: int = 0) -> NoReturn:
+        exc = OSError(self.err, f"{os.strerror(self.err)} (injected into {op})")
+        exc.written = written   # as pager._vfs.Vfs.pwrite reports it
+        raise exc
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
         if self._fails("open", path):
@@ -580,6 +582,7 @@ class FaultVfs(Vfs):
         if self._fails("pwrite", self._paths.get(fd, ""), offset, data):
             if self.partial and len(data) > 1:
                 super().pwrite(fd, memoryview(data)[:len(data) // 2], offset)
+                self._raise("pwrite", len(data) // 2)
             self._raise("pwrite")
         super().pwrite(fd, data, offset)
 
