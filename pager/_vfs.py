@@ -48,11 +48,6 @@ class Vfs:
                 raise
             view = view[n:]
 
-    def pwritev(self, fd: int, buffers: list, offset: int) -> None:
-        for buf in buffers:
-            self.pwrite(fd, buf, offset)
-            offset += len(buf)
-
     if sys.platform == "darwin":
         def fdatasync(self, fd: int) -> None:
             import fcntl   # fsync on macOS does not reach the platter

@@ -43,9 +43,6 @@ optionally every call after it too, optionally after writing half the data
 ``commit_write``).  It also counts every call, so a test can first measure
 how many calls a workload makes and then aim at each of them.
 
-Neither shim overrides pwritev: the base class issues it as one pwrite per
-buffer, so both see it as pwrites (the pager itself issues none).
-
 ``abandon(store)`` lets a test drop a store whose process "died": it closes
 the store's descriptors (which releases the LOCK flock) without any write.
 
