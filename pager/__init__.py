@@ -55,12 +55,17 @@ STATES (PageStore._state; _verify_state() checks each, check() calls it)
 
     create/open(readonly=False) --> WRITER --commit, rollback, write--> WRITER
     open(readonly=True) ---------> READER --refresh--> READER
-    WRITER --a sync fails--> FAILED (terminal: everything raises StoreFailed)
+    WRITER --a sync fails-----------------------------> FAILED
+    WRITER --interrupted between write and sync-------> FAILED (Ctrl-C, MemoryError)
+    WRITER --a failed write whose bytes cannot be cleared--> FAILED
     any --close()--> CLOSED
 
-    A failed write (ENOSPC, EIO on pwrite) is not a state change: the commit
-    raises CommitFailed, nothing was acknowledged, and the uncommitted pages are
-    kept so the caller may commit again or roll back.
+    FAILED is terminal: everything raises StoreFailed until the image is
+    reopened, which recovers whatever the disk holds.  A failed write (ENOSPC,
+    EIO on pwrite) is otherwise not a state change: the commit raises
+    CommitFailed, nothing was acknowledged, any bytes it left are cleared so
+    that no one takes them for a commit, and the uncommitted pages are kept so
+    the caller may commit again or roll back.
 
 RECOVERY is what opening does: find the newest valid record (invariant 3),
 verify its pages (a failure drops it, with a RecoveryWarning; only the newest
