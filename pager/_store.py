@@ -195,13 +195,15 @@ class PageStore:
                    seg_slots=segment_size // page_size, zero_from=2, salt=salt)
         c.checkpoint = 1
         native.check(lib.ic_commit_build(tree.ptr, dirty.ptr, c))
-        fd = vfs.open(os.path.join(temp, fmt.segment_name(1)), os.O_RDWR)
         try:
-            vfs.pwrite(fd, ffi.buffer(c.buf, c.buf_len), page_size)
-            sync(vfs, fd)
+            fd = vfs.open(os.path.join(temp, fmt.segment_name(1)), os.O_RDWR)
+            try:
+                vfs.pwrite(fd, ffi.buffer(c.buf, c.buf_len), page_size)
+                sync(vfs, fd)
+            finally:
+                vfs.close(fd)
         finally:
-            lib.ic_commit_done(tree.ptr, dirty.ptr, c)
-            vfs.close(fd)
+            lib.ic_commit_undo(tree.ptr, c)   # frees the buffer; the tree is thrown away
         vfs.close(vfs.open(os.path.join(temp, LOCK_NAME), os.O_RDWR | os.O_CREAT))
 
     @classmethod
@@ -631,8 +633,11 @@ class PageStore:
             raise CommitFailed(f"{self.path}: could not start segment "
                                f"{fmt.segment_name(tail.segno)} ({exc.strerror or exc}); "
                                f"nothing was committed") from exc
-        self._vfs.close(self._seg_fd)
-        self._seg_fd, self._active, self._tail = fd, tail.segno, tail
+        old_fd, self._seg_fd, self._active, self._tail = self._seg_fd, fd, tail.segno, tail
+        try:
+            self._vfs.close(old_fd)
+        except OSError:
+            pass   # a sealed segment: nothing of it is written again
         # Made by this process and zero-filled: no zero slot needed.
         self._start_log(tail, zero_from=1)
         c = self._build(meta_buf, meta_len)
