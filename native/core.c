@@ -4,8 +4,9 @@
 **
 ** WHAT IT OWNS
 **   ic_store  the mapped segments of one image (read-only MAP_SHARED mappings),
-**             a "verified" bitmap per segment, the image salt, a zero page and
-**             the last error message.
+**             per slot a tag of the (checksum, seed) it was verified with, the
+**             log's end in each segment, the image salt, a zero page and the last
+**             error message.
 **   ic_tree   one state of the page table: a radix tree mapping a logical page
 **             number to a 32-byte entry.  Nodes are either on disk (inside a
 **             mapped segment, immutable) or in memory (copied on first write,
@@ -28,9 +29,9 @@
 ** INVARIANTS (checked by ic_tree_check, which tests call)
 **   1. Every byte read from a mapping is first bounds-checked against that
 **      mapping, and every page or node is checked against its checksum before
-**      its bytes are first used in this process (the verified bitmap remembers
-**      which slots passed; committed slots are never rewritten, so a pass
-**      stays true).
+**      its bytes are first used in this process (each slot's tag remembers the
+**      checksum it passed with; committed slots are never rewritten, so a
+**      pass stays true).  No location at or past a segment's log end is used.
 **   2. A memory node's kids[] pointer, when set, supersedes the (loc, sum) in
 **      its entry; disk bytes are never interpreted as pointers.
 **   3. t->usage[s] equals the number of leaf pages plus disk nodes reachable
@@ -39,7 +40,7 @@
 **   4. A page in ic_dirty supersedes the tree; the FREED marker reads as zeros.
 **
 ** Not thread-safe: one thread uses a store at a time (the error buffer and
-** the verified bitmaps are shared, unguarded state).
+** the verified tags are shared, unguarded state).
 */
 #include <errno.h>
 #include <stdarg.h>
@@ -166,6 +167,7 @@ typedef struct {
     uint8_t *base;        /* NULL: not mapped */
     uint64_t len;
     uint64_t nslots;      /* len / page_size */
+    uint64_t limit;       /* the log's end: no location at or past it is valid */
     uint32_t *verified;   /* per slot: tag of the (sum, seed) it passed, 0 if none */
     int header_ok;        /* header checked against this image once */
 } ic_seg;
@@ -257,7 +259,8 @@ int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len) {
     uint32_t *tags = calloc((size_t)nslots, sizeof *tags);
     if (!tags) { munmap(p, (size_t)len); return fail(st, IC_NOMEM, "out of memory"); }
     ic_seg *s = &st->segs[segno];
-    s->base = p; s->len = len; s->nslots = nslots; s->verified = tags; s->header_ok = 0;
+    s->base = p; s->len = len; s->nslots = nslots; s->limit = nslots; s->verified = tags;
+    s->header_ok = 0;
     return IC_OK;
 }
 
@@ -267,6 +270,13 @@ void ic_store_unmap(ic_store *st, uint32_t segno) {
     munmap(s->base, (size_t)s->len);
     free(s->verified);
     memset(s, 0, sizeof *s);
+}
+
+/* Where a segment's log ends (the writer's and readers' tail): a location at
+ * or past it points at bytes no commit they hold has written. */
+void ic_store_set_limit(ic_store *st, uint32_t segno, uint64_t limit) {
+    if (segno < st->nsegs && st->segs[segno].base)
+        st->segs[segno].limit = limit < st->segs[segno].nslots ? limit : st->segs[segno].nslots;
 }
 
 const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out) {
@@ -304,6 +314,11 @@ static const uint8_t *slot_ptr(ic_store *st, uint64_t loc, ic_seg **seg_out) {
     ic_seg *s = &st->segs[segno];
     if (slot == 0 || slot >= s->nslots) {
         fail(st, IC_CORRUPT, "location seg-%06u slot %u is outside the segment", segno, slot);
+        return NULL;
+    }
+    if (slot >= s->limit) {
+        fail(st, IC_CORRUPT, "location seg-%06u slot %u lies past the end of the log", segno,
+             slot);
         return NULL;
     }
     if (!s->header_ok && check_header(st, segno, s) != IC_OK) return NULL;
@@ -705,8 +720,9 @@ static int mark_seen(checker *c, uint64_t loc) {
     uint32_t s = loc_seg(loc), slot = loc_slot(loc);
     if (s >= st->nsegs || !st->segs[s].base)
         return fail(st, IC_MISSING, "segment seg-%06u is missing", s);
-    if (slot >= st->segs[s].nslots)
-        return fail(st, IC_CORRUPT, "location seg-%06u slot %u is outside the segment", s, slot);
+    if (slot >= st->segs[s].limit)
+        return fail(st, IC_CORRUPT, "location seg-%06u slot %u is outside the segment's log",
+                    s, slot);
     if (!c->seen[s] && !(c->seen[s] = calloc(1, (size_t)(st->segs[s].nslots + 7) / 8)))
         return fail(st, IC_NOMEM, "out of memory in check");
     uint8_t bit = (uint8_t)(1u << (slot & 7));

@@ -62,6 +62,7 @@ const char *ic_errmsg(ic_store *st);
 int ic_errcode(ic_store *st);
 int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len);
 void ic_store_unmap(ic_store *st, uint32_t segno);
+void ic_store_set_limit(ic_store *st, uint32_t segno, uint64_t limit);
 const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out);
 uint64_t ic_page_sum(ic_store *st, uint64_t page_no, const uint8_t *data);
 uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data);

@@ -62,6 +62,10 @@ class NativeStore:
     def map(self, segno: int, fd: int, length: int) -> None:
         self.check(lib.ic_store_map(self.ptr, segno, fd, length))
 
+    def set_limit(self, segno: int, limit: int) -> None:
+        """Where segno's log ends: no location at or past it will be used."""
+        lib.ic_store_set_limit(self.ptr, segno, limit)
+
     def unmap(self, segno: int) -> None:
         lib.ic_store_unmap(self.ptr, segno)
 

@@ -276,6 +276,8 @@ class PageStore:
         image = self._image
         numbers = image.numbers()
         self._active = numbers[-1]
+        for segno in numbers:   # sealed logs are whole; the head's end is set below
+            image.native.set_limit(segno, image.nslots(segno))
         for segno in reversed(numbers):
             records, tail = self._scan_segment(segno)
             self._note_damage(tail)
@@ -361,6 +363,7 @@ class PageStore:
         checkpoint and run on without a gap."""
         index = max(i for i, r in enumerate(records) if r.is_checkpoint)
         tree = self._image.tree_from(records[index], records[index + 1:])   # may raise
+        self._image.native.set_limit(tail.segno, tail.slot)
         self._ckpt = records[index]
         self._tail = tail
         self.head = tail.seq
@@ -405,6 +408,7 @@ class PageStore:
         if self._active != self._tail.segno:
             # The newest segment holds no valid record yet: commits go on there.
             self._tail = empty_tail(self._active, self._tail.seq, self._tail.sum)
+            image.native.set_limit(self._active, 1)
         for name in os.listdir(self.path):
             if name.endswith(".tmp") and name.startswith("seg-"):
                 self._vfs.unlink(os.path.join(self.path, name))
@@ -640,6 +644,7 @@ class PageStore:
             pass   # a sealed segment: nothing of it is written again
         # Made by this process and zero-filled: no zero slot needed.
         self._start_log(tail, zero_from=1)
+        self._image.native.set_limit(tail.segno, 1)
         c = self._build(meta_buf, meta_len)
         if c is None:
             raise CommitFailed(f"{self.path}: commit does not fit a segment of {seg_size} bytes")
@@ -661,6 +666,7 @@ class PageStore:
         seq = tail.seq + 1
         self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum,
                            tail.slot if checkpoint else tail.ckpt_slot)
+        self._image.native.set_limit(tail.segno, tail.slot + nslots)
         self.head = seq
         self.appended_bytes += nslots * self.page_size
         if checkpoint:
@@ -738,6 +744,8 @@ class PageStore:
             if segno not in self._image.sizes:
                 self._image.attach(segno)
         if self._image.numbers()[-1] == self._tail.segno:
+            segno = self._tail.segno
+            self._image.native.set_limit(segno, self._image.nslots(segno))
             records, tail = self._image.scan(self._tail)
             # A commit is one write, record first: a reader may see a record
             # before all its pages have landed.  Until they verify, that commit
@@ -751,6 +759,7 @@ class PageStore:
                     break
             if records:
                 self._advance(records, tail)
+            self._image.native.set_limit(segno, self._tail.slot)
             return self.head
         self.recovery_notes = []
         self._reader.rebind(0, 0, None)
