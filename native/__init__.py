@@ -21,7 +21,8 @@ def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-_fastpath.bind(_address("ic_page_read"), _address("ic_read"), _address("ic_read_u64"))
+_fastpath.bind(_address("ic_page_read"), _address("ic_read"), _address("ic_read_u64"),
+               _address("ic_write"))
 PageReader = _fastpath.PageReader
 
 __all__ = ["PageReader", "ffi", "lib"]

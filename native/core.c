@@ -1166,6 +1166,8 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     clear_err(st);
     c->buf = NULL; c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
     c->time_ns = now_ns();
+    c->checkpoint = c->ckpt_slot == 0 || c->since_ckpt >= c->ckpt_records
+                    || t->nmem >= c->ckpt_nodes;
     uint64_t room = c->seg_slots > c->slot ? c->seg_slots - c->slot : 0;
     if (c->seq >= ((uint64_t)1 << 62))
         return fail(st, IC_RANGE, "commit number %llu is past the last one",
@@ -1248,8 +1250,10 @@ void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c) {
     }
     ic_dirty_clear(d);
     free_undo(c);
+    c->since_ckpt = c->checkpoint ? 0 : c->since_ckpt + 1;
     c->parent = c->seq;
     c->seq++;
     c->prev_sum = c->record_sum;
     c->slot += (uint32_t)c->nslots;
+    ic_store_set_limit(t->st, c->segno, c->slot);
 }

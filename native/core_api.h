@@ -35,7 +35,10 @@ typedef struct ic_commit {
     uint64_t prev_ckpt;     /* location of the newest checkpoint (for a checkpoint) */
     uint64_t zero_from;     /* slots from here on are known to be zeros */
     uint64_t salt;
-    int checkpoint;
+    uint64_t since_ckpt;    /* records since this segment's newest checkpoint */
+    uint64_t ckpt_records;  /* a checkpoint is due after this many records */
+    uint64_t ckpt_nodes;    /* ... or when this many page-table nodes are dirty */
+    int checkpoint;         /* set by ic_commit_build: this commit is a checkpoint */
     const uint8_t *meta;
     uint32_t meta_len;
 

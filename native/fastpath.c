@@ -7,7 +7,7 @@
 ** for an LMDB get).  A PageReader is a CPython object holding one state's
 ** (tree, dirty) pointers; its read(page_no), read_word(addr) and
 ** read_bytes(addr, n) call the C core directly and build their results in one
-** step.
+** step, and write(page_no, data, offset) does a writer's page write.
 **
 ** It does not link against the core: native/__init__.py passes the addresses
 ** of the core's functions to bind() at import, so there is exactly one copy
@@ -27,10 +27,12 @@
 typedef const uint8_t *(*page_read_fn)(void *tree, void *dirty, uint64_t page_no);
 typedef int (*read_fn)(void *tree, void *dirty, uint64_t addr, uint8_t *out, uint64_t len);
 typedef int (*read_u64_fn)(void *tree, void *dirty, uint64_t addr, uint64_t *out);
+typedef int (*write_fn)(void *tree, void *dirty, uint64_t addr, const uint8_t *src, uint64_t len);
 
 static page_read_fn core_page_read;
 static read_fn core_read;
 static read_u64_fn core_read_u64;
+static write_fn core_write;
 
 typedef struct {
     PyObject_HEAD
@@ -46,13 +48,14 @@ static PyObject *fallback(PageReader *r, const char *kind, PyObject *const *args
         PyErr_SetString(PyExc_RuntimeError, "PageReader used before __init__");
         return NULL;
     }
-    if (n > 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", kind, n);
+    if (n > 3) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 3 arguments (%zd given)", kind, n);
         return NULL;
     }
     PyObject *name = PyUnicode_FromString(kind);
     if (!name) return NULL;
-    PyObject *all[3] = {name, n > 0 ? args[0] : NULL, n > 1 ? args[1] : NULL};
+    PyObject *all[4] = {name, n > 0 ? args[0] : NULL, n > 1 ? args[1] : NULL,
+                        n > 2 ? args[2] : NULL};
     PyObject *result = PyObject_Vectorcall(r->fallback, all, (size_t)(1 + n), NULL);
     Py_DECREF(name);
     return result;
@@ -99,6 +102,39 @@ static PyObject *reader_read_bytes(PageReader *r, PyObject *const *args, Py_ssiz
     return out;
 }
 
+/* write(page_no, data[, offset]): the writer's page write, when it is plainly
+ * in range; everything else (a reader, a bad argument, an error from the
+ * core) goes to the fallback, which checks and raises. */
+static PyObject *reader_write(PageReader *r, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *all[3];
+    if (kwnames && PyTuple_GET_SIZE(kwnames)) {   /* only write(page, data, offset=N) */
+        if (nargs != 2 || PyTuple_GET_SIZE(kwnames) != 1
+            || !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
+            || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "offset") != 0) {
+            PyErr_SetString(PyExc_TypeError, "write(page_no, data, offset=0)");
+            return NULL;
+        }
+        all[0] = args[0]; all[1] = args[1]; all[2] = args[2];
+        args = all;
+        nargs = 3;
+    }
+    uint64_t page_no, offset = 0;
+    if ((nargs != 2 && nargs != 3) || !r->tree || !r->dirty || as_u64(args[0], &page_no)
+        || (nargs == 3 && as_u64(args[2], &offset)) || !PyBytes_CheckExact(args[1]))
+        return fallback(r, "write", args, nargs);
+    Py_ssize_t len = PyBytes_GET_SIZE(args[1]);
+    if (offset > (uint64_t)r->page_size || (uint64_t)len > (uint64_t)r->page_size - offset
+        || page_no >= ((uint64_t)1 << 40))
+        return fallback(r, "write", args, nargs);
+    uint64_t addr = page_no * (uint64_t)r->page_size + offset;
+    if (core_write(r->tree, r->dirty, addr, (const uint8_t *)PyBytes_AS_STRING(args[1]),
+                   (uint64_t)len))
+        return fallback(r, "write", args, nargs);
+    Py_RETURN_NONE;
+}
+
 /* rebind(tree_addr, dirty_addr, keepalive): point at another state, holding
  * keepalive (the objects that own tree and dirty, whose finalisers free them)
  * for as long as the binding lasts.  rebind(0, 0, None): unbound. */
@@ -124,6 +160,8 @@ static PyMethodDef reader_methods[] = {
      "read_word(addr) -> int"},
     {"read_bytes", (PyCFunction)(void (*)(void))reader_read_bytes, METH_FASTCALL,
      "read_bytes(addr, length) -> bytes"},
+    {"write", (PyCFunction)(void (*)(void))reader_write, METH_FASTCALL | METH_KEYWORDS,
+     "write(page_no, data, offset=0)"},
     {"rebind", (PyCFunction)(void (*)(void))reader_rebind, METH_FASTCALL,
      "rebind(tree_addr, dirty_addr, keepalive)"},
     {NULL, NULL, 0, NULL},
@@ -167,25 +205,28 @@ static PyTypeObject PageReaderType = {
     .tp_methods = reader_methods,
 };
 
-/* bind(page_read_addr, read_addr, read_u64_addr): the core's entry points. */
+/* bind(page_read, read, read_u64, write): addresses of the core's entry points. */
 static PyObject *bind(PyObject *mod, PyObject *args) {
-    PyObject *a, *b, *c;
+    PyObject *a, *b, *c, *w;
     (void)mod;
-    if (!PyArg_ParseTuple(args, "OOO", &a, &b, &c)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &w)) return NULL;
     void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b), *pc = PyLong_AsVoidPtr(c);
+    void *pw = PyLong_AsVoidPtr(w);
     if (PyErr_Occurred()) return NULL;
-    if (!pa || !pb || !pc) {
-        PyErr_SetString(PyExc_ValueError, "bind() needs three function addresses");
+    if (!pa || !pb || !pc || !pw) {
+        PyErr_SetString(PyExc_ValueError, "bind() needs four function addresses");
         return NULL;
     }
     core_page_read = (page_read_fn)pa;
     core_read = (read_fn)pb;
     core_read_u64 = (read_u64_fn)pc;
+    core_write = (write_fn)pw;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"bind", bind, METH_VARARGS, "bind(page_read, read, read_u64): addresses of the core's functions"},
+    {"bind", bind, METH_VARARGS,
+     "bind(page_read, read, read_u64, write): addresses of the core's functions"},
     {NULL, NULL, 0, NULL},
 };
 

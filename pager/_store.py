@@ -103,8 +103,9 @@ def _address(ptr) -> int:
 def _make_reader(owner, page_size: int) -> PageReader:
     """A native reader whose fallback runs owner's documented Python methods,
     which check the state and raise the right error."""
-    methods = {"read": type(owner).read, "read_word": type(owner).read_word,
-               "read_bytes": type(owner).read_bytes}
+    methods = {name: getattr(type(owner), name)
+               for name in ("read", "read_word", "read_bytes", "write")
+               if hasattr(type(owner), name)}
     ref = weakref.ref(owner)
 
     def fallback(kind: str, *args):
@@ -114,8 +115,8 @@ def _make_reader(owner, page_size: int) -> PageReader:
         return methods[kind](target, *args)
 
     reader = PageReader(page_size, fallback)
-    owner.read, owner.read_word, owner.read_bytes = \
-        reader.read, reader.read_word, reader.read_bytes
+    for name in methods:
+        setattr(owner, name, getattr(reader, name))
     return reader
 
 
@@ -452,9 +453,9 @@ class PageStore:
 
     # -- reading ---------------------------------------------------------------
 
-    # read, read_bytes and read_word are served by a native PageReader bound as
-    # instance attributes (see _bind_reader); these methods document them and
-    # are what its fallback runs when a call cannot be served directly.
+    # read, read_bytes, read_word and write are served by a native PageReader
+    # bound as instance attributes (see _bind_reader); these methods document
+    # them and are what its fallback runs when a call cannot be served directly.
 
     def read(self, page_no: int) -> bytes:
         """The bytes of a logical page; a never-written page reads as zeros."""
@@ -585,10 +586,13 @@ class PageStore:
         """Describe the next commit to the builder: after this, it keeps the
         tail itself (ic_commit_done advances it), so a commit sets only what
         is its own."""
-        _start_log(self._commit_args, tail, parent=self.head,
+        c = self._commit_args
+        _start_log(c, tail, parent=self.head,
                    prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
                    seg_slots=self._image.nslots(tail.segno) if seg_slots is None else seg_slots,
                    zero_from=zero_from, salt=self._image.salt)
+        c.since_ckpt = self._records_since_ckpt
+        c.ckpt_records, c.ckpt_nodes = CHECKPOINT_RECORDS, CHECKPOINT_NODES
 
     def _scrub_failed_commit(self, tail: _Tail) -> None:
         """A commit write that failed part-way may have left its whole record in
@@ -605,10 +609,7 @@ class PageStore:
         """Lay out the next commit and apply it to the page table (undoable);
         None when it does not fit in the segment."""
         c = self._commit_args
-        c.checkpoint = (self._tail.ckpt_slot == 0
-                        or self._records_since_ckpt >= CHECKPOINT_RECORDS
-                        or lib.ic_tree_dirty_nodes(self._tree.ptr) >= CHECKPOINT_NODES)
-        c.meta, c.meta_len = meta_buf, meta_len
+        c.meta, c.meta_len = meta_buf, meta_len   # the builder decides on a checkpoint
         code = lib.ic_commit_build(self._tree.ptr, self._dirty.ptr, c)
         if code == lib.IC_FULL:
             return None
@@ -666,7 +667,6 @@ class PageStore:
         seq = tail.seq + 1
         self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum,
                            tail.slot if checkpoint else tail.ckpt_slot)
-        self._image.native.set_limit(tail.segno, tail.slot + nslots)
         self.head = seq
         self.appended_bytes += nslots * self.page_size
         if checkpoint:

@@ -206,3 +206,16 @@ class TestHostileTrees:
         for segno in (0, 1 << 24, 3_000_000_000):
             with pytest.raises(CorruptImage, match="cannot exist"):
                 tree.set_usage([(segno, 5)])
+
+
+class TestNativeWrite:
+    def test_write_arguments(self, path):
+        """The native write takes offset by keyword, and refuses other keywords."""
+        with PageStore.create(path, segment_size=SEGMENT) as s:
+            s.write(1, b"abc", offset=10)
+            s.write(1, b"de", 20)
+            assert s.read(1)[10:13] == b"abc" and s.read(1)[20:22] == b"de"
+            with pytest.raises(TypeError):
+                s.write(1, b"x", where=3)
+            with pytest.raises(ValueError, match="do not fit"):
+                s.write(1, b"xy", offset=4095)
