@@ -1046,9 +1046,28 @@ static void free_undo(ic_commit *c) {
     undo_log *u = c->undo;
     if (u) { free(u->written); free(u->freed); free(u->olds); free(u); }
     c->undo = NULL;
+    c->buf_len = 0;   /* the buffer itself is kept for the next commit */
+}
+
+/* Buffers up to this size are kept between commits; a bulk commit's larger
+ * one is freed, so a single big transaction does not pin its memory. */
+#define KEEP_BUFFER (1u << 20)
+
+void ic_commit_release(ic_commit *c) {
+    free_undo(c);
     free(c->buf);
     c->buf = NULL;
-    c->buf_len = 0;
+    c->buf_cap = 0;
+}
+
+static int commit_buffer(ic_store *st, ic_commit *c, uint64_t bytes) {
+    if (c->buf_cap < bytes || (c->buf_cap > KEEP_BUFFER && bytes <= KEEP_BUFFER)) {
+        free(c->buf);
+        c->buf = malloc(bytes);
+        c->buf_cap = c->buf ? bytes : 0;
+        if (!c->buf) return fail(st, IC_NOMEM, "out of memory in commit");
+    }
+    return IC_OK;
 }
 
 static int collect_keys(ic_store *st, ic_dirty *d, undo_log *u) {
@@ -1164,7 +1183,7 @@ static uint64_t now_ns(void) {
 int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     ic_store *st = t->st;
     clear_err(st);
-    c->buf = NULL; c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
+    c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
     c->time_ns = now_ns();
     c->checkpoint = c->ckpt_slot == 0 || c->since_ckpt >= c->ckpt_records
                     || t->nmem >= c->ckpt_nodes;
@@ -1206,8 +1225,15 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     }
     /* The zeroed slot past the commit, when it fits and is not known zero. */
     uint64_t buf_slots = nslots + (nslots < room && c->slot + nslots < c->zero_from);
-    c->buf = calloc(buf_slots, st->page_size);
-    if (!c->buf) { undo_apply(t, u); free_undo(c); return fail(st, IC_NOMEM, "out of memory in commit"); }
+    if (commit_buffer(st, c, buf_slots << st->page_shift)) {
+        undo_apply(t, u);
+        free_undo(c);
+        return IC_NOMEM;
+    }
+    /* Pages and nodes are copied over whole; the record's slots and the zero
+     * slot are what must start as zeros. */
+    memset(c->buf, 0, record_slots << st->page_shift);
+    if (buf_slots > nslots) memset(c->buf + (nslots << st->page_shift), 0, st->page_size);
     c->buf_len = buf_slots << st->page_shift;
     c->nslots = nslots;
     c->record_slots = (uint32_t)record_slots;

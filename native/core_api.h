@@ -44,6 +44,7 @@ typedef struct ic_commit {
 
     uint8_t *buf;           /* the bytes to write at `slot`: whole slots */
     uint64_t buf_len;
+    uint64_t buf_cap;       /* kept between commits; ic_commit_release frees it */
     uint64_t nslots;        /* slots the commit occupies (buf may add one zeroed slot) */
     uint64_t need_slots;    /* on IC_FULL: what a fresh segment needs for it */
     uint64_t record_sum;
@@ -103,6 +104,7 @@ int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
 int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c);
 void ic_commit_undo(ic_tree *t, ic_commit *c);
 void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c);
+void ic_commit_release(ic_commit *c);
 
 const uint8_t *ic_page_read(ic_tree *t, ic_dirty *d, uint64_t page_no);
 uint8_t *ic_page_for_write(ic_tree *t, ic_dirty *d, uint64_t page_no);

@@ -181,7 +181,10 @@ class PageStore:
             if isinstance(exc, SyncFailed):   # no store exists yet to enter FAILED
                 raise exc.error from None
             raise
-        return cls.open(path, _vfs=vfs)
+        store = cls.open(path, _vfs=vfs)
+        # Just made and zero-filled past commit 0: no commit needs a zero slot.
+        store._start_log(store._tail, zero_from=store._tail.slot)
+        return store
 
     @staticmethod
     def _populate(vfs: Vfs, temp: str, page_size: int, segment_size: int, image_id: bytes,
@@ -204,7 +207,8 @@ class PageStore:
             finally:
                 vfs.close(fd)
         finally:
-            lib.ic_commit_undo(tree.ptr, c)   # frees the buffer; the tree is thrown away
+            lib.ic_commit_undo(tree.ptr, c)   # the tree is thrown away
+            lib.ic_commit_release(c)
         vfs.close(vfs.open(os.path.join(temp, LOCK_NAME), os.O_RDWR | os.O_CREAT))
 
     @classmethod
@@ -416,6 +420,7 @@ class PageStore:
         self._seg_fd = self._vfs.open(image.seg_path(self._active), os.O_RDWR)
         self._dirty = Dirty(self.page_size)
         self._commit_args = ffi.new("ic_commit *")
+        self._commit_release = weakref.finalize(self, lib.ic_commit_release, self._commit_args)
         self._clear_torn_tail()
         # Slots from zero_from on are known to be zeros.  Unknown for a segment
         # this process did not create (an interrupted commit may have left bytes
@@ -872,6 +877,9 @@ class PageStore:
         self._state = _CLOSED
         if self._reader is not None:
             self._reader.rebind(0, 0, None)
+        release = getattr(self, "_commit_release", None)
+        if release is not None:
+            release()
         dirty, tree, seg_fd, lock_fd = self._dirty, self._tree, self._seg_fd, self._lock_fd
         self._dirty, self._seg_fd, self._lock_fd = None, -1, -1
         try:
