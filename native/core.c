@@ -490,7 +490,6 @@ uint32_t ic_tree_usage_next(ic_tree *t, uint32_t from) {
     return UINT32_MAX;
 }
 
-uint32_t ic_tree_usage_cap(ic_tree *t) { return t->usage_cap; }
 uint64_t ic_tree_usage(ic_tree *t, uint32_t s) { return s < t->usage_cap ? t->usage[s] : 0; }
 
 int ic_tree_set_usage(ic_tree *t, uint32_t s, uint64_t live) {
@@ -882,30 +881,6 @@ static int cmp_u64(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Lay out the dirty pages for a commit in page-number order: pairs_out gets
- * (page_no, sum) and pages_out the bytes; freed_out the dropped pages. */
-int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
-              uint64_t *nwritten, uint8_t *freed_out, uint64_t *nfreed) {
-    ic_store *st = t->st;
-    uint64_t *keys = malloc((d->count + 1) * sizeof *keys), n = 0, w = 0, f = 0;
-    if (!keys) return fail(st, IC_NOMEM, "out of memory in commit");
-    for (uint64_t i = 0; i < d->cap; i++)
-        if (d->keys[i] != EMPTY_KEY) keys[n++] = d->keys[i];
-    qsort(keys, n, sizeof *keys, cmp_u64);
-    for (uint64_t i = 0; i < n; i++) {
-        uint8_t *page = dirty_find(d, keys[i]);
-        if (page == FREED) { st64(freed_out + 8 * f++, keys[i]); continue; }
-        memcpy(pages_out + (w << st->page_shift), page, st->page_size);
-        st64(pairs_out + 16 * w, keys[i]);
-        st64(pairs_out + 16 * w + 8, ic_page_sum(st, keys[i], page));
-        w++;
-    }
-    free(keys);
-    *nwritten = w;
-    *nfreed = f;
-    return IC_OK;
-}
-
 /* ------------------------------------------------------------------ */
 /* page and address access                                             */
 
@@ -1131,16 +1106,39 @@ static int apply_pages(ic_tree *t, ic_commit *c, undo_log *u, uint64_t record_sl
 
 /* Copy the pages into place and put their checksums in the record body and
  * in the leaf entries (a written page's leaf is already a memory node). */
-static void lay_out_pages(ic_tree *t, ic_dirty *d, undo_log *u, uint8_t *pages, uint8_t *pairs) {
-    ic_store *st = t->st;
+static void copy_pages(ic_store *st, ic_dirty *d, const undo_log *u, uint8_t *pages,
+                       uint8_t *pairs) {
     for (uint64_t i = 0; i < u->nwritten; i++) {
         uint8_t *dst = pages + (i << st->page_shift);
         memcpy(dst, dirty_find(d, u->written[i]), st->page_size);
-        uint64_t sum = ic_page_sum(st, u->written[i], dst);
         st64(pairs + 16 * i, u->written[i]);
-        st64(pairs + 16 * i + 8, sum);
-        st64(leaf_for_write(t, u->written[i]) + 8, sum);
+        st64(pairs + 16 * i + 8, ic_page_sum(st, u->written[i], dst));
     }
+}
+
+static void lay_out_pages(ic_tree *t, ic_dirty *d, undo_log *u, uint8_t *pages, uint8_t *pairs) {
+    copy_pages(t->st, d, u, pages, pairs);
+    for (uint64_t i = 0; i < u->nwritten; i++)
+        st64(leaf_for_write(t, u->written[i]) + 8, ld64(pairs + 16 * i + 8));
+}
+
+/* The dirty pages as a commit would lay them out, without building one:
+ * pairs_out gets (page_no, sum) in page order, pages_out the bytes, freed_out
+ * the dropped pages.  (The tests use it to look at the dirty table.) */
+int ic_gather(ic_tree *t, ic_dirty *d, uint8_t *pairs_out, uint8_t *pages_out,
+              uint64_t *nwritten, uint8_t *freed_out, uint64_t *nfreed) {
+    undo_log u = {0};
+    int rc = collect_keys(t->st, d, &u);
+    if (rc == IC_OK) {
+        copy_pages(t->st, d, &u, pages_out, pairs_out);
+        for (uint64_t i = 0; i < u.nfreed; i++) st64(freed_out + 8 * i, u.freed[i]);
+        *nwritten = u.nwritten;
+        *nfreed = u.nfreed;
+    }
+    free(u.written);
+    free(u.freed);
+    free(u.olds);
+    return rc;
 }
 
 static uint8_t *write_usage(ic_tree *t, ic_commit *c, uint8_t *p, uint32_t *nusage) {

@@ -87,7 +87,6 @@ int ic_tree_serialize(ic_tree *t, uint64_t first_loc, uint8_t *out, uint64_t cap
                       uint8_t *root_out, int *depth_out);
 void ic_tree_adopt(ic_tree *t, const uint8_t *root_entry, int depth, uint64_t first_loc,
                    uint64_t nnodes);
-uint32_t ic_tree_usage_cap(ic_tree *t);
 uint64_t ic_tree_usage(ic_tree *t, uint32_t segno);
 uint32_t ic_tree_usage_next(ic_tree *t, uint32_t from);
 int ic_tree_set_usage(ic_tree *t, uint32_t segno, uint64_t live);

@@ -22,10 +22,6 @@ def make_loc(segno: int, slot: int) -> Loc:
     return Loc(segno << 32 | slot)
 
 
-def loc_parts(loc: int) -> tuple[int, int]:
-    return loc >> 32, loc & 0xFFFFFFFF
-
-
 def hash64(data: bytes | bytearray | memoryview, seed: int) -> int:
     return lib.ic_hash(ffi.from_buffer(data), len(data), seed)
 
@@ -118,10 +114,6 @@ class Tree:
                                                  ffi.from_buffer(keys), stride, olds))
 
     @property
-    def dirty_nodes(self) -> int:
-        return lib.ic_tree_dirty_nodes(self.ptr)
-
-    @property
     def depth(self) -> int:
         return lib.ic_tree_depth(self.ptr)
 
@@ -131,22 +123,6 @@ class Tree:
         self.store.check(lib.ic_tree_get(self.ptr, page_no, out))
         raw = bytes(ffi.buffer(out, 24))
         return tuple(int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16))
-
-    def serialize(self, first_loc: int) -> tuple[bytearray, int, int, int]:
-        """(node pages, root loc, root sum, depth) for a checkpoint at first_loc."""
-        n = self.dirty_nodes
-        out = bytearray(n * self.store.page_size)
-        root = ffi.new("uint8_t[]", ENTRY_SIZE)
-        depth = ffi.new("int *")
-        self.store.check(lib.ic_tree_serialize(self.ptr, first_loc, ffi.from_buffer(out), n,
-                                               root, depth))
-        raw = bytes(ffi.buffer(root, 16))
-        return out, int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"), depth[0]
-
-    def adopt(self, root_loc: int, root_sum: int, depth: int, first_loc: int, nnodes: int) -> None:
-        root = ffi.new("uint8_t[]", ENTRY_SIZE)
-        ffi.memmove(root, root_loc.to_bytes(8, "little") + root_sum.to_bytes(8, "little"), 16)
-        lib.ic_tree_adopt(self.ptr, root, depth, first_loc, nnodes)
 
     def usage(self) -> dict[int, int]:
         """Live slots per segment, for segments that hold any."""

@@ -116,10 +116,9 @@ def make_segment(vfs: Vfs, dirpath: str, segno: int, seg_size: int, page_size: i
 class Image:
     """The segment files of one image directory, mapped by a NativeStore."""
 
-    def __init__(self, path: str, vfs: Vfs) -> None:
+    def __init__(self, path: str, vfs: Vfs, numbers: list[int]) -> None:
         self.path = path
         self.vfs = vfs
-        numbers = segment_numbers(path)
         if not numbers:
             raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
         oldest = self._header_of(numbers[0])

@@ -235,12 +235,13 @@ class PageStore:
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
             raise CorruptImage(f"{path} is not an imago image (an image is a directory)")
-        if not segment_numbers(path):
+        numbers = segment_numbers(path)
+        if not numbers:
             raise CorruptImage(f"{path} is not an imago image: it holds no segment files")
         if not readonly:
             self._take_lock()
         try:
-            self._image = Image(path, vfs)
+            self._image = Image(path, vfs, numbers)
             self.page_size = self._image.page_size
             self._load_head()
             if not readonly:
