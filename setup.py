@@ -7,10 +7,11 @@ setup(
     description="A persistent, Smalltalk-like object image for Python",
     python_requires=">=3.11",
     packages=["native", "pager", "image", "vm", "snapshots", "browser"],
-    package_data={"native": ["core.c", "core_api.h", "fastpath.c"]},
+    package_data={"native": ["core.c", "core_api.h", "fastpath.c", "fastpath.h", "objmem.c"]},
     # The CPython binding of the hottest reads (see native/fastpath.c); it calls
     # the cffi-built core through function pointers bound at import.
-    ext_modules=[Extension("native._fastpath", ["native/fastpath.c"],
+    ext_modules=[Extension("native._fastpath", ["native/fastpath.c", "native/objmem.c"],
+                           depends=["native/fastpath.h"],
                            extra_compile_args=["-std=c11", "-O2", "-Wall", "-Werror"])],
     setup_requires=["cffi>=1.16,<3"],
     cffi_modules=["native/build_core.py:ffibuilder"],

@@ -22,7 +22,7 @@ def _address(name: str) -> int:
 
 
 _fastpath.bind(_address("ic_page_read"), _address("ic_read"), _address("ic_read_u64"),
-               _address("ic_write"))
+               _address("ic_write"), _address("ic_write_u64"), _address("ic_hash"))
 PageReader = _fastpath.PageReader
 
 __all__ = ["PageReader", "ffi", "lib"]

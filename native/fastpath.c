@@ -20,30 +20,16 @@
 ** which raises the right exception or returns the result itself; so every
 ** error message is made in Python, in one place.
 */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "fastpath.h"
 
-typedef const uint8_t *(*page_read_fn)(void *tree, void *dirty, uint64_t page_no);
-typedef int (*read_fn)(void *tree, void *dirty, uint64_t addr, uint8_t *out, uint64_t len);
-typedef int (*read_u64_fn)(void *tree, void *dirty, uint64_t addr, uint64_t *out);
-typedef int (*write_fn)(void *tree, void *dirty, uint64_t addr, const uint8_t *src, uint64_t len);
+page_read_fn core_page_read;
+read_fn core_read;
+read_u64_fn core_read_u64;
+write_fn core_write;
+write_u64_fn core_write_u64;
+hash_fn core_hash;
 
-static page_read_fn core_page_read;
-static read_fn core_read;
-static read_u64_fn core_read_u64;
-static write_fn core_write;
-
-typedef struct {
-    PyObject_HEAD
-    void *tree;            /* NULL: unbound */
-    void *dirty;           /* NULL for readers and views */
-    PyObject *keepalive;   /* the Python owners of tree and dirty: they outlive the binding */
-    Py_ssize_t page_size;
-    PyObject *fallback;    /* NULL until __init__ */
-} PageReader;
-
-static PyObject *fallback(PageReader *r, const char *kind, PyObject *const *args, Py_ssize_t n) {
+PyObject *reader_fallback(PageReader *r, const char *kind, PyObject *const *args, Py_ssize_t n) {
     if (!r->fallback) {
         PyErr_SetString(PyExc_RuntimeError, "PageReader used before __init__");
         return NULL;
@@ -62,7 +48,7 @@ static PyObject *fallback(PageReader *r, const char *kind, PyObject *const *args
 }
 
 /* A Python int in [0, 2^64) as uint64, or -1 with no exception set. */
-static int as_u64(PyObject *o, uint64_t *out) {
+int as_u64(PyObject *o, uint64_t *out) {
     if (!PyLong_Check(o)) return -1;
     unsigned long long v = PyLong_AsUnsignedLongLong(o);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
@@ -73,9 +59,9 @@ static int as_u64(PyObject *o, uint64_t *out) {
 static PyObject *reader_read(PageReader *r, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t page_no;
     if (nargs != 1 || !r->tree || as_u64(args[0], &page_no))
-        return fallback(r, "read", args, nargs);
+        return reader_fallback(r, "read", args, nargs);
     const uint8_t *p = core_page_read(r->tree, r->dirty, page_no);
-    if (!p) return fallback(r, "read", args, nargs);
+    if (!p) return reader_fallback(r, "read", args, nargs);
     return PyBytes_FromStringAndSize((const char *)p, r->page_size);
 }
 
@@ -83,7 +69,7 @@ static PyObject *reader_read_word(PageReader *r, PyObject *const *args, Py_ssize
     uint64_t addr, value;
     if (nargs != 1 || !r->tree || as_u64(args[0], &addr)
         || core_read_u64(r->tree, r->dirty, addr, &value))
-        return fallback(r, "read_word", args, nargs);
+        return reader_fallback(r, "read_word", args, nargs);
     return PyLong_FromUnsignedLongLong(value);
 }
 
@@ -92,12 +78,12 @@ static PyObject *reader_read_bytes(PageReader *r, PyObject *const *args, Py_ssiz
     /* Large requests go to the fallback, which checks the range before it allocates. */
     if (nargs != 2 || !r->tree || as_u64(args[0], &addr) || as_u64(args[1], &len)
         || len > ((uint64_t)1 << 30))
-        return fallback(r, "read_bytes", args, nargs);
+        return reader_fallback(r, "read_bytes", args, nargs);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
     if (!out) return NULL;
     if (core_read(r->tree, r->dirty, addr, (uint8_t *)PyBytes_AS_STRING(out), len)) {
         Py_DECREF(out);
-        return fallback(r, "read_bytes", args, nargs);
+        return reader_fallback(r, "read_bytes", args, nargs);
     }
     return out;
 }
@@ -123,15 +109,15 @@ static PyObject *reader_write(PageReader *r, PyObject *const *args, size_t nargs
     uint64_t page_no, offset = 0;
     if ((nargs != 2 && nargs != 3) || !r->tree || !r->dirty || as_u64(args[0], &page_no)
         || (nargs == 3 && as_u64(args[2], &offset)) || !PyBytes_CheckExact(args[1]))
-        return fallback(r, "write", args, nargs);
+        return reader_fallback(r, "write", args, nargs);
     Py_ssize_t len = PyBytes_GET_SIZE(args[1]);
     if (offset > (uint64_t)r->page_size || (uint64_t)len > (uint64_t)r->page_size - offset
         || page_no >= ((uint64_t)1 << 40))
-        return fallback(r, "write", args, nargs);
+        return reader_fallback(r, "write", args, nargs);
     uint64_t addr = page_no * (uint64_t)r->page_size + offset;
     if (core_write(r->tree, r->dirty, addr, (const uint8_t *)PyBytes_AS_STRING(args[1]),
                    (uint64_t)len))
-        return fallback(r, "write", args, nargs);
+        return reader_fallback(r, "write", args, nargs);
     Py_RETURN_NONE;
 }
 
@@ -193,7 +179,7 @@ static void reader_dealloc(PageReader *r) {
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
-static PyTypeObject PageReaderType = {
+PyTypeObject PageReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "native._fastpath.PageReader",
     .tp_basicsize = sizeof(PageReader),
@@ -205,28 +191,34 @@ static PyTypeObject PageReaderType = {
     .tp_methods = reader_methods,
 };
 
-/* bind(page_read, read, read_u64, write): addresses of the core's entry points. */
+/* bind(page_read, read, read_u64, write, write_u64, hash): addresses of the
+ * core's entry points. */
 static PyObject *bind(PyObject *mod, PyObject *args) {
-    PyObject *a, *b, *c, *w;
+    PyObject *o[6];
+    void *p[6];
     (void)mod;
-    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &w)) return NULL;
-    void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b), *pc = PyLong_AsVoidPtr(c);
-    void *pw = PyLong_AsVoidPtr(w);
-    if (PyErr_Occurred()) return NULL;
-    if (!pa || !pb || !pc || !pw) {
-        PyErr_SetString(PyExc_ValueError, "bind() needs four function addresses");
+    if (!PyArg_ParseTuple(args, "OOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
         return NULL;
+    for (int i = 0; i < 6; i++) {
+        p[i] = PyLong_AsVoidPtr(o[i]);
+        if (PyErr_Occurred()) return NULL;
+        if (!p[i]) {
+            PyErr_SetString(PyExc_ValueError, "bind() needs six function addresses");
+            return NULL;
+        }
     }
-    core_page_read = (page_read_fn)pa;
-    core_read = (read_fn)pb;
-    core_read_u64 = (read_u64_fn)pc;
-    core_write = (write_fn)pw;
+    core_page_read = (page_read_fn)p[0];
+    core_read = (read_fn)p[1];
+    core_read_u64 = (read_u64_fn)p[2];
+    core_write = (write_fn)p[3];
+    core_write_u64 = (write_u64_fn)p[4];
+    core_hash = (hash_fn)p[5];
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"bind", bind, METH_VARARGS,
-     "bind(page_read, read, read_u64, write): addresses of the core's functions"},
+     "bind(page_read, read, read_u64, write, write_u64, hash): the core's functions"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -243,6 +235,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     Py_INCREF(&PageReaderType);
     if (PyModule_AddObject(m, "PageReader", (PyObject *)&PageReaderType) < 0) {
         Py_DECREF(&PageReaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (objmem_add_to_module(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -489,6 +489,14 @@ class PageStore:
         else:
             self._reader.rebind(0, 0, None)
 
+    @property
+    def page_reader(self) -> PageReader:
+        """The native reader of this store's current state.  It follows the
+        store through commits and refreshes, and is unbound once the store is
+        closed or failed (every call then raises the store's error); the
+        object memory reads and writes through it."""
+        return self._reader
+
     def _dirty_ptr(self):
         return self._dirty.ptr if self._dirty is not None else ffi.NULL
 

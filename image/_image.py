@@ -1,0 +1,322 @@
+"""Image: one object memory over one page store, its transactions, its
+collector and its blobs.  The module docstring of image/ states the rules."""
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import weakref
+from typing import Any
+
+import zstandard
+
+from image._errors import ImageError, ReadOnlyImage, TransactionAborted
+from image._handles import Blob, Handle, Object, Special, Table, Vector, _Stale, make_stale
+from native import _fastpath
+from pager import CorruptImage, PageStore, PagerError
+
+LAYOUT = _fastpath.layout()
+_HANDLE_CLASSES = {LAYOUT["C_VECTOR"]: Vector, LAYOUT["C_TABLE"]: Table,
+                   LAYOUT["C_BLOB"]: Blob}
+_MISSING = object()
+# zstd level 3: its default, about 300 MB/s here, within a few percent of the
+# ratio of levels twice as slow; bodies are written once and read often.
+_BLOB_LEVEL = 3
+_BLOB_KEY_WORDS = 4   # a 256-bit key in meta words M_BLOB_KEY..+3
+
+
+def open(path: str | os.PathLike, readonly: bool = False, *,  # noqa: A001 - the API's name
+         page_size: int = 4096) -> Image:
+    """Opens the image at path; a writer creates it when it is missing."""
+    path = os.fspath(path)
+    if readonly or os.path.exists(path):
+        store = PageStore.open(path, readonly=readonly)
+    else:
+        store = PageStore.create(path, page_size=page_size)
+    try:
+        return Image(store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _make_special(kind: str, value: int) -> Special:
+    return Special(kind, value)
+
+
+class _Transaction:
+    """The context manager of Image.transaction(): begin, then commit or roll back."""
+
+    __slots__ = ("img", "note")
+
+    def __init__(self, img: Image, note: bytes) -> None:
+        self.img = img
+        self.note = note
+
+    def __enter__(self) -> Image:
+        self.img._begin()
+        return self.img
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.img._end(self.note)
+        else:
+            self.img._abort()
+        return False
+
+
+class Image:
+    """A persistent object memory.  See image/__init__ for its rules."""
+
+    def __init__(self, store: PageStore) -> None:
+        self._store = store
+        self.readonly = store.readonly
+        self._handles: weakref.WeakValueDictionary[int, Handle] = weakref.WeakValueDictionary()
+        self._heap = _fastpath.Heap(store.page_reader, self._make_handle, _make_special, Handle)
+        self._depth = 0          # transaction nesting; 0: autocommit
+        self._doomed = False     # an inner transaction failed: the outer rolls back
+        self._new_handles: list[weakref.ref] = []
+        self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
+        if not self._heap.reload():
+            if self.readonly or store.head > 0:
+                raise CorruptImage(f"{store.path if hasattr(store, 'path') else 'the image'} "
+                                   "holds no object memory (page 0 has no imago header)")
+            self._format()
+        self._blob_key = b"".join(self._heap.meta(LAYOUT["M_BLOB_KEY"] + i).to_bytes(8, "little")
+                                  for i in range(_BLOB_KEY_WORDS))
+
+    def _format(self) -> None:
+        """Lays out an empty object memory: meta words, root, class table,
+        symbol table, blob index; one commit."""
+        heap = self._heap
+        heap.format(int.from_bytes(os.urandom(8), "little"))
+        key = os.urandom(8 * _BLOB_KEY_WORDS)
+        for i in range(_BLOB_KEY_WORDS):
+            heap.set_meta(LAYOUT["M_BLOB_KEY"] + i, int.from_bytes(key[8 * i:8 * i + 8], "little"))
+        classes = [(name, "system") for name in LAYOUT["classes"]]
+        for slot, value in (("M_ROOT", {}), ("M_CLASSES", classes), ("M_SYMBOLS", {}),
+                            ("M_BLOBS", {})):
+            heap.set_meta(LAYOUT[slot], heap.encode(value))
+        self._store.commit(b"image: formatted")
+
+    # -- handles -------------------------------------------------------------
+
+    def _make_handle(self, class_index: int, addr: int) -> Handle:
+        handle = self._handles.get(addr)
+        if handle is None:
+            kind = _HANDLE_CLASSES.get(class_index, Object)
+            handle = kind.__new__(kind)
+            handle._img = self
+            handle._heap = self._heap
+            handle._addr = addr
+            self._handles[addr] = handle
+            if self._depth and self._heap.made_in_txn(addr):
+                self._new_handles.append(weakref.ref(handle))
+        return handle
+
+    @property
+    def root(self) -> Table:
+        """The persistent root table: everything reachable from it persists."""
+        return self._heap.decode(self._heap.meta(LAYOUT["M_ROOT"]))
+
+    # -- transactions --------------------------------------------------------
+
+    def transaction(self, note: str | bytes = b"") -> _Transaction:
+        """Many changes, one atomic durable commit; an exception rolls back.
+        Nested transactions join the outer one; if an inner one fails, the
+        outer one rolls back as a whole (TransactionAborted at its end)."""
+        if isinstance(note, str):
+            note = note.encode()
+        return _Transaction(self, note)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def _begin(self) -> None:
+        if self.readonly:
+            raise ReadOnlyImage("this image was opened read-only")
+        if self._depth == 0:
+            self._heap.txn_begin()
+            self._doomed = False
+            self._new_handles.clear()
+        self._depth += 1
+
+    def _end(self, note: bytes) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        if self._doomed:
+            self._rollback()
+            raise TransactionAborted("an inner transaction failed, so the whole transaction "
+                                     "rolled back")
+        if self.gc_stress:
+            self._depth += 1
+            try:
+                self._collect()
+            except BaseException:
+                self._depth -= 1
+                self._rollback()
+                raise
+            self._depth -= 1
+        try:
+            self._store.commit(note)
+        except BaseException:
+            self._rollback()
+            raise
+        self._new_handles.clear()
+
+    def _abort(self) -> None:
+        self._depth -= 1
+        if self._depth:
+            self._doomed = True
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """Drops every change since the transaction began; handles of objects
+        made in it go stale."""
+        for ref in self._new_handles:
+            handle = ref()
+            if handle is not None:
+                self._handles.pop(handle._addr, None)
+                make_stale(handle)
+        self._new_handles.clear()
+        try:
+            self._store.rollback()
+            self._heap.reload()
+        except PagerError:
+            pass   # the store failed (terminal): nothing is left to roll back
+
+    # -- blobs ---------------------------------------------------------------
+
+    def blob(self, data: bytes) -> Blob:
+        """Stores data once, by keyed hash, zstd-compressed."""
+        data = bytes(data)
+        digest = hashlib.blake2b(data, key=self._blob_key, digest_size=32).digest()
+        index = self._heap.meta(LAYOUT["M_BLOBS"])
+        with self.transaction():
+            found = self._heap.tab_get(index, digest, _MISSING)
+            if found is not _MISSING:
+                return found
+            packed = zstandard.ZstdCompressor(level=_BLOB_LEVEL).compress(data)
+            addr = self._heap.new_object(LAYOUT["C_BLOB"], [digest, packed, len(data)])
+            blob = self._make_handle(LAYOUT["C_BLOB"], addr)
+            self._heap.tab_set(index, digest, blob)
+        return blob
+
+    def blob_by_hash(self, digest: bytes) -> Blob | None:
+        """The blob with this hash, if the image holds it."""
+        return self._heap.tab_get(self._heap.meta(LAYOUT["M_BLOBS"]), bytes(digest), None)
+
+    # -- the collector -------------------------------------------------------
+
+    def gc(self) -> dict:
+        """Collects unreachable objects; returns {objects, bytes, pages} freed."""
+        with self.transaction(b"image: gc"):
+            return self._collect()
+
+    def _collect(self) -> dict:
+        collection = Collection(self)
+        while collection.phase is not Phase.DONE:
+            collection.step()
+        return collection.result
+
+    # -- the rest ----------------------------------------------------------------
+
+    def check(self) -> dict:
+        """Verifies the heap: headers, sizes, every reference, the free lists
+        and the accounting.  Raises CorruptObject naming the address."""
+        return self._heap.check()
+
+    def refresh(self) -> int:
+        """A read-only image moves to the newest commit; returns its number."""
+        head = self._store.refresh()
+        self._heap.reload()
+        return head
+
+    @property
+    def head(self) -> int:
+        """The number of the commit this image is at."""
+        return self._store.head
+
+    @property
+    def store(self) -> PageStore:
+        """The page store under this image."""
+        return self._store
+
+    def stats(self) -> dict:
+        meta = self._heap.meta
+        return {"objects": meta(LAYOUT["M_OBJECTS"]), "object_bytes": 8 * meta(LAYOUT["M_OBJ_WORDS"]),
+                "free_bytes": 8 * meta(LAYOUT["M_FREE_WORDS"]),
+                "heap_bytes": meta(LAYOUT["M_TOP"]) - meta(LAYOUT["M_BASE"]),
+                "collections": meta(LAYOUT["M_GCS"]), "commit": self._store.head}
+
+    def close(self) -> None:
+        """Rolls back an open transaction, closes the store; handles go stale."""
+        if self._store is None:
+            return
+        if self._depth:
+            self._depth = 0
+            self._rollback()
+        for handle in list(self._handles.values()):
+            make_stale(handle)
+        self._handles.clear()
+        store, self._store = self._store, None
+        store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._store is None
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._store is None else f"at commit {self._store.head}"
+        return f"<Image {state}{' read-only' if self.readonly else ''}>"
+
+
+class Phase(enum.Enum):
+    ROOTS = "roots"      # gather the roots: the live handles (the meta roots are in C)
+    MARK = "mark"        # mark everything reachable into the side bitmap
+    SWEEP = "sweep"      # free the unmarked, rebuild the free lists
+    RELEASE = "release"  # drop pages that hold nothing from the page table
+    DONE = "done"
+
+
+class Collection:
+    """One collection, in phases; step() runs the next phase.  Runs inside a
+    transaction: nothing may allocate between MARK and SWEEP."""
+
+    def __init__(self, img: Image) -> None:
+        self.img = img
+        self.phase = Phase.ROOTS
+        self.roots: list[int] = []
+        self.result: dict[str, Any] = {}
+
+    def step(self) -> None:
+        img, heap = self.img, self.img._heap
+        if self.phase is Phase.ROOTS:
+            self.roots = [addr for addr, h in list(img._handles.items()) if type(h) is not _Stale]
+            self.phase = Phase.MARK
+        elif self.phase is Phase.MARK:
+            heap.mark(self.roots)
+            self.phase = Phase.SWEEP
+        elif self.phase is Phase.SWEEP:
+            self.result = heap.sweep()
+            self.phase = Phase.RELEASE
+        elif self.phase is Phase.RELEASE:
+            ranges = self.result.pop("pages")
+            released = 0
+            for first, count in ranges:
+                for page in range(first, first + count):
+                    img._store.free(page)
+                released += count
+            self.result["pages"] = released
+            self.phase = Phase.DONE
+        else:
+            raise ImageError("the collection is done")

@@ -1,0 +1,2404 @@
+/*
+** native/objmem.c: the object memory's per-word and per-object work.
+**
+** image/ owns the policy (handles, transactions, the collector's phases,
+** blobs); this file owns the bytes: the tagged-word and header layout, the
+** allocator, encoding Python values into objects and decoding them back, the
+** chunked vector, the hash table, marking, sweeping and the heap verifier.
+** A Heap reads and writes through a PageReader, so it always sees the store's
+** current state (and nothing at all once the store is closed or failed).
+**
+** WORDS.  A value is a little-endian 64-bit word; its low three bits are a tag.
+**
+**   low bits | kind            | payload
+**   ---------+-----------------+-------------------------------------------
+**      000   | object pointer  | the object's logical address (8-aligned);
+**            |                 | word 0 is EMPTY, an unused slot, never a value
+**      001   | fixnum          | signed 61-bit integer in bits 3..63
+**      010   | character       | Unicode code point in bits 3..34
+**      011   | short string    | length 0..7 in bits 3..5, UTF-8 in bits 8..63
+**      100   | immediate float | an IEEE double whose exponent fits, rotated
+**            |                 | (see float_word); other doubles are boxed
+**      101   | short bytes     | as short string, for byte strings
+**      110   | special         | index in bits 3..: '(), #t, #f, None
+**            |                 | (unspecified), eof, ABSENT (internal)
+**      111   | (invalid)       |
+**
+** Short strings make the keys of a typical record ("from", "subject") cost no
+** object at all.
+**
+** OBJECTS.  An object is a header word, an overflow size word when the size
+** does not fit the header, and its payload, padded to whole words; every
+** object is at least two words, so that any object can become a free chunk
+** with a link.
+**
+**   header bits | field
+**   ------------+---------------------------------------------------------
+**      0..3     | format: 0 pointers (tagged words, traced), 1 bytes, 2 words
+**      4..7     | flags (none yet)
+**      8..31    | size: slots for pointers and words, bytes for bytes;
+**               | SIZE_OVERFLOW means the size is the next word
+**     32..43    | check: 12 bits derived from the address, so a header that
+**               | is not where it was made, or a pointer into the middle of
+**               | an object, is caught (objects never move: it is also the
+**               | identity hash)
+**     44..63    | class index into the class table
+**
+** PAGE 0 holds the image's meta words (M_*): the heap bounds, the roots,
+** accounting and the free-list bins.  The heap is [M_BASE, M_TOP).
+**
+** INVARIANTS (verified by heap_check, which the tests run after every
+** collection):
+**   1. The heap parses: from M_BASE, headers and sizes lead exactly to M_TOP.
+**   2. Every pointer slot of every object is EMPTY, an immediate, or the
+**      address of the header of an object that is not a free chunk.
+**   3. Every free chunk is on exactly one bin list, in the bin of its size,
+**      and every bin entry is a free chunk.
+**   4. M_OBJECTS, M_OBJ_WORDS, M_FREE_WORDS and M_FREE_CHUNKS count exactly
+**      what the heap holds; object words + free words = heap words.
+**   5. A vector's length is the sum of its leaves' counts, and each interior
+**      entry's size is the total of that child's subtree.  A table's count
+**      is its live entries, and every live entry is found by probing.
+**
+** Every address and size read from the image is checked before use; what
+** fails raises image.CorruptObject naming the address (never a crash).
+** Errors from the page store (damaged page, closed, read-only) come from the
+** reader's Python fallback, so they are the store's own exceptions.
+*/
+#include "fastpath.h"
+#include <string.h>
+#include <stdlib.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "imago's object memory stores little-endian words and reads them natively"
+#endif
+
+/* -- words ------------------------------------------------------------------ */
+
+#define TAG_MASK 7u
+#define TAG_PTR 0u
+#define TAG_FIX 1u
+#define TAG_CHAR 2u
+#define TAG_SSTR 3u
+#define TAG_FLOAT 4u
+#define TAG_SBYTES 5u
+#define TAG_SPECIAL 6u
+
+#define SPECIAL(k) (((uint64_t)(k) << 3) | TAG_SPECIAL)
+#define W_EMPTY 0u                /* an unused slot: not a value */
+#define W_NIL SPECIAL(0)          /* '() */
+#define W_TRUE SPECIAL(1)
+#define W_FALSE SPECIAL(2)
+#define W_NONE SPECIAL(3)         /* Python None; Scheme's unspecified value */
+#define W_EOF SPECIAL(4)
+#define W_ABSENT SPECIAL(5)       /* a deleted table entry; never stored by users */
+#define N_SPECIALS 6
+
+#define FIX_MIN (-((int64_t)1 << 60))
+#define FIX_MAX (((int64_t)1 << 60) - 1)
+#define FX(n) ((((uint64_t)(int64_t)(n)) << 3) | TAG_FIX)
+#define IS_FIX(w) (((w) & TAG_MASK) == TAG_FIX)
+#define UNFX(w) ((int64_t)(w) >> 3)
+#define IS_PTR(w) ((w) != W_EMPTY && ((w) & TAG_MASK) == TAG_PTR)
+#define SHORT_MAX 7
+
+/* -- headers and classes --------------------------------------------------- */
+
+#define FMT_POINTERS 0u
+#define FMT_BYTES 1u
+#define FMT_WORDS 2u
+#define SIZE_OVERFLOW 0xFFFFFFu
+#define CLASS_MAX ((1u << 20) - 1)
+
+enum {
+    C_FREE = 0, C_FLOAT, C_BIGINT, C_STRING, C_BYTES, C_TUPLE, C_VECTOR, C_VLEAF, C_VNODE,
+    C_TABLE, C_TSTORE, C_BLOB, C_PAIR, C_SYMBOL, C_MSTRING, C_RECORD, C_CLOSURE, C_ACTOR,
+    C_CLASS,
+    /* Classes below this are the system's; the Scheme layer adds record types
+     * and its own classes above it.  Reserved room, so formats never shift. */
+    N_SYSTEM_CLASSES = 32
+};
+
+typedef struct { const char *name; int format; int fixed; } class_def;
+
+/* format, and the exact slot count for fixed-shape classes (-1: any). */
+static const class_def system_classes[N_SYSTEM_CLASSES] = {
+    [C_FREE] = {"free", FMT_WORDS, -1},       [C_FLOAT] = {"float", FMT_WORDS, 1},
+    [C_BIGINT] = {"bigint", FMT_BYTES, -1},   [C_STRING] = {"string", FMT_BYTES, -1},
+    [C_BYTES] = {"bytes", FMT_BYTES, -1},     [C_TUPLE] = {"tuple", FMT_POINTERS, -1},
+    [C_VECTOR] = {"vector", FMT_POINTERS, 3}, [C_VLEAF] = {"vector-leaf", FMT_POINTERS, -1},
+    [C_VNODE] = {"vector-node", FMT_POINTERS, -1}, [C_TABLE] = {"table", FMT_POINTERS, 3},
+    [C_TSTORE] = {"table-store", FMT_POINTERS, -1}, [C_BLOB] = {"blob", FMT_POINTERS, 3},
+    [C_PAIR] = {"pair", FMT_POINTERS, 2},     [C_SYMBOL] = {"symbol", FMT_POINTERS, -1},
+    [C_MSTRING] = {"mutable-string", FMT_POINTERS, -1},
+    [C_RECORD] = {"record", FMT_POINTERS, -1}, [C_CLOSURE] = {"closure", FMT_POINTERS, -1},
+    [C_ACTOR] = {"actor", FMT_POINTERS, -1},  [C_CLASS] = {"class", FMT_POINTERS, -1},
+};
+
+/* -- page 0: the meta words ------------------------------------------------ */
+
+enum {
+    M_MAGIC = 0, M_VERSION, M_BASE, M_TOP, M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_SEED,
+    M_NCLASSES, M_OBJECTS, M_OBJ_WORDS, M_FREE_WORDS, M_FREE_CHUNKS, M_GCS, M_ACTORS,
+    M_BLOB_KEY = 16,          /* four words: the per-image key of blob hashes */
+    M_BINS = 32,              /* N_BINS words: heads of the free lists */
+    N_BINS = 64,
+    META_WORDS = 128          /* 1 KiB: fits the smallest page (1 KiB) */
+};
+#define OM_MAGIC 0x314d4f6f67616d69ull   /* "imagoOM1" */
+#define OM_VERSION 1u
+/* Bins 0..N_EXACT-1 hold chunks of exactly 2..N_EXACT+1 words; the others
+ * hold chunks of [2^k, 2^(k+1)) words for k from EXACT_LOG up. */
+#define N_EXACT 32
+#define EXACT_LOG 5
+#define MAX_HEAP ((uint64_t)1 << 52)   /* the pager's 2^40 pages of 4 KiB */
+
+/* -- vectors and tables ------------------------------------------------------ */
+
+#define MAX_HEIGHT 12          /* 255^12 items: far past any heap */
+#define LEAF_SMALL 4           /* a new vector's first leaf; doubles up to leaf_max */
+#define TABLE_LINEAR 8         /* stores this small have no index: a scan is cheaper */
+
+/* Vector header slots, leaf and node layout. */
+#define V_LEN 0
+#define V_HEIGHT 1
+#define V_ROOT 2
+#define T_COUNT 0
+#define T_USED 1
+#define T_STORE 2
+#define B_HASH 0
+#define B_DATA 1
+#define B_LENGTH 2
+
+typedef struct {
+    PyObject_HEAD
+    PageReader *r;
+    PyObject *make_handle;    /* make_handle(class_index, addr) -> handle */
+    PyObject *make_special;   /* make_special(kind, payload) -> value, for chars, '(), eof */
+    PyObject *handle_type;    /* handles are instances; they carry _heap and _addr */
+    uint64_t page_size;
+    uint64_t seed;            /* keyed hash of table keys; fixed at format */
+    uint64_t leaf_max, node_max;
+    uint64_t txn_top;         /* M_TOP when the transaction began */
+    uint64_t *reused;         /* chunks the free lists gave out in this transaction */
+    size_t n_reused, cap_reused;
+    uint8_t *marks;           /* the collector's side bitmap: one bit per heap word */
+    uint64_t marks_base, marks_top;
+    uint64_t *stack;          /* the mark stack */
+    size_t n_stack, cap_stack;
+    uint64_t *scratch;        /* a reusable buffer for node and store images */
+    size_t cap_scratch;
+} Heap;
+
+static PyObject *CorruptObject;   /* image.CorruptObject, set by set_errors() */
+static PyObject *StaleHandle;
+
+static uint64_t mix64(uint64_t x) {   /* splitmix64's finaliser */
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27; x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static inline uint64_t check_bits(uint64_t addr) { return mix64(addr) >> 52; }
+
+static inline uint64_t make_header(uint64_t cls, unsigned fmt, uint64_t size, uint64_t addr) {
+    uint64_t sz = size >= SIZE_OVERFLOW ? SIZE_OVERFLOW : size;
+    return (cls << 44) | (check_bits(addr) << 32) | (sz << 8) | fmt;
+}
+
+static uint64_t payload_words(unsigned fmt, uint64_t size) {
+    return fmt == FMT_BYTES ? (size + 7) / 8 : size;
+}
+
+/* Whole words an object occupies. */
+static uint64_t object_words(unsigned fmt, uint64_t size) {
+    uint64_t w = 1 + (size >= SIZE_OVERFLOW) + payload_words(fmt, size);
+    return w < 2 ? 2 : w;
+}
+
+/* -- errors ----------------------------------------------------------------- */
+
+static int corrupt(uint64_t addr, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *detail = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (!detail) return -1;
+    PyObject *msg = PyUnicode_FromFormat("object at 0x%llx: %U", (unsigned long long)addr, detail);
+    Py_DECREF(detail);
+    if (!msg) return -1;
+    PyObject *exc = PyObject_CallFunction(CorruptObject ? CorruptObject : PyExc_ValueError,
+                                          "OK", msg, (unsigned long long)addr);
+    Py_DECREF(msg);
+    if (!exc) return -1;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
+/* The core refused an access: let the store say why (closed, failed,
+ * read-only, a damaged page), in its own exception. */
+static int store_error(Heap *h, const char *kind, uint64_t addr, uint64_t len) {
+    PyObject *args[3];
+    Py_ssize_t n;
+    if (strcmp(kind, "write") == 0) {
+        args[0] = PyLong_FromUnsignedLongLong(addr / h->page_size);
+        args[1] = PyBytes_FromStringAndSize(NULL, 0);
+        args[2] = PyLong_FromUnsignedLongLong(0);
+        n = 3;
+    } else {
+        args[0] = PyLong_FromUnsignedLongLong(addr);
+        args[1] = PyLong_FromUnsignedLongLong(len);
+        args[2] = NULL;
+        n = 2;
+    }
+    PyObject *res = NULL;
+    if (args[0] && args[1] && (n == 2 || args[2])) {
+        /* A write that failed for want of memory is the only case a retry
+         * through the fallback can pass; its result is then an empty write. */
+        res = reader_fallback(h->r, kind, args, n);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(args[i]);
+    if (!res) return -1;
+    Py_DECREF(res);
+    if (strcmp(kind, "write") == 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return corrupt(addr, "the page store refused %llu bytes here", (unsigned long long)len);
+}
+
+/* -- raw access --------------------------------------------------------------- */
+
+static int rd(Heap *h, uint64_t addr, void *out, uint64_t len) {
+    PageReader *r = h->r;
+    if (!r->tree || core_read(r->tree, r->dirty, addr, out, len))
+        return store_error(h, "read_bytes", addr, len);
+    return 0;
+}
+
+static int rd64(Heap *h, uint64_t addr, uint64_t *out) {
+    PageReader *r = h->r;
+    if (!r->tree || core_read_u64(r->tree, r->dirty, addr, out))
+        return store_error(h, "read_bytes", addr, 8);
+    return 0;
+}
+
+static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
+    PageReader *r = h->r;
+    if (!r->tree || !r->dirty) return store_error(h, "write", addr, len);
+    if (core_write(r->tree, r->dirty, addr, src, len)) return store_error(h, "read_bytes", addr, len);
+    return 0;
+}
+
+static int wr64(Heap *h, uint64_t addr, uint64_t value) {
+    PageReader *r = h->r;
+    if (!r->tree || !r->dirty) return store_error(h, "write", addr, 8);
+    if (core_write_u64(r->tree, r->dirty, addr, value))
+        return store_error(h, "read_bytes", addr, 8);
+    return 0;
+}
+
+static int meta(Heap *h, int i, uint64_t *out) { return rd64(h, (uint64_t)i * 8, out); }
+static int set_meta(Heap *h, int i, uint64_t v) { return wr64(h, (uint64_t)i * 8, v); }
+
+static int add_meta(Heap *h, int i, int64_t delta) {
+    uint64_t v;
+    if (meta(h, i, &v)) return -1;
+    return set_meta(h, i, v + (uint64_t)delta);
+}
+
+/* n words at addr: straight from the page when they lie in one page, else
+ * copied into the heap's scratch buffer (valid until the next view). */
+static const uint64_t *view(Heap *h, uint64_t addr, uint64_t n) {
+    uint64_t ps = h->page_size, off = addr & (ps - 1);
+    PageReader *r = h->r;
+    if (n && r->tree && off + n * 8 <= ps) {
+        const uint8_t *p = core_page_read(r->tree, r->dirty, addr / ps);
+        if (p) return (const uint64_t *)(p + off);
+    }
+    if (n > h->cap_scratch) {
+        uint64_t *s = PyMem_Realloc(h->scratch, n * 8);
+        if (!s) { PyErr_NoMemory(); return NULL; }
+        h->scratch = s;
+        h->cap_scratch = n;
+    }
+    if (rd(h, addr, h->scratch, n * 8)) return NULL;
+    return h->scratch;
+}
+
+/* -- object headers ------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t addr;
+    uint64_t cls;
+    unsigned fmt;
+    uint64_t size;      /* slots, or bytes for FMT_BYTES */
+    uint64_t body;      /* address of the first payload byte */
+    uint64_t words;     /* whole words the object occupies */
+} objinfo;
+
+static uint64_t class_format(uint64_t cls, int *fixed) {
+    if (cls < N_SYSTEM_CLASSES && system_classes[cls].name) {
+        *fixed = system_classes[cls].fixed;
+        return (uint64_t)system_classes[cls].format;
+    }
+    *fixed = -1;
+    return 99;   /* user classes: any format */
+}
+
+/* Parses and checks the header at addr against heap bounds [base, top). */
+static int parse_header(Heap *h, uint64_t addr, uint64_t base, uint64_t top, uint64_t nclasses,
+                        objinfo *o) {
+    uint64_t hd;
+    if (addr & 7 || addr < base || addr + 16 > top)
+        return corrupt(addr, "not an object address (heap is 0x%llx..0x%llx)",
+                       (unsigned long long)base, (unsigned long long)top);
+    if (rd64(h, addr, &hd)) return -1;
+    o->addr = addr;
+    o->cls = hd >> 44;
+    o->fmt = hd & 0xF;
+    o->size = (hd >> 8) & 0xFFFFFF;
+    o->body = addr + 8;
+    if (((hd >> 32) & 0xFFF) != check_bits(addr))
+        return corrupt(addr, "bad header 0x%016llx (its check bits do not match the address)",
+                       (unsigned long long)hd);
+    if (o->fmt > FMT_WORDS || (hd & 0xF0))
+        return corrupt(addr, "bad header 0x%016llx (format %u)", (unsigned long long)hd, o->fmt);
+    if (o->cls >= nclasses)
+        return corrupt(addr, "bad header: class %llu, but the class table has %llu",
+                       (unsigned long long)o->cls, (unsigned long long)nclasses);
+    if (o->size == SIZE_OVERFLOW) {
+        if (rd64(h, addr + 8, &o->size)) return -1;
+        o->body = addr + 16;
+        if (o->size < SIZE_OVERFLOW)
+            return corrupt(addr, "bad overflow size %llu", (unsigned long long)o->size);
+    }
+    if (o->size > (top - addr))
+        return corrupt(addr, "size %llu runs past the end of the heap",
+                       (unsigned long long)o->size);
+    o->words = object_words(o->fmt, o->size);
+    if (addr + o->words * 8 > top)
+        return corrupt(addr, "size %llu runs past the end of the heap",
+                       (unsigned long long)o->size);
+    int fixed;
+    uint64_t want = class_format(o->cls, &fixed);
+    if (want != 99 && want != o->fmt)
+        return corrupt(addr, "a %s object with format %u", system_classes[o->cls].name, o->fmt);
+    if (fixed >= 0 && o->size != (uint64_t)fixed)
+        return corrupt(addr, "a %s object with %llu slots", system_classes[o->cls].name,
+                       (unsigned long long)o->size);
+    return 0;
+}
+
+static int heap_bounds(Heap *h, uint64_t *base, uint64_t *top, uint64_t *nclasses) {
+    if (meta(h, M_BASE, base) || meta(h, M_TOP, top) || meta(h, M_NCLASSES, nclasses)) return -1;
+    if (*base < META_WORDS * 8 || *top < *base || *top > MAX_HEAP || (*base | *top) & 7)
+        return corrupt(0, "the image's heap bounds 0x%llx..0x%llx are impossible",
+                       (unsigned long long)*base, (unsigned long long)*top);
+    if (*nclasses > CLASS_MAX + 1)
+        return corrupt(0, "the class count %llu is impossible", (unsigned long long)*nclasses);
+    return 0;
+}
+
+/* The object a live pointer names, checked. */
+static int obj(Heap *h, uint64_t addr, objinfo *o) {
+    uint64_t base, top, n;
+    if (heap_bounds(h, &base, &top, &n)) return -1;
+    if (parse_header(h, addr, base, top, n, o)) return -1;
+    if (o->cls == C_FREE) return corrupt(addr, "a reference to freed memory");
+    return 0;
+}
+
+static int obj_of_class(Heap *h, uint64_t addr, uint64_t cls, objinfo *o) {
+    if (obj(h, addr, o)) return -1;
+    if (o->cls != cls)
+        return corrupt(addr, "expected a %s, found class %llu", system_classes[cls].name,
+                       (unsigned long long)o->cls);
+    return 0;
+}
+
+static int slot(Heap *h, const objinfo *o, uint64_t i, uint64_t *out) {
+    if (i >= o->size) return corrupt(o->addr, "slot %llu of %llu", (unsigned long long)i,
+                                     (unsigned long long)o->size);
+    return rd64(h, o->body + 8 * i, out);
+}
+
+/* A fixnum slot that structure depends on: anything else is corruption. */
+static int fix_slot(Heap *h, const objinfo *o, uint64_t i, int64_t lo, int64_t hi, int64_t *out) {
+    uint64_t w;
+    if (slot(h, o, i, &w)) return -1;
+    if (!IS_FIX(w) || UNFX(w) < lo || UNFX(w) > hi)
+        return corrupt(o->addr, "slot %llu should be a count in %lld..%lld, holds 0x%llx",
+                       (unsigned long long)i, (long long)lo, (long long)hi, (unsigned long long)w);
+    *out = UNFX(w);
+    return 0;
+}
+
+/* -- the allocator ------------------------------------------------------------ */
+/*
+** Allocation takes from the free lists that the last sweep built, else bumps
+** M_TOP.  Free chunks are headers of class C_FREE whose first payload word
+** links the next chunk of the same bin; a chunk is split when it is larger
+** than the request by at least a minimal chunk.  Every allocation in a
+** transaction is either at or above txn_top or logged in `reused`, which is
+** how image/ tells which handles a rollback must invalidate.
+*/
+
+static int bin_of(uint64_t words) {
+    if (words < 2 + N_EXACT) return (int)(words - 2);
+    int k = 63 - __builtin_clzll(words);
+    int b = N_EXACT + (k - EXACT_LOG);
+    return b < N_BINS ? b : N_BINS - 1;
+}
+
+static uint64_t free_link_addr(uint64_t chunk, uint64_t words) {
+    return chunk + (words - 1 < SIZE_OVERFLOW ? 8 : 16);   /* after the overflow word, if any */
+}
+
+/* Writes one free chunk of exactly `words` words (never SIZE_OVERFLOW + 1,
+ * which no header can say: free_run splits that case). */
+static int write_free_chunk(Heap *h, uint64_t addr, uint64_t words, uint64_t next) {
+    uint64_t hd[3];
+    int n;
+    if (words - 1 < SIZE_OVERFLOW) {
+        hd[0] = make_header(C_FREE, FMT_WORDS, words - 1, addr);
+        hd[1] = next;
+        n = 2;
+    } else {
+        hd[0] = make_header(C_FREE, FMT_WORDS, words - 2, addr);
+        hd[1] = words - 2;
+        hd[2] = next;
+        n = 3;
+    }
+    return wr(h, addr, hd, (uint64_t)n * 8);
+}
+
+static int read_bins(Heap *h, uint64_t *bins) { return rd(h, M_BINS * 8, bins, N_BINS * 8); }
+
+static int push_free(Heap *h, uint64_t *bins, uint64_t addr, uint64_t words) {
+    int b = bin_of(words);
+    if (write_free_chunk(h, addr, words, bins[b])) return -1;
+    bins[b] = addr;
+    return wr64(h, (uint64_t)(M_BINS + b) * 8, addr);
+}
+
+/* Adds [addr, addr + words*8) to the free lists as one or two chunks. */
+static int free_run(Heap *h, uint64_t *bins, uint64_t addr, uint64_t words, uint64_t *chunks) {
+    if (words == (uint64_t)SIZE_OVERFLOW + 1) {
+        if (push_free(h, bins, addr, 2)) return -1;
+        addr += 16;
+        words -= 2;
+        ++*chunks;
+    }
+    ++*chunks;
+    return push_free(h, bins, addr, words);
+}
+
+static int log_reuse(Heap *h, uint64_t addr) {
+    if (h->n_reused == h->cap_reused) {
+        size_t cap = h->cap_reused ? h->cap_reused * 2 : 64;
+        uint64_t *p = PyMem_Realloc(h->reused, cap * 8);
+        if (!p) { PyErr_NoMemory(); return -1; }
+        h->reused = p;
+        h->cap_reused = cap;
+    }
+    h->reused[h->n_reused++] = addr;
+    return 0;
+}
+
+/* Takes chunk `c` (of `cw` words, linked from `link_at`) for an object of
+ * `words` words, returning the rest to the free lists. */
+static int take_chunk(Heap *h, uint64_t *bins, uint64_t link_at, uint64_t c, uint64_t cw,
+                      uint64_t words) {
+    uint64_t next, chunks = 0;
+    if (rd64(h, free_link_addr(c, cw), &next)) return -1;
+    if (wr64(h, link_at, next)) return -1;
+    if (link_at >= M_BINS * 8 && link_at < (M_BINS + N_BINS) * 8) bins[link_at / 8 - M_BINS] = next;
+    if (cw > words && free_run(h, bins, c + words * 8, cw - words, &chunks)) return -1;
+    if (add_meta(h, M_FREE_WORDS, -(int64_t)words) || add_meta(h, M_FREE_CHUNKS, (int64_t)chunks - 1))
+        return -1;
+    return log_reuse(h, c);
+}
+
+/* A free chunk's size in words, checking that it is one. */
+static int free_chunk_words(Heap *h, uint64_t c, uint64_t *words) {
+    uint64_t base, top, n;
+    objinfo o;
+    if (heap_bounds(h, &base, &top, &n) || parse_header(h, c, base, top, n, &o)) return -1;
+    if (o.cls != C_FREE) return corrupt(c, "on a free list but not free (class %llu)",
+                                        (unsigned long long)o.cls);
+    *words = o.words;
+    return 0;
+}
+
+/* Bounded first fit over one bin: long lists of too-small chunks in a log
+ * bin must not make allocation slow, so give up after this many. */
+#define FIT_SCAN_LIMIT 32
+
+static int take_free(Heap *h, uint64_t words, uint64_t *out) {
+    uint64_t bins[N_BINS], cw;
+    if (read_bins(h, bins)) return -1;
+    int first = bin_of(words);
+    for (int b = first; b < N_BINS; b++) {
+        if (b < N_EXACT) {
+            uint64_t size = (uint64_t)b + 2;
+            if (!bins[b] || (size != words && size < words + 2)) continue;
+            if (free_chunk_words(h, bins[b], &cw)) return -1;
+            uint64_t c = bins[b];
+            if (take_chunk(h, bins, (uint64_t)(M_BINS + b) * 8, c, cw, words)) return -1;
+            *out = c;
+            return 1;
+        }
+        uint64_t link_at = (uint64_t)(M_BINS + b) * 8, c = bins[b];
+        for (int scanned = 0; c && scanned < FIT_SCAN_LIMIT; scanned++) {
+            if (free_chunk_words(h, c, &cw)) return -1;
+            if (cw == words || cw >= words + 2) {
+                if (take_chunk(h, bins, link_at, c, cw, words)) return -1;
+                *out = c;
+                return 1;
+            }
+            link_at = free_link_addr(c, cw);
+            if (rd64(h, link_at, &c)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* A new object of class cls: header written, payload left to the caller
+ * (which must write every payload word). */
+static int alloc(Heap *h, uint64_t cls, unsigned fmt, uint64_t size, uint64_t *out) {
+    uint64_t words = object_words(fmt, size), addr, top;
+    if (size > MAX_HEAP) { PyErr_SetString(PyExc_MemoryError, "object too large"); return -1; }
+    int got = 0;
+    uint64_t free_words;
+    if (meta(h, M_FREE_WORDS, &free_words)) return -1;
+    if (free_words && (got = take_free(h, words, &addr)) < 0) return -1;
+    if (!got) {
+        if (meta(h, M_TOP, &top)) return -1;
+        if (top + words * 8 > MAX_HEAP) {
+            PyErr_SetString(PyExc_MemoryError, "the image's heap is full");
+            return -1;
+        }
+        addr = top;
+        if (set_meta(h, M_TOP, top + words * 8)) return -1;
+    }
+    uint64_t hd[2] = {make_header(cls, fmt, size, addr), size};
+    if (wr(h, addr, hd, size >= SIZE_OVERFLOW ? 16 : 8)) return -1;
+    if (payload_words(fmt, size) == 0 && wr64(h, addr + 8, 0)) return -1;
+    if (add_meta(h, M_OBJECTS, 1) || add_meta(h, M_OBJ_WORDS, (int64_t)words)) return -1;
+    *out = addr;
+    return 0;
+}
+
+static uint64_t body_of(uint64_t addr, uint64_t size) { return addr + (size >= SIZE_OVERFLOW ? 16 : 8); }
+
+/* An object whose payload is `n` words from `src`. */
+static int new_words(Heap *h, uint64_t cls, unsigned fmt, const uint64_t *src, uint64_t n,
+                     uint64_t *out) {
+    if (alloc(h, cls, fmt, n, out)) return -1;
+    return n ? wr(h, body_of(*out, n), src, n * 8) : 0;
+}
+
+static int new_bytes(Heap *h, uint64_t cls, const char *data, uint64_t n, uint64_t *out) {
+    if (alloc(h, cls, FMT_BYTES, n, out)) return -1;
+    uint64_t body = body_of(*out, n), whole = n & ~(uint64_t)7;
+    if (whole && wr(h, body, data, whole)) return -1;
+    if (n & 7) {
+        uint64_t last = 0;
+        memcpy(&last, data + whole, n & 7);
+        if (wr64(h, body + whole, last)) return -1;
+    }
+    return 0;
+}
+
+/* An object of n pointer slots, all EMPTY. */
+static int new_empty(Heap *h, uint64_t cls, uint64_t n, uint64_t *out) {
+    uint64_t *zeros = PyMem_Calloc(n ? n : 1, 8);
+    if (!zeros) { PyErr_NoMemory(); return -1; }
+    int rc = new_words(h, cls, FMT_POINTERS, zeros, n, out);
+    PyMem_Free(zeros);
+    return rc;
+}
+
+/* -- immediates ---------------------------------------------------------------- */
+
+/* A double is immediate when its exponent is within 2^-127..2^128 (the range
+ * of nearly every float a program meets) or it is +0.0: the word is the
+ * double rotated left by one (sign to bit 0) with the exponent rebased, as in
+ * Spur's SmallFloat64. */
+#define FLOAT_EXP_LO 896u
+#define FLOAT_EXP_HI 1151u
+
+static int float_word(double d, uint64_t *out) {
+    uint64_t bits;
+    memcpy(&bits, &d, 8);
+    uint64_t rot = (bits << 1) | (bits >> 63), e = (bits >> 52) & 0x7FF;
+    if (rot == 0) { *out = TAG_FLOAT; return 1; }
+    if (e <= FLOAT_EXP_LO || e > FLOAT_EXP_HI) return 0;
+    *out = ((rot - ((uint64_t)FLOAT_EXP_LO << 53)) << 3) | TAG_FLOAT;
+    return 1;
+}
+
+static double word_float(uint64_t w) {
+    uint64_t rot = w >> 3;
+    if (rot) rot += (uint64_t)FLOAT_EXP_LO << 53;
+    uint64_t bits = (rot >> 1) | (rot << 63);
+    double d;
+    memcpy(&d, &bits, 8);
+    return d;
+}
+
+static uint64_t short_word(unsigned tag, const char *s, size_t n) {
+    uint64_t w = 0;
+    memcpy((char *)&w + 1, s, n);
+    return w | ((uint64_t)n << 3) | tag;
+}
+
+static int is_handle(Heap *h, PyObject *v) {
+    return h->handle_type && PyObject_TypeCheck(v, (PyTypeObject *)h->handle_type);
+}
+
+/* The word of a handle of this heap. */
+static int handle_word(Heap *h, PyObject *v, uint64_t *out) {
+    PyObject *owner = PyObject_GetAttrString(v, "_heap");
+    if (!owner) return -1;
+    int mine = owner == (PyObject *)h, stale = owner == Py_None;
+    Py_DECREF(owner);
+    if (stale) {   /* image/_handles.make_stale cleared it */
+        PyErr_SetString(StaleHandle ? StaleHandle : PyExc_ValueError,
+                        "this handle's object is gone (made in a transaction that rolled back, "
+                        "or its image was closed)");
+        return -1;
+    }
+    if (!mine) {
+        PyErr_SetString(PyExc_ValueError, "this handle belongs to another image (or a closed one); "
+                                          "copy its contents instead");
+        return -1;
+    }
+    PyObject *a = PyObject_GetAttrString(v, "_addr");
+    if (!a) return -1;
+    uint64_t addr;
+    int bad = as_u64(a, &addr);
+    Py_DECREF(a);
+    if (bad || addr == 0) {
+        PyErr_SetString(StaleHandle ? StaleHandle : PyExc_ValueError,
+                        "this handle's object was made in a transaction that rolled back");
+        return -1;
+    }
+    *out = addr;
+    return 0;
+}
+
+/* The immediate word of v, if v is a value that is always immediate; 0 if
+ * it is not (or needs an object), -1 with an exception for handle errors. */
+static int immediate_of(Heap *h, PyObject *v, uint64_t *out) {
+    if (v == Py_None) { *out = W_NONE; return 1; }
+    if (v == Py_True) { *out = W_TRUE; return 1; }
+    if (v == Py_False) { *out = W_FALSE; return 1; }
+    if (PyLong_Check(v)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (n == -1 && PyErr_Occurred()) return -1;
+        if (overflow || n < FIX_MIN || n > FIX_MAX) return 0;
+        *out = FX(n);
+        return 1;
+    }
+    if (PyFloat_Check(v)) return float_word(PyFloat_AS_DOUBLE(v), out);
+    if (PyUnicode_Check(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (!s) return -1;
+        if (n > SHORT_MAX) return 0;
+        *out = short_word(TAG_SSTR, s, (size_t)n);
+        return 1;
+    }
+    if (PyBytes_Check(v)) {
+        if (PyBytes_GET_SIZE(v) > SHORT_MAX) return 0;
+        *out = short_word(TAG_SBYTES, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+        return 1;
+    }
+    if (is_handle(h, v)) return handle_word(h, v, out) ? -1 : 1;
+    return 0;
+}
+
+/* -- encoding Python values into objects -------------------------------------- */
+
+static int encode(Heap *h, PyObject *v, PyObject **memo, uint64_t *out);
+static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t n);
+static int table_build(Heap *h, uint64_t taddr, PyObject *dict, PyObject **memo);
+
+static int memo_get(PyObject *memo, PyObject *v, uint64_t *out) {
+    if (!memo) return 0;
+    PyObject *key = PyLong_FromVoidPtr(v);
+    if (!key) return -1;
+    PyObject *w = PyDict_GetItemWithError(memo, key);
+    Py_DECREF(key);
+    if (!w) return PyErr_Occurred() ? -1 : 0;
+    *out = PyLong_AsUnsignedLongLong(w);
+    return 1;
+}
+
+static int memo_put(PyObject **memo, PyObject *v, uint64_t w) {
+    if (!*memo && !(*memo = PyDict_New())) return -1;
+    PyObject *key = PyLong_FromVoidPtr(v), *val = PyLong_FromUnsignedLongLong(w);
+    int rc = key && val ? PyDict_SetItem(*memo, key, val) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(val);
+    return rc;
+}
+
+static int encode_bigint(Heap *h, PyObject *v, uint64_t *out) {
+    PyObject *bits = PyObject_CallMethod(v, "bit_length", NULL);
+    if (!bits) return -1;
+    Py_ssize_t nbits = PyLong_AsSsize_t(bits);
+    Py_DECREF(bits);
+    if (nbits < 0) return -1;
+    PyObject *b = PyObject_CallMethod(v, "to_bytes", "ns", nbits / 8 + 1, "little", NULL);
+    if (!b) {   /* to_bytes(n, "little") refuses negatives without signed=True */
+        PyErr_Clear();
+        PyObject *args = Py_BuildValue("(ns)", nbits / 8 + 1, "little");
+        PyObject *kw = Py_BuildValue("{s:O}", "signed", Py_True);
+        PyObject *fn = PyObject_GetAttrString(v, "to_bytes");
+        b = args && kw && fn ? PyObject_Call(fn, args, kw) : NULL;
+        Py_XDECREF(args); Py_XDECREF(kw); Py_XDECREF(fn);
+        if (!b) return -1;
+    }
+    int rc = new_bytes(h, C_BIGINT, PyBytes_AS_STRING(b), (uint64_t)PyBytes_GET_SIZE(b), out);
+    Py_DECREF(b);
+    return rc;
+}
+
+static int encode_tuple(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    Py_ssize_t n = PyTuple_GET_SIZE(v);
+    if (alloc(h, C_TUPLE, FMT_POINTERS, (uint64_t)n, out)) return -1;
+    uint64_t body = body_of(*out, (uint64_t)n);
+    for (Py_ssize_t i = 0; i < n; i++)   /* EMPTY first: the slots may hold old bytes */
+        if (wr64(h, body + 8 * (uint64_t)i, W_EMPTY)) return -1;
+    if (memo_put(memo, v, *out)) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t w;
+        if (encode(h, PyTuple_GET_ITEM(v, i), memo, &w) || wr64(h, body + 8 * (uint64_t)i, w))
+            return -1;
+    }
+    return 0;
+}
+
+static int encode_list(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    uint64_t hdr[3] = {FX(0), FX(0), W_EMPTY};
+    if (new_words(h, C_VECTOR, FMT_POINTERS, hdr, 3, out) || memo_put(memo, v, *out)) return -1;
+    Py_ssize_t n = PyList_GET_SIZE(v);
+    uint64_t *items = PyMem_Malloc((size_t)(n ? n : 1) * 8);
+    if (!items) { PyErr_NoMemory(); return -1; }
+    int rc = 0;
+    /* The list may change under us only through our own encode of its items,
+     * which never runs Python code; still, index defensively. */
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(v) && !rc; i++) {
+        PyObject *item = PyList_GET_ITEM(v, i);
+        Py_INCREF(item);
+        rc = encode(h, item, memo, &items[i]);
+        Py_DECREF(item);
+    }
+    if (!rc) rc = vector_build(h, *out, items, (uint64_t)n);
+    PyMem_Free(items);
+    return rc;
+}
+
+static int encode_object(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    if (PyLong_Check(v)) return encode_bigint(h, v, out);
+    if (PyFloat_Check(v)) {
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        return new_words(h, C_FLOAT, FMT_WORDS, &bits, 1, out);
+    }
+    if (PyUnicode_Check(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        return s ? new_bytes(h, C_STRING, s, (uint64_t)n, out) : -1;
+    }
+    if (PyBytes_Check(v))
+        return new_bytes(h, C_BYTES, PyBytes_AS_STRING(v), (uint64_t)PyBytes_GET_SIZE(v), out);
+    if (PyByteArray_Check(v)) {
+        Py_ssize_t n = PyByteArray_GET_SIZE(v);
+        if (n <= SHORT_MAX) { *out = short_word(TAG_SBYTES, PyByteArray_AS_STRING(v), (size_t)n); return 0; }
+        return new_bytes(h, C_BYTES, PyByteArray_AS_STRING(v), (uint64_t)n, out);
+    }
+    int seen = memo_get(*memo, v, out);
+    if (seen) return seen < 0 ? -1 : 0;
+    if (PyTuple_Check(v)) return encode_tuple(h, v, memo, out);
+    if (PyList_Check(v)) return encode_list(h, v, memo, out);
+    if (PyDict_Check(v)) {
+        uint64_t hdr[3] = {FX(0), FX(0), W_EMPTY};
+        if (new_words(h, C_TABLE, FMT_POINTERS, hdr, 3, out) || memo_put(memo, v, *out)) return -1;
+        return table_build(h, *out, v, memo);
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "cannot store a '%.100s' in the image: it holds None, bool, int, float, str, "
+                 "bytes, list, tuple, dict, blobs and handles", Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+static int encode(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    int imm = immediate_of(h, v, out);
+    if (imm) return imm < 0 ? -1 : 0;
+    if (Py_EnterRecursiveCall(" while storing a value in the image")) return -1;
+    int rc = encode_object(h, v, memo, out);
+    Py_LeaveRecursiveCall();
+    return rc;
+}
+
+static int encode_top(Heap *h, PyObject *v, uint64_t *out) {
+    PyObject *memo = NULL;
+    int rc = encode(h, v, &memo, out);
+    Py_XDECREF(memo);
+    return rc;
+}
+
+/* -- decoding ------------------------------------------------------------------ */
+
+static PyObject *decode(Heap *h, uint64_t w);
+
+static PyObject *decode_short(uint64_t w) {
+    size_t n = (w >> 3) & 7;
+    const char *s = (const char *)&w + 1;
+    if ((w & TAG_MASK) == TAG_SBYTES) return PyBytes_FromStringAndSize(s, (Py_ssize_t)n);
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
+}
+
+static PyObject *decode_bytes(Heap *h, const objinfo *o) {
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)o->size);
+    if (!b) return NULL;
+    if (rd(h, o->body, PyBytes_AS_STRING(b), o->size)) { Py_DECREF(b); return NULL; }
+    if (o->cls == C_BYTES) return b;
+    PyObject *v = NULL;
+    if (o->cls == C_STRING) {
+        v = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), "strict");
+    } else {   /* C_BIGINT */
+        PyObject *fn = PyObject_GetAttrString((PyObject *)&PyLong_Type, "from_bytes");
+        PyObject *args = Py_BuildValue("(Os)", b, "little");
+        PyObject *kw = Py_BuildValue("{s:O}", "signed", Py_True);
+        v = fn && args && kw ? PyObject_Call(fn, args, kw) : NULL;
+        Py_XDECREF(fn); Py_XDECREF(args); Py_XDECREF(kw);
+    }
+    Py_DECREF(b);
+    if (!v && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        corrupt(o->addr, "a string that is not UTF-8");
+    }
+    return v;
+}
+
+static PyObject *decode_tuple(Heap *h, const objinfo *o) {
+    PyObject *t = PyTuple_New((Py_ssize_t)o->size);
+    if (!t) return NULL;
+    for (uint64_t i = 0; i < o->size; i++) {
+        uint64_t w;
+        PyObject *item = slot(h, o, i, &w) ? NULL : decode(h, w);
+        if (!item) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, item);
+    }
+    return t;
+}
+
+static PyObject *decode_object(Heap *h, uint64_t addr) {
+    objinfo o;
+    if (obj(h, addr, &o)) return NULL;
+    switch (o.cls) {
+    case C_FLOAT: {
+        uint64_t bits;
+        double d;
+        if (rd64(h, o.body, &bits)) return NULL;
+        memcpy(&d, &bits, 8);
+        return PyFloat_FromDouble(d);
+    }
+    case C_STRING: case C_BYTES: case C_BIGINT:
+        return decode_bytes(h, &o);
+    case C_TUPLE: {
+        if (Py_EnterRecursiveCall(" while reading a tuple from the image")) return NULL;
+        PyObject *t = decode_tuple(h, &o);
+        Py_LeaveRecursiveCall();
+        return t;
+    }
+    case C_VLEAF: case C_VNODE: case C_TSTORE:
+        corrupt(addr, "a reference to the inside of a vector or table");
+        return NULL;
+    default:
+        return PyObject_CallFunction(h->make_handle, "KK", (unsigned long long)o.cls,
+                                     (unsigned long long)addr);
+    }
+}
+
+static PyObject *decode(Heap *h, uint64_t w) {
+    switch (w & TAG_MASK) {
+    case TAG_PTR:
+        if (w == W_EMPTY) { corrupt(0, "an empty slot where a value should be"); return NULL; }
+        return decode_object(h, w);
+    case TAG_FIX: return PyLong_FromLongLong(UNFX(w));
+    case TAG_SSTR: case TAG_SBYTES: {
+        PyObject *v = decode_short(w);
+        if (!v && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            corrupt(0, "a short string word 0x%llx that is not UTF-8", (unsigned long long)w);
+        }
+        return v;
+    }
+    case TAG_FLOAT: return PyFloat_FromDouble(word_float(w));
+    case TAG_CHAR:
+        return PyObject_CallFunction(h->make_special, "sK", "char", (unsigned long long)(w >> 3));
+    case TAG_SPECIAL:
+        if (w == W_NONE) Py_RETURN_NONE;
+        if (w == W_TRUE) Py_RETURN_TRUE;
+        if (w == W_FALSE) Py_RETURN_FALSE;
+        if (w == W_NIL) return PyObject_CallFunction(h->make_special, "sK", "nil", 0ull);
+        if (w == W_EOF) return PyObject_CallFunction(h->make_special, "sK", "eof", 0ull);
+        /* fall through: ABSENT and unknown specials are never values */
+    default:
+        corrupt(0, "0x%llx is not a value word", (unsigned long long)w);
+        return NULL;
+    }
+}
+
+/* -- the chunked vector -------------------------------------------------------- */
+/*
+** A growable vector is a counted B+tree: the VECTOR header (length, height,
+** root) never moves, so handles stay valid.  Leaves hold up to leaf_max items
+** after a count; interior nodes hold up to node_max (size, child) pairs,
+** size being the number of items under that child.  Appending writes one
+** leaf slot plus the sizes on the rightmost path; inserting or deleting in
+** the middle shifts items within one leaf only; growth splits a leaf or a
+** node and never copies the array.  A new vector's only leaf starts small and
+** doubles until it reaches leaf_max (a bounded copy).  Unused leaf and node
+** slots hold EMPTY, so the collector can trace every slot.
+*/
+
+typedef struct {
+    uint64_t vaddr, len, root;
+    int height;
+    uint64_t node[MAX_HEIGHT];
+    uint64_t pos[MAX_HEIGHT];
+    uint64_t leaf, leaf_cap, leaf_count, off;
+} vpath;
+
+static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
+    objinfo o;
+    int64_t len, height;
+    if (obj_of_class(h, vaddr, C_VECTOR, &o) || fix_slot(h, &o, V_LEN, 0, FIX_MAX, &len)
+        || fix_slot(h, &o, V_HEIGHT, 0, MAX_HEIGHT - 1, &height) || slot(h, &o, V_ROOT, &p->root))
+        return -1;
+    p->vaddr = vaddr;
+    p->len = (uint64_t)len;
+    p->height = (int)height;
+    return 0;
+}
+
+static int node_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
+    int64_t c;
+    if (obj_of_class(h, addr, C_VNODE, o)) return -1;
+    if (o->size < 3 || !(o->size & 1)) return corrupt(addr, "a vector node of %llu slots",
+                                                      (unsigned long long)o->size);
+    if (fix_slot(h, o, 0, 1, (int64_t)(o->size - 1) / 2, &c)) return -1;
+    *count = (uint64_t)c;
+    return 0;
+}
+
+static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
+    int64_t c;
+    if (obj_of_class(h, addr, C_VLEAF, o)) return -1;
+    if (o->size < 1) return corrupt(addr, "a vector leaf without a count");
+    if (fix_slot(h, o, 0, 0, (int64_t)o->size - 1, &c)) return -1;
+    *count = (uint64_t)c;
+    return 0;
+}
+
+/* Finds item i (or, for an insert, the place before item i; i may be len). */
+static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath *p) {
+    if (vec_open(h, vaddr, p)) return -1;
+    uint64_t cur = p->root;
+    for (int lvl = 0; lvl < p->height; lvl++) {
+        objinfo o;
+        uint64_t count, acc = 0, k, child = 0;
+        if (node_open(h, cur, &o, &count)) return -1;
+        const uint64_t *e = view(h, o.body + 8, 2 * count);
+        if (!e) return -1;
+        for (k = 0; k < count; k++) {
+            uint64_t sz = e[2 * k];
+            if (!IS_FIX(sz) || UNFX(sz) < 0)
+                return corrupt(cur, "entry %llu has no size", (unsigned long long)k);
+            if (i < acc + (uint64_t)UNFX(sz) || (for_insert && k == count - 1 && i <= acc + (uint64_t)UNFX(sz))) {
+                child = e[2 * k + 1];
+                break;
+            }
+            acc += (uint64_t)UNFX(sz);
+        }
+        if (k == count) return corrupt(cur, "its sizes do not reach item %llu", (unsigned long long)i);
+        p->node[lvl] = cur;
+        p->pos[lvl] = k;
+        i -= acc;
+        cur = child;
+    }
+    objinfo lo;
+    if (leaf_open(h, cur, &lo, &p->leaf_count)) return -1;
+    if (i > p->leaf_count || (i == p->leaf_count && !for_insert))
+        return corrupt(cur, "holds %llu items, item %llu was expected",
+                       (unsigned long long)p->leaf_count, (unsigned long long)i);
+    p->leaf = cur;
+    p->leaf_cap = lo.size - 1;
+    p->off = i;
+    return 0;
+}
+
+static uint64_t item_addr(uint64_t leaf, uint64_t k) { return leaf + 16 + 8 * k; }
+static uint64_t entry_addr(uint64_t node, uint64_t k) { return node + 16 + 16 * k; }
+
+static int check_index(PyObject *idx, uint64_t len, int for_insert, uint64_t *out) {
+    Py_ssize_t i = PyNumber_AsSsize_t(idx, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred()) return -1;
+    if (i < 0) i += (Py_ssize_t)len;
+    if (for_insert) {   /* list.insert clamps */
+        if (i < 0) i = 0;
+        if ((uint64_t)i > len) i = (Py_ssize_t)len;
+    } else if (i < 0 || (uint64_t)i >= len) {
+        PyErr_SetString(PyExc_IndexError, "vector index out of range");
+        return -1;
+    }
+    *out = (uint64_t)i;
+    return 0;
+}
+
+static int vec_header_set(Heap *h, uint64_t vaddr, uint64_t len, int height, uint64_t root) {
+    uint64_t w[3] = {FX(len), FX(height), root};
+    return wr(h, vaddr + 8, w, 24);
+}
+
+static int new_leaf(Heap *h, uint64_t cap, const uint64_t *items, uint64_t n, uint64_t *out) {
+    uint64_t *buf = PyMem_Calloc(cap + 1, 8);
+    if (!buf) { PyErr_NoMemory(); return -1; }
+    buf[0] = FX(n);
+    if (n) memcpy(buf + 1, items, n * 8);
+    int rc = new_words(h, C_VLEAF, FMT_POINTERS, buf, cap + 1, out);
+    PyMem_Free(buf);
+    return rc;
+}
+
+/* entries: n (size, child) pairs as raw words. */
+static int new_node(Heap *h, uint64_t cap, const uint64_t *entries, uint64_t n, uint64_t *out) {
+    uint64_t *buf = PyMem_Calloc(2 * cap + 1, 8);
+    if (!buf) { PyErr_NoMemory(); return -1; }
+    buf[0] = FX(n);
+    memcpy(buf + 1, entries, n * 16);
+    int rc = new_words(h, C_VNODE, FMT_POINTERS, buf, 2 * cap + 1, out);
+    PyMem_Free(buf);
+    return rc;
+}
+
+static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t n) {
+    uint64_t root;
+    if (n <= h->leaf_max) {
+        if (new_leaf(h, n < LEAF_SMALL ? LEAF_SMALL : n, items, n, &root)) return -1;
+        return vec_header_set(h, vaddr, n, 0, root);
+    }
+    uint64_t nodes = (n + h->leaf_max - 1) / h->leaf_max;
+    uint64_t *level = PyMem_Malloc(nodes * 16);
+    if (!level) { PyErr_NoMemory(); return -1; }
+    int rc = 0, height = 0;
+    for (uint64_t k = 0; k < nodes && !rc; k++) {
+        uint64_t take = n - k * h->leaf_max < h->leaf_max ? n - k * h->leaf_max : h->leaf_max;
+        level[2 * k] = FX(take);
+        rc = new_leaf(h, h->leaf_max, items + k * h->leaf_max, take, &level[2 * k + 1]);
+    }
+    while (!rc && nodes > 1) {
+        uint64_t up = (nodes + h->node_max - 1) / h->node_max;
+        for (uint64_t k = 0; k < up && !rc; k++) {
+            uint64_t take = nodes - k * h->node_max < h->node_max ? nodes - k * h->node_max : h->node_max;
+            uint64_t sum = 0, addr;
+            for (uint64_t j = 0; j < take; j++) sum += (uint64_t)UNFX(level[2 * (k * h->node_max + j)]);
+            rc = new_node(h, h->node_max, level + 2 * k * h->node_max, take, &addr);
+            level[2 * k] = FX(sum);
+            level[2 * k + 1] = addr;
+        }
+        nodes = up;
+        height++;
+    }
+    if (!rc) rc = vec_header_set(h, vaddr, n, height, level[1]);
+    PyMem_Free(level);
+    return rc;
+}
+
+enum carry_kind { CARRY_NONE, CARRY_PLUS, CARRY_MINUS, CARRY_EMPTY, CARRY_REPLACE, CARRY_SPLIT };
+typedef struct { enum carry_kind kind; uint64_t addr, lsize, rsize; } carry;
+
+static int add_size(Heap *h, uint64_t node, uint64_t k, int64_t delta) {
+    uint64_t w;
+    if (rd64(h, entry_addr(node, k), &w)) return -1;
+    if (!IS_FIX(w) || UNFX(w) + delta < 0) return corrupt(node, "entry %llu has a bad size", (unsigned long long)k);
+    return wr64(h, entry_addr(node, k), FX(UNFX(w) + delta));
+}
+
+/* Inserts (rsize, right) after entry k of node, whose entry k now has lsize. */
+static int node_insert(Heap *h, uint64_t node, uint64_t k, const carry *in, carry *out) {
+    objinfo o;
+    uint64_t count;
+    if (node_open(h, node, &o, &count)) return -1;
+    uint64_t cap = (o.size - 1) / 2;
+    uint64_t *e = PyMem_Malloc((count + 1) * 16);
+    if (!e) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, entry_addr(node, 0), e, count * 16);
+    if (!rc) {
+        memmove(e + 2 * (k + 2), e + 2 * (k + 1), (count - k - 1) * 16);
+        e[2 * k] = FX(in->lsize);
+        e[2 * (k + 1)] = FX(in->rsize);
+        e[2 * (k + 1) + 1] = in->addr;
+        count++;
+        if (count <= cap) {
+            rc = wr(h, entry_addr(node, k), e + 2 * k, (count - k) * 16) || wr64(h, node + 8, FX(count));
+            out->kind = CARRY_PLUS;
+        } else {
+            uint64_t half = count / 2, lsum = 0, rsum = 0, right;
+            for (uint64_t j = 0; j < count; j++) *(j < half ? &lsum : &rsum) += (uint64_t)UNFX(e[2 * j]);
+            uint64_t *zeros = PyMem_Calloc(count - half, 16);
+            rc = !zeros;
+            if (rc) PyErr_NoMemory();
+            if (!rc) rc = new_node(h, h->node_max > cap ? h->node_max : cap, e + 2 * half, count - half, &right);
+            if (!rc) rc = wr(h, entry_addr(node, 0), e, half * 16)
+                          || wr(h, entry_addr(node, half), zeros, (count - 1 - half) * 16)
+                          || wr64(h, node + 8, FX(half));
+            PyMem_Free(zeros);
+            *out = (carry){CARRY_SPLIT, right, lsum, rsum};
+        }
+    }
+    PyMem_Free(e);
+    return rc ? -1 : 0;
+}
+
+/* The leaf step of an insert: room in the leaf, a bigger leaf, or a split. */
+static int leaf_insert(Heap *h, const vpath *p, uint64_t w, carry *out) {
+    uint64_t c = p->leaf_count, cap = p->leaf_cap, off = p->off;
+    uint64_t *items = PyMem_Malloc((c + 1) * 8);
+    if (!items) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, item_addr(p->leaf, 0), items, c * 8);
+    if (!rc) {
+        memmove(items + off + 1, items + off, (c - off) * 8);
+        items[off] = w;
+        if (c < cap) {
+            rc = wr(h, item_addr(p->leaf, off), items + off, (c + 1 - off) * 8) || wr64(h, p->leaf + 8, FX(c + 1));
+            out->kind = CARRY_PLUS;
+        } else if (cap < h->leaf_max) {
+            uint64_t bigger = cap * 2 < LEAF_SMALL ? LEAF_SMALL : cap * 2;
+            if (bigger > h->leaf_max) bigger = h->leaf_max;
+            out->kind = CARRY_REPLACE;
+            rc = new_leaf(h, bigger, items, c + 1, &out->addr);
+        } else {
+            /* An append leaves the full leaf full and starts a new one, so that
+             * a vector built by appends has full leaves; a middle insert splits. */
+            uint64_t keep = off == c ? c : (c + 1) / 2;
+            uint64_t *zeros = PyMem_Calloc(c + 1 - keep, 8);
+            rc = !zeros;
+            if (rc) PyErr_NoMemory();
+            if (!rc) rc = new_leaf(h, h->leaf_max, items + keep, c + 1 - keep, &out->addr);
+            if (!rc && keep < c)
+                rc = wr(h, item_addr(p->leaf, 0), items, keep * 8)
+                     || wr(h, item_addr(p->leaf, keep), zeros, (c - keep) * 8)
+                     || wr64(h, p->leaf + 8, FX(keep));
+            PyMem_Free(zeros);
+            out->kind = CARRY_SPLIT;
+            out->lsize = keep;
+            out->rsize = c + 1 - keep;
+        }
+    }
+    PyMem_Free(items);
+    return rc ? -1 : 0;
+}
+
+static int vec_insert_word(Heap *h, uint64_t vaddr, uint64_t i, uint64_t w) {
+    vpath p;
+    carry c;
+    if (vec_locate(h, vaddr, i, 1, &p) || leaf_insert(h, &p, w, &c)) return -1;
+    uint64_t child = p.leaf;
+    for (int lvl = p.height - 1; lvl >= 0; lvl--) {
+        uint64_t node = p.node[lvl], k = p.pos[lvl];
+        if (c.kind == CARRY_PLUS) {
+            if (add_size(h, node, k, 1)) return -1;
+        } else if (c.kind == CARRY_REPLACE) {
+            if (wr64(h, entry_addr(node, k) + 8, c.addr) || add_size(h, node, k, 1)) return -1;
+            c.kind = CARRY_PLUS;
+        } else {
+            carry up;
+            if (node_insert(h, node, k, &c, &up)) return -1;
+            c = up;
+        }
+        child = node;
+    }
+    uint64_t root = p.root;
+    int height = p.height;
+    if (c.kind == CARRY_REPLACE) root = c.addr;
+    if (c.kind == CARRY_SPLIT) {
+        if (height + 1 >= MAX_HEIGHT) { PyErr_SetString(PyExc_MemoryError, "vector too deep"); return -1; }
+        uint64_t e[4] = {FX(c.lsize), child, FX(c.rsize), c.addr};
+        if (new_node(h, h->node_max, e, 2, &root)) return -1;
+        height++;
+    }
+    return vec_header_set(h, vaddr, p.len + 1, height, root);
+}
+
+static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
+    vpath p;
+    if (vec_locate(h, vaddr, i, 0, &p)) return -1;
+    uint64_t c = p.leaf_count, off = p.off;
+    uint64_t *buf = PyMem_Malloc((c + 1) * 8);
+    if (!buf) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, item_addr(p.leaf, off + 1), buf, (c - off - 1) * 8);
+    buf[c - off - 1] = W_EMPTY;
+    if (!rc) rc = wr(h, item_addr(p.leaf, off), buf, (c - off) * 8) || wr64(h, p.leaf + 8, FX(c - 1));
+    PyMem_Free(buf);
+    if (rc) return -1;
+    int empty = c == 1;
+    for (int lvl = p.height - 1; lvl >= 0; lvl--) {
+        uint64_t node = p.node[lvl], k = p.pos[lvl], count;
+        objinfo o;
+        if (!empty) {
+            if (add_size(h, node, k, -1)) return -1;
+            continue;
+        }
+        if (node_open(h, node, &o, &count)) return -1;   /* drop entry k */
+        uint64_t *e = PyMem_Calloc(count, 16);
+        if (!e) { PyErr_NoMemory(); return -1; }
+        rc = rd(h, entry_addr(node, k + 1), e, (count - k - 1) * 16)
+             || wr(h, entry_addr(node, k), e, (count - k) * 16);
+        PyMem_Free(e);
+        if (rc) return -1;
+        if (count > 1 && wr64(h, node + 8, FX(count - 1))) return -1;
+        empty = count == 1;   /* a node with no entries is dropped from its parent in turn */
+    }
+    uint64_t root = p.root, len = p.len - 1;
+    int height = p.height;
+    if (len == 0 && height > 0) {
+        if (new_leaf(h, LEAF_SMALL, NULL, 0, &root)) return -1;
+        height = 0;
+    }
+    while (height > 0) {   /* a root with one child gives way to it */
+        objinfo o;
+        uint64_t count;
+        if (node_open(h, root, &o, &count)) return -1;
+        if (count != 1) break;
+        if (rd64(h, entry_addr(root, 0) + 8, &root)) return -1;
+        height--;
+    }
+    return vec_header_set(h, vaddr, len, height, root);
+}
+
+/* Copies the words of items [start, stop) into out. */
+static int vec_words(Heap *h, uint64_t vaddr, uint64_t start, uint64_t stop, uint64_t *out) {
+    vpath p;
+    while (start < stop) {
+        if (vec_locate(h, vaddr, start, 0, &p)) return -1;
+        uint64_t take = p.leaf_count - p.off;
+        if (take > stop - start) take = stop - start;
+        if (rd(h, item_addr(p.leaf, p.off), out, take * 8)) return -1;
+        out += take;
+        start += take;
+    }
+    return 0;
+}
+
+/* -- the table ---------------------------------------------------------------- */
+/*
+** A table is CPython's compact dict, persistent: the TABLE header (count,
+** used, store) never moves; its store holds the capacity E, the index size I
+** (0 for stores of at most TABLE_LINEAR entries, which are scanned), I index
+** slots (fixnum entry numbers, -1 for empty) and E entries of (hash, key,
+** value) in insertion order.  A deleted entry keeps its hash and has key and
+** value ABSENT, so iteration order is insertion order, as in a Python dict.
+** An insert writes one entry and one index slot; a full store is rebuilt at
+** twice the live count (amortised O(1) pages per insert).
+**
+** Key hashes must be the same in every process, so they are not Python's
+** str hash: numbers use Python's numeric hash (deterministic, and 1, 1.0 and
+** True hash alike, as they must since they are equal), strings and bytes a
+** keyed XXH64, handles their address.
+*/
+
+#define HASH_MASK (((uint64_t)1 << 60) - 1)
+#define SEED_BYTES 0x62797465735f5f5full   /* keeps b"a" and "a" apart */
+#define SEED_TUPLE 0x7475706c655f5f5full
+
+typedef struct {
+    uint64_t taddr, count, used, store, E, I, index, entries;
+} tab;
+
+static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
+    uint64_t x;
+    if (PyUnicode_Check(k)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+        if (!s) return -1;
+        x = core_hash((const uint8_t *)s, (size_t)n, h->seed);
+    } else if (PyBytes_Check(k)) {
+        x = core_hash((const uint8_t *)PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k), h->seed ^ SEED_BYTES);
+    } else if (PyLong_Check(k) || PyFloat_Check(k)) {   /* bool is an int */
+        if (PyFloat_Check(k) && PyFloat_AS_DOUBLE(k) != PyFloat_AS_DOUBLE(k)) {
+            x = 0;   /* NaN: Python hashes it by identity, which does not persist */
+        } else {
+            Py_hash_t ph = PyObject_Hash(k);
+            if (ph == -1 && PyErr_Occurred()) return -1;
+            x = mix64((uint64_t)ph);
+        }
+    } else if (k == Py_None) {
+        x = mix64(W_NONE);
+    } else if (PyTuple_Check(k)) {
+        x = SEED_TUPLE ^ (uint64_t)PyTuple_GET_SIZE(k);
+        if (Py_EnterRecursiveCall(" while hashing a key")) return -1;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(k); i++) {
+            uint64_t e;
+            if (key_hash(h, PyTuple_GET_ITEM(k, i), &e)) { Py_LeaveRecursiveCall(); return -1; }
+            x = mix64(x ^ e) + (uint64_t)i;
+        }
+        Py_LeaveRecursiveCall();
+    } else if (is_handle(h, k)) {
+        uint64_t w;
+        if (handle_word(h, k, &w)) return -1;
+        x = mix64(w);
+    } else {
+        PyErr_Format(PyExc_TypeError, "unhashable type for an image table key: '%.100s'",
+                     Py_TYPE(k)->tp_name);
+        return -1;
+    }
+    *out = x & HASH_MASK;
+    return 0;
+}
+
+static int tab_open(Heap *h, uint64_t taddr, tab *t) {
+    objinfo o, s;
+    int64_t count, used, E, I;
+    if (obj_of_class(h, taddr, C_TABLE, &o) || slot(h, &o, T_STORE, &t->store)
+        || obj_of_class(h, t->store, C_TSTORE, &s) || fix_slot(h, &s, 0, 1, (int64_t)s.size, &E)
+        || fix_slot(h, &s, 1, 0, (int64_t)s.size, &I)
+        || fix_slot(h, &o, T_USED, 0, E, &used) || fix_slot(h, &o, T_COUNT, 0, used, &count))
+        return -1;
+    if ((I && (I & (I - 1))) || (I && I <= E) || s.size != 2 + (uint64_t)I + 3 * (uint64_t)E)
+        return corrupt(t->store, "a table store of %llu slots for %lld entries and index %lld",
+                       (unsigned long long)s.size, (long long)E, (long long)I);
+    t->taddr = taddr;
+    t->count = (uint64_t)count;
+    t->used = (uint64_t)used;
+    t->E = (uint64_t)E;
+    t->I = (uint64_t)I;
+    t->index = s.body + 16;
+    t->entries = t->index + 8 * t->I;
+    return 0;
+}
+
+static uint64_t ent(const tab *t, uint64_t e) { return t->entries + 24 * e; }
+
+static int bytes_equal(Heap *h, uint64_t w, uint64_t cls, const char *s, Py_ssize_t n) {
+    objinfo o;
+    if (!IS_PTR(w)) return 0;
+    if (obj(h, w, &o)) return -1;
+    if (o.cls != cls || o.size != (uint64_t)n) return 0;
+    char buf[256];
+    for (uint64_t done = 0; done < (uint64_t)n;) {
+        uint64_t take = (uint64_t)n - done < sizeof buf ? (uint64_t)n - done : sizeof buf;
+        if (rd(h, o.body + done, buf, take)) return -1;
+        if (memcmp(buf, s + done, take)) return 0;
+        done += take;
+    }
+    return 1;
+}
+
+/* Is the stored key word w equal to the Python key k (whose immediate word,
+ * if it has one, is kimm)? */
+static int key_equals(Heap *h, uint64_t w, PyObject *k, uint64_t kimm) {
+    if (kimm && w == kimm) return 1;
+    if (w == W_ABSENT || w == W_EMPTY) return 0;
+    if (PyUnicode_Check(k)) {
+        if (kimm) return 0;   /* a short string is always immediate */
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+        return s ? bytes_equal(h, w, C_STRING, s, n) : -1;
+    }
+    if (PyBytes_Check(k))
+        return kimm ? 0 : bytes_equal(h, w, C_BYTES, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k));
+    if (k == Py_None || is_handle(h, k)) return 0;   /* identity only */
+    PyObject *stored = decode(h, w);   /* numbers of other types, tuples */
+    if (!stored) return -1;
+    int eq = PyObject_RichCompareBool(stored, k, Py_EQ);
+    Py_DECREF(stored);
+    return eq;
+}
+
+static int entry_matches(Heap *h, const tab *t, uint64_t e, uint64_t hash, PyObject *k, uint64_t kimm) {
+    uint64_t hk[2];
+    if (rd(h, ent(t, e), hk, 16)) return -1;
+    if (hk[0] != FX(hash)) return 0;
+    return key_equals(h, hk[1], k, kimm);
+}
+
+/* 1 and the entry when found; 0 and the free index slot (if indexed) when not. */
+static int tab_find(Heap *h, const tab *t, PyObject *k, uint64_t hash, uint64_t kimm,
+                    uint64_t *entry, uint64_t *islot) {
+    if (!t->I) {
+        for (uint64_t e = 0; e < t->used; e++) {
+            int m = entry_matches(h, t, e, hash, k, kimm);
+            if (m) { *entry = e; return m; }
+        }
+        return 0;
+    }
+    uint64_t mask = t->I - 1, j = hash & mask;
+    for (uint64_t probes = 0; probes < t->I; probes++, j = (j + 1) & mask) {
+        uint64_t w;
+        if (rd64(h, t->index + 8 * j, &w)) return -1;
+        if (w == FX(-1)) { *islot = j; return 0; }
+        if (!IS_FIX(w) || UNFX(w) < 0 || (uint64_t)UNFX(w) >= t->used)
+            return corrupt(t->store, "index slot %llu holds 0x%llx", (unsigned long long)j, (unsigned long long)w);
+        int m = entry_matches(h, t, (uint64_t)UNFX(w), hash, k, kimm);
+        if (m) { *entry = (uint64_t)UNFX(w); return m; }
+    }
+    return corrupt(t->store, "its index has no free slot");
+}
+
+static uint64_t entries_for(uint64_t count) {
+    uint64_t want = count + (count / 2 > 2 ? count / 2 : 2);
+    if (want <= 4) return 4;
+    if (want <= TABLE_LINEAR) return TABLE_LINEAR;
+    uint64_t e = TABLE_LINEAR;
+    while (e < want) e *= 2;
+    return e;
+}
+
+/* Builds a store for n entries (hash, key, value triples) and points the
+ * table at it. */
+static int store_build(Heap *h, uint64_t taddr, const uint64_t *triples, uint64_t n) {
+    uint64_t E = entries_for(n), I = E > TABLE_LINEAR ? 2 * E : 0, size = 2 + I + 3 * E, addr;
+    uint64_t *buf = PyMem_Calloc(size, 8);
+    if (!buf) { PyErr_NoMemory(); return -1; }
+    buf[0] = FX(E);
+    buf[1] = FX(I);
+    for (uint64_t j = 0; j < I; j++) buf[2 + j] = FX(-1);
+    memcpy(buf + 2 + I, triples, n * 24);
+    for (uint64_t e = 0; e < n && I; e++) {
+        uint64_t j = (uint64_t)UNFX(triples[3 * e]) & (I - 1);
+        while (buf[2 + j] != FX(-1)) j = (j + 1) & (I - 1);
+        buf[2 + j] = FX(e);
+    }
+    int rc = new_words(h, C_TSTORE, FMT_POINTERS, buf, size, &addr);
+    PyMem_Free(buf);
+    if (rc) return -1;
+    uint64_t hdr[3] = {FX(n), FX(n), addr};
+    return wr(h, taddr + 8, hdr, 24);
+}
+
+static int table_build(Heap *h, uint64_t taddr, PyObject *dict, PyObject **memo) {
+    Py_ssize_t n = PyDict_GET_SIZE(dict), pos = 0, i = 0;
+    uint64_t *triples = PyMem_Calloc((size_t)(n ? n : 1) * 3, 8);
+    if (!triples) { PyErr_NoMemory(); return -1; }
+    PyObject *k, *v;
+    int rc = 0;
+    while (!rc && i < n && PyDict_Next(dict, &pos, &k, &v)) {
+        uint64_t hash;
+        Py_INCREF(k);
+        Py_INCREF(v);
+        rc = key_hash(h, k, &hash) || encode(h, k, memo, &triples[3 * i + 1])
+             || encode(h, v, memo, &triples[3 * i + 2]);
+        triples[3 * i] = FX(hash);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        i++;
+    }
+    if (!rc) rc = store_build(h, taddr, triples, (uint64_t)i);
+    PyMem_Free(triples);
+    return rc;
+}
+
+/* Rebuilds the store with only the live entries, in order. */
+static int tab_rebuild(Heap *h, const tab *t, uint64_t extra) {
+    uint64_t *all = PyMem_Malloc((t->used ? t->used : 1) * 24), n = 0;
+    if (!all) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, t->entries, all, t->used * 24);
+    for (uint64_t e = 0; !rc && e < t->used; e++)
+        if (all[3 * e + 1] != W_ABSENT) {
+            memmove(all + 3 * n, all + 3 * e, 24);
+            n++;
+        }
+    (void)extra;
+    if (!rc && n != t->count) rc = corrupt(t->taddr, "counts %llu entries but holds %llu",
+                                           (unsigned long long)t->count, (unsigned long long)n);
+    if (!rc) rc = store_build(h, t->taddr, all, n);
+    PyMem_Free(all);
+    return rc;
+}
+
+static int tab_set(Heap *h, uint64_t taddr, PyObject *k, PyObject *v) {
+    tab t;
+    uint64_t hash, kimm = 0, e, j = 0, kw, vw;
+    if (tab_open(h, taddr, &t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
+    int found = tab_find(h, &t, k, hash, kimm, &e, &j);
+    if (found < 0 || encode_top(h, v, &vw)) return -1;
+    if (found) return wr64(h, ent(&t, e) + 16, vw);
+    if (encode_top(h, k, &kw)) return -1;
+    if (t.used == t.E) {
+        if (tab_rebuild(h, &t, 1) || tab_open(h, taddr, &t)) return -1;
+        if (t.I && tab_find(h, &t, k, hash, kimm, &e, &j) != 0)
+            return PyErr_Occurred() ? -1 : corrupt(taddr, "a key reappeared while rebuilding");
+    }
+    uint64_t triple[3] = {FX(hash), kw, vw}, hdr[2] = {FX(t.count + 1), FX(t.used + 1)};
+    if (wr(h, ent(&t, t.used), triple, 24)) return -1;
+    if (t.I && wr64(h, t.index + 8 * j, FX(t.used))) return -1;
+    return wr(h, taddr + 8, hdr, 16);
+}
+
+/* 1 (and the value, if out is given) when k is present. */
+static int tab_lookup(Heap *h, uint64_t taddr, PyObject *k, tab *t, uint64_t *entry) {
+    uint64_t hash, kimm = 0, j;
+    if (tab_open(h, taddr, t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
+    return tab_find(h, t, k, hash, kimm, entry, &j);
+}
+
+static int tab_remove_entry(Heap *h, const tab *t, uint64_t e) {
+    uint64_t gone[2] = {W_ABSENT, W_ABSENT};
+    if (wr(h, ent(t, e) + 8, gone, 16)) return -1;
+    if (t->count == 1) {   /* empty again: start over small, dropping the tombstones */
+        uint64_t none[1];
+        return store_build(h, t->taddr, none, 0);
+    }
+    return wr64(h, t->taddr + 8, FX(t->count - 1));
+}
+
+/* -- the collector: marking into a side bitmap, and sweeping ------------------ */
+/*
+** mark() sets one bit per heap word, at object starts, in memory of its own:
+** marking reads pages but never writes them.  The blob index is weak: its
+** store is kept but not traced, and afterwards entries whose blob is
+** unmarked are cleared (the only writes marking makes).  sweep() walks the
+** heap once, turns every run of dead objects and old free chunks into one
+** free chunk, rebuilds the bins and the accounting, lowers M_TOP over a dead
+** tail, and returns the pages that now hold no object header or data, for
+** the page table to drop.  No allocation may happen between mark and sweep.
+*/
+
+static int marked(Heap *h, uint64_t addr) {
+    uint64_t off = (addr - h->marks_base) / 8;
+    return (h->marks[off >> 3] >> (off & 7)) & 1;
+}
+
+static int mark_push(Heap *h, uint64_t w, uint64_t from) {
+    if (!IS_PTR(w)) return 0;
+    if (w & 7 || w < h->marks_base || w >= h->marks_top)
+        return corrupt(from, "holds a reference 0x%llx outside the heap", (unsigned long long)w);
+    uint64_t off = (w - h->marks_base) / 8;
+    if ((h->marks[off >> 3] >> (off & 7)) & 1) return 0;
+    h->marks[off >> 3] |= (uint8_t)(1u << (off & 7));
+    if (h->n_stack == h->cap_stack) {
+        size_t cap = h->cap_stack ? h->cap_stack * 2 : 1024;
+        uint64_t *s = PyMem_Realloc(h->stack, cap * 8);
+        if (!s) { PyErr_NoMemory(); return -1; }
+        h->stack = s;
+        h->cap_stack = cap;
+    }
+    h->stack[h->n_stack++] = w;
+    return 0;
+}
+
+/* Slots traced per view: a page's worth keeps the scratch buffer small. */
+#define TRACE_CHUNK 512
+
+static int mark_drain(Heap *h, uint64_t nclasses, uint64_t weak_store) {
+    while (h->n_stack) {
+        uint64_t a = h->stack[--h->n_stack];
+        objinfo o;
+        if (parse_header(h, a, h->marks_base, h->marks_top, nclasses, &o)) return -1;
+        if (o.cls == C_FREE) return corrupt(a, "a live reference to freed memory");
+        if (o.fmt != FMT_POINTERS || a == weak_store) continue;
+        for (uint64_t i = 0; i < o.size; i += TRACE_CHUNK) {
+            uint64_t n = o.size - i < TRACE_CHUNK ? o.size - i : TRACE_CHUNK;
+            const uint64_t *w = view(h, o.body + 8 * i, n);
+            if (!w) return -1;
+            uint64_t copy[TRACE_CHUNK];
+            memcpy(copy, w, n * 8);   /* mark_push may grow the stack, never the view; be safe */
+            for (uint64_t j = 0; j < n; j++)
+                if (mark_push(h, copy[j], a)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* Clears the weak table's entries whose value died; keeps the keys of the rest. */
+static int clear_weak(Heap *h, uint64_t taddr, uint64_t nclasses) {
+    tab t;
+    if (!taddr || tab_open(h, taddr, &t)) return taddr ? -1 : 0;
+    uint64_t cleared = 0;
+    for (uint64_t e = 0; e < t.used; e++) {
+        uint64_t kv[2];
+        if (rd(h, ent(&t, e) + 8, kv, 16)) return -1;
+        if (kv[0] == W_ABSENT) continue;
+        if (IS_PTR(kv[1]) && kv[1] >= h->marks_base && kv[1] < h->marks_top && !marked(h, kv[1])) {
+            uint64_t gone[2] = {W_ABSENT, W_ABSENT};
+            if (wr(h, ent(&t, e) + 8, gone, 16)) return -1;
+            cleared++;
+        } else if (mark_push(h, kv[0], t.store) || mark_drain(h, nclasses, 0)) {
+            return -1;
+        }
+    }
+    return cleared ? wr64(h, taddr + 8, FX(t.count - cleared)) : 0;
+}
+
+static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS};
+
+static int mark_all(Heap *h, PyObject *roots) {
+    uint64_t base, top, n, w, weak = 0, weak_store = 0;
+    if (heap_bounds(h, &base, &top, &n)) return -1;
+    PyMem_Free(h->marks);
+    h->marks = PyMem_Calloc((size_t)((top - base) / 64 + 1), 1);
+    if (!h->marks) { PyErr_NoMemory(); return -1; }
+    h->marks_base = base;
+    h->marks_top = top;
+    h->n_stack = 0;
+    if (meta(h, M_BLOBS, &weak)) return -1;
+    if (weak) {
+        tab t;
+        if (tab_open(h, weak, &t)) return -1;
+        weak_store = t.store;
+    }
+    for (size_t i = 0; i < sizeof meta_roots / sizeof meta_roots[0]; i++)
+        if (meta(h, meta_roots[i], &w) || mark_push(h, w, 0)) return -1;
+    Py_ssize_t nroots = PyList_GET_SIZE(roots);
+    for (Py_ssize_t i = 0; i < nroots; i++) {
+        if (as_u64(PyList_GET_ITEM(roots, i), &w)) {
+            PyErr_SetString(PyExc_TypeError, "mark() takes a list of addresses");
+            return -1;
+        }
+        if (mark_push(h, w, 0)) return -1;
+    }
+    if (mark_drain(h, n, weak_store)) return -1;
+    return clear_weak(h, weak, n);
+}
+
+typedef struct {
+    uint64_t objects, obj_words, free_words, chunks, freed_objects, freed_words;
+    uint64_t bins[N_BINS];
+    PyObject *pages;
+} sweep_state;
+
+static int release_pages(Heap *h, sweep_state *s, uint64_t first, uint64_t end) {
+    if (first >= end) return 0;
+    PyObject *range = Py_BuildValue("(KK)", (unsigned long long)first, (unsigned long long)(end - first));
+    int rc = range ? PyList_Append(s->pages, range) : -1;
+    Py_XDECREF(range);
+    return rc;
+}
+
+static int sweep_flush(Heap *h, sweep_state *s, uint64_t start, uint64_t end) {
+    uint64_t ps = h->page_size;
+    s->free_words += (end - start) / 8;
+    if (free_run(h, s->bins, start, (end - start) / 8, &s->chunks)) return -1;
+    /* A chunk's first page keeps its header (and link); pages wholly past it go. */
+    return release_pages(h, s, (start + 24 + ps - 1) / ps, end / ps);
+}
+
+static int sweep_all(Heap *h, sweep_state *s) {
+    uint64_t base, top, n, ps = h->page_size, run = 0, addr;
+    if (heap_bounds(h, &base, &top, &n)) return -1;
+    if (!h->marks || base != h->marks_base || top != h->marks_top) {
+        PyErr_SetString(PyExc_RuntimeError, "sweep() needs a mark() of the same heap just before");
+        return -1;
+    }
+    memset(s->bins, 0, sizeof s->bins);
+    if (wr(h, M_BINS * 8, s->bins, sizeof s->bins)) return -1;
+    for (addr = base; addr < top;) {
+        objinfo o;
+        if (parse_header(h, addr, base, top, n, &o)) return -1;
+        if (o.cls == C_FREE || !marked(h, addr)) {
+            if (!run) run = addr;
+            if (o.cls != C_FREE) { s->freed_objects++; s->freed_words += o.words; }
+        } else {
+            if (run && sweep_flush(h, s, run, addr)) return -1;
+            run = 0;
+            s->objects++;
+            s->obj_words += o.words;
+        }
+        addr += o.words * 8;
+    }
+    if (run) {   /* a dead tail goes back to the bump region */
+        if (release_pages(h, s, (run + ps - 1) / ps, (top + ps - 1) / ps) || set_meta(h, M_TOP, run))
+            return -1;
+    }
+    PyMem_Free(h->marks);
+    h->marks = NULL;
+    return set_meta(h, M_OBJECTS, s->objects) || set_meta(h, M_OBJ_WORDS, s->obj_words)
+           || set_meta(h, M_FREE_WORDS, s->free_words) || set_meta(h, M_FREE_CHUNKS, s->chunks)
+           || add_meta(h, M_GCS, 1);
+}
+
+/* -- the heap verifier ---------------------------------------------------------- */
+
+typedef struct {
+    uint64_t base, top, nclasses;
+    uint8_t *starts, *frees;     /* bitmaps over heap words */
+    uint64_t objects, obj_words, free_words, chunks, vectors, tables;
+} verify_state;
+
+static int bit(const uint8_t *map, uint64_t base, uint64_t addr) {
+    uint64_t off = (addr - base) / 8;
+    return (map[off >> 3] >> (off & 7)) & 1;
+}
+
+static void set_bit(uint8_t *map, uint64_t base, uint64_t addr) {
+    uint64_t off = (addr - base) / 8;
+    map[off >> 3] |= (uint8_t)(1u << (off & 7));
+}
+
+static int is_object_start(const verify_state *v, uint64_t w) {
+    return !(w & 7) && w >= v->base && w < v->top && bit(v->starts, v->base, w)
+           && !bit(v->frees, v->base, w);
+}
+
+/* The items under a vector subtree; checks counts, sizes and empty slots. */
+static int verify_subtree(Heap *h, const verify_state *v, uint64_t addr, int height, uint64_t *total) {
+    objinfo o;
+    uint64_t count;
+    if (!is_object_start(v, addr)) return corrupt(addr, "a vector refers here, but no object starts here");
+    if (height == 0) {
+        if (leaf_open(h, addr, &o, &count)) return -1;
+        for (uint64_t k = count; k + 1 < o.size; k++) {
+            uint64_t w;
+            if (rd64(h, item_addr(addr, k), &w)) return -1;
+            if (w != W_EMPTY) return corrupt(addr, "leaf slot %llu past its count is not empty", (unsigned long long)k);
+        }
+        *total = count;
+        return 0;
+    }
+    if (node_open(h, addr, &o, &count)) return -1;
+    uint64_t sum = 0, *e = PyMem_Malloc(count * 16);
+    if (!e) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, entry_addr(addr, 0), e, count * 16);
+    for (uint64_t k = 0; !rc && k < count; k++) {
+        uint64_t sub;
+        rc = verify_subtree(h, v, e[2 * k + 1], height - 1, &sub);
+        if (!rc && (!IS_FIX(e[2 * k]) || (uint64_t)UNFX(e[2 * k]) != sub))
+            rc = corrupt(addr, "entry %llu says %lld items, its subtree holds %llu", (unsigned long long)k,
+                         (long long)UNFX(e[2 * k]), (unsigned long long)sub);
+        sum += sub;
+    }
+    PyMem_Free(e);
+    *total = sum;
+    return rc;
+}
+
+static int verify_vector(Heap *h, const verify_state *v, uint64_t addr) {
+    vpath p;
+    uint64_t total;
+    if (vec_open(h, addr, &p) || verify_subtree(h, v, p.root, p.height, &total)) return -1;
+    if (total != p.len)
+        return corrupt(addr, "a vector of length %llu holds %llu items", (unsigned long long)p.len,
+                       (unsigned long long)total);
+    return 0;
+}
+
+static int verify_table(Heap *h, uint64_t addr) {
+    tab t;
+    uint64_t live = 0;
+    if (tab_open(h, addr, &t)) return -1;
+    for (uint64_t e = 0; e < t.E; e++) {
+        uint64_t tr[3];
+        if (rd(h, ent(&t, e), tr, 24)) return -1;
+        if (e >= t.used) {
+            if (tr[0] || tr[1] || tr[2]) return corrupt(t.store, "entry %llu past the used ones is not empty", (unsigned long long)e);
+            continue;
+        }
+        if (!IS_FIX(tr[0])) return corrupt(t.store, "entry %llu has no hash", (unsigned long long)e);
+        if (tr[1] == W_ABSENT) continue;
+        live++;
+        if (!t.I) continue;
+        uint64_t mask = t.I - 1, j = (uint64_t)UNFX(tr[0]) & mask, w, probes;
+        for (probes = 0; probes < t.I; probes++, j = (j + 1) & mask) {
+            if (rd64(h, t.index + 8 * j, &w)) return -1;
+            if (w == FX(e) || w == FX(-1)) break;
+        }
+        if (w != FX(e)) return corrupt(t.store, "entry %llu cannot be found through the index", (unsigned long long)e);
+    }
+    if (live != t.count)
+        return corrupt(addr, "a table counting %llu entries holds %llu", (unsigned long long)t.count,
+                       (unsigned long long)live);
+    return 0;
+}
+
+static int verify_slots(Heap *h, verify_state *v, const objinfo *o) {
+    for (uint64_t i = 0; i < o->size; i += TRACE_CHUNK) {
+        uint64_t n = o->size - i < TRACE_CHUNK ? o->size - i : TRACE_CHUNK, copy[TRACE_CHUNK];
+        const uint64_t *w = view(h, o->body + 8 * i, n);
+        if (!w) return -1;
+        memcpy(copy, w, n * 8);
+        for (uint64_t j = 0; j < n; j++) {
+            uint64_t x = copy[j], tag = x & TAG_MASK;
+            if (IS_PTR(x) && !is_object_start(v, x))
+                return corrupt(o->addr, "slot %llu refers to 0x%llx, where no object starts",
+                               (unsigned long long)(i + j), (unsigned long long)x);
+            if (tag == 7 || (tag == TAG_SPECIAL && (x >> 3) >= N_SPECIALS))
+                return corrupt(o->addr, "slot %llu holds 0x%llx, which is not a value",
+                               (unsigned long long)(i + j), (unsigned long long)x);
+        }
+    }
+    if (o->cls == C_VECTOR) { v->vectors++; return verify_vector(h, v, o->addr); }
+    if (o->cls == C_TABLE) { v->tables++; return verify_table(h, o->addr); }
+    return 0;
+}
+
+static int verify_bins(Heap *h, verify_state *v) {
+    uint64_t bins[N_BINS], seen = 0;
+    if (read_bins(h, bins)) return -1;
+    for (int b = 0; b < N_BINS; b++) {
+        for (uint64_t c = bins[b]; c; seen++) {
+            uint64_t words;
+            if (seen >= v->chunks)
+                return corrupt(c, "the free lists hold more chunks than the heap (a cycle?)");
+            if (c & 7 || c < v->base || c >= v->top || !bit(v->frees, v->base, c))
+                return corrupt(c, "on free list %d, but not a free chunk", b);
+            if (free_chunk_words(h, c, &words)) return -1;
+            if (bin_of(words) != b) return corrupt(c, "a free chunk of %llu words on list %d",
+                                                   (unsigned long long)words, b);
+            if (rd64(h, free_link_addr(c, words), &c)) return -1;
+        }
+    }
+    if (seen != v->chunks)
+        return corrupt(0, "the heap has %llu free chunks, the free lists %llu",
+                       (unsigned long long)v->chunks, (unsigned long long)seen);
+    return 0;
+}
+
+static int verify_accounts(Heap *h, verify_state *v) {
+    static const struct { int index; const char *name; } acct[] = {
+        {M_OBJECTS, "objects"}, {M_OBJ_WORDS, "object words"}, {M_FREE_WORDS, "free words"},
+        {M_FREE_CHUNKS, "free chunks"}};
+    uint64_t actual[4] = {v->objects, v->obj_words, v->free_words, v->chunks};
+    for (int i = 0; i < 4; i++) {
+        uint64_t m;
+        if (meta(h, acct[i].index, &m)) return -1;
+        if (m != actual[i])
+            return corrupt(0, "the image counts %llu %s, the heap holds %llu", (unsigned long long)m,
+                           acct[i].name, (unsigned long long)actual[i]);
+    }
+    for (size_t i = 0; i < sizeof meta_roots / sizeof meta_roots[0]; i++) {
+        uint64_t w;
+        if (meta(h, meta_roots[i], &w)) return -1;
+        if (IS_PTR(w) && !is_object_start(v, w))
+            return corrupt(0, "meta word %d refers to 0x%llx, where no object starts", meta_roots[i],
+                           (unsigned long long)w);
+    }
+    return 0;
+}
+
+static int verify_heap(Heap *h, verify_state *v) {
+    objinfo o;
+    for (uint64_t addr = v->base; addr < v->top; addr += o.words * 8) {   /* 1: it parses */
+        if (parse_header(h, addr, v->base, v->top, v->nclasses, &o)) return -1;
+        set_bit(v->starts, v->base, addr);
+        if (o.cls == C_FREE) {
+            set_bit(v->frees, v->base, addr);
+            v->chunks++;
+            v->free_words += o.words;
+        } else {
+            v->objects++;
+            v->obj_words += o.words;
+        }
+    }
+    for (uint64_t addr = v->base; addr < v->top; addr += o.words * 8) {   /* 2, 5: references */
+        if (parse_header(h, addr, v->base, v->top, v->nclasses, &o)) return -1;
+        if (o.cls == C_STRING) {
+            PyObject *s = decode_bytes(h, &o);
+            if (!s) return -1;
+            Py_DECREF(s);
+        }
+        if (o.cls != C_FREE && o.fmt == FMT_POINTERS && verify_slots(h, v, &o)) return -1;
+    }
+    return verify_bins(h, v) || verify_accounts(h, v);   /* 3, 4 */
+}
+
+static PyObject *heap_check(Heap *h) {
+    verify_state v = {0};
+    if (heap_bounds(h, &v.base, &v.top, &v.nclasses)) return NULL;
+    size_t bytes = (size_t)((v.top - v.base) / 64 + 1);
+    v.starts = PyMem_Calloc(bytes, 1);
+    v.frees = PyMem_Calloc(bytes, 1);
+    int rc = v.starts && v.frees ? verify_heap(h, &v) : (PyErr_NoMemory(), -1);
+    PyMem_Free(v.starts);
+    PyMem_Free(v.frees);
+    if (rc) return NULL;
+    return Py_BuildValue("{sKsKsKsKsKsKsK}", "objects", (unsigned long long)v.objects,
+                         "object_bytes", (unsigned long long)(v.obj_words * 8),
+                         "free_chunks", (unsigned long long)v.chunks,
+                         "free_bytes", (unsigned long long)(v.free_words * 8),
+                         "heap_bytes", (unsigned long long)(v.top - v.base),
+                         "vectors", (unsigned long long)v.vectors, "tables", (unsigned long long)v.tables);
+}
+
+/* -- the Python face: Heap methods ------------------------------------------------ */
+
+static int arg_u64(PyObject *const *args, Py_ssize_t i, uint64_t *out) {
+    if (as_u64(args[i], out)) {
+        PyErr_Format(PyExc_TypeError, "argument %zd must be an address or a word", i + 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int nargs_is(Py_ssize_t got, Py_ssize_t want, const char *sig) {
+    if (got == want) return 0;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", sig, want, got);
+    return -1;
+}
+
+#define ARGS(n, sig) if (nargs_is(nargs, n, sig)) return NULL
+#define U64(i, var) uint64_t var; if (arg_u64(args, i, &var)) return NULL
+
+static PyObject *m_encode(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "encode(value)");
+    uint64_t w;
+    return encode_top(h, args[0], &w) ? NULL : PyLong_FromUnsignedLongLong(w);
+}
+
+static PyObject *m_decode(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "decode(word)");
+    U64(0, w);
+    return decode(h, w);
+}
+
+static PyObject *m_meta(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "meta(index)");
+    U64(0, i);
+    uint64_t v;
+    if (i >= META_WORDS) { PyErr_SetString(PyExc_IndexError, "meta index"); return NULL; }
+    return meta(h, (int)i, &v) ? NULL : PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *m_set_meta(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "set_meta(index, value)");
+    U64(0, i);
+    U64(1, v);
+    if (i >= META_WORDS) { PyErr_SetString(PyExc_IndexError, "meta index"); return NULL; }
+    if (set_meta(h, (int)i, v)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* format(seed): the meta words of an empty heap. */
+static PyObject *m_format(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "format(seed)");
+    U64(0, seed);
+    uint64_t m[META_WORDS] = {0};
+    uint64_t base = (META_WORDS * 8 + h->page_size - 1) / h->page_size * h->page_size;
+    m[M_MAGIC] = OM_MAGIC;
+    m[M_VERSION] = OM_VERSION;
+    m[M_BASE] = m[M_TOP] = base;
+    m[M_SEED] = seed;
+    m[M_NCLASSES] = N_SYSTEM_CLASSES;
+    if (wr(h, 0, m, sizeof m)) return NULL;
+    h->seed = seed;
+    Py_RETURN_NONE;
+}
+
+/* reload(): reads the fixed meta words after open, refresh or rollback. */
+static PyObject *m_reload(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "reload()");
+    (void)args;
+    uint64_t magic, version, base, top, n;
+    if (meta(h, M_MAGIC, &magic) || meta(h, M_VERSION, &version)) return NULL;
+    if (magic != OM_MAGIC) return PyBool_FromLong(0);
+    if (version != OM_VERSION) {
+        PyErr_Format(PyExc_ValueError, "object memory version %llu; this imago reads version %u",
+                     (unsigned long long)version, OM_VERSION);
+        return NULL;
+    }
+    if (meta(h, M_SEED, &h->seed) || heap_bounds(h, &base, &top, &n)) return NULL;
+    return PyBool_FromLong(1);
+}
+
+static PyObject *m_txn_begin(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "txn_begin()");
+    (void)args;
+    if (meta(h, M_TOP, &h->txn_top)) return NULL;
+    h->n_reused = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_made_in_txn(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "made_in_txn(addr)");
+    U64(0, a);
+    if (a >= h->txn_top) Py_RETURN_TRUE;
+    for (size_t i = 0; i < h->n_reused; i++)
+        if (h->reused[i] == a) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *m_class_of(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "class_of(addr)");
+    U64(0, a);
+    objinfo o;
+    return obj(h, a, &o) ? NULL : PyLong_FromUnsignedLongLong(o.cls);
+}
+
+static PyObject *m_new_object(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "new_object(class_index, values)");
+    U64(0, cls);
+    if (cls == C_FREE || cls > CLASS_MAX || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_ValueError, "new_object(class_index > 0, list of values)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[1]);
+    uint64_t addr, w;
+    if (new_empty(h, cls, (uint64_t)n, &addr)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (encode_top(h, PyList_GET_ITEM(args[1], i), &w) || wr64(h, body_of(addr, (uint64_t)n) + 8 * (uint64_t)i, w))
+            return NULL;
+    return PyLong_FromUnsignedLongLong(addr);
+}
+
+static PyObject *m_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "slot(addr, index)");
+    U64(0, a);
+    U64(1, i);
+    objinfo o;
+    uint64_t w;
+    if (obj(h, a, &o)) return NULL;
+    if (o.fmt != FMT_POINTERS) { corrupt(a, "has no slots"); return NULL; }
+    return slot(h, &o, i, &w) ? NULL : decode(h, w);
+}
+
+static PyObject *m_size(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "size(addr)");
+    U64(0, a);
+    objinfo o;
+    return obj(h, a, &o) ? NULL : PyLong_FromUnsignedLongLong(o.size);
+}
+
+/* vectors */
+
+static PyObject *m_vec_len(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "vec_len(v)");
+    U64(0, v);
+    vpath p;
+    return vec_open(h, v, &p) ? NULL : PyLong_FromUnsignedLongLong(p.len);
+}
+
+static PyObject *m_vec_get(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "vec_get(v, i)");
+    U64(0, v);
+    vpath p;
+    uint64_t i, w;
+    if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || vec_locate(h, v, i, 0, &p)
+        || rd64(h, item_addr(p.leaf, p.off), &w))
+        return NULL;
+    return decode(h, w);
+}
+
+static PyObject *m_vec_set(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "vec_set(v, i, value)");
+    U64(0, v);
+    vpath p;
+    uint64_t i, w;
+    if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || encode_top(h, args[2], &w)
+        || vec_locate(h, v, i, 0, &p) || wr64(h, item_addr(p.leaf, p.off), w))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_vec_insert(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "vec_insert(v, i, value)");
+    U64(0, v);
+    vpath p;
+    uint64_t i, w;
+    if (vec_open(h, v, &p) || check_index(args[1], p.len, 1, &i) || encode_top(h, args[2], &w)
+        || vec_insert_word(h, v, i, w))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_vec_append(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "vec_append(v, value)");
+    U64(0, v);
+    vpath p;
+    uint64_t w;
+    if (encode_top(h, args[1], &w) || vec_open(h, v, &p) || vec_insert_word(h, v, p.len, w)) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_vec_delete(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "vec_delete(v, i)");
+    U64(0, v);
+    vpath p;
+    uint64_t i;
+    if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || vec_delete_at(h, v, i)) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_vec_clear(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "vec_clear(v)");
+    U64(0, v);
+    vpath p;
+    uint64_t leaf;
+    if (vec_open(h, v, &p) || new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, v, 0, 0, leaf))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* vec_slice(v, start, stop) -> list of items [start, stop), clamped. */
+static PyObject *m_vec_slice(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "vec_slice(v, start, stop)");
+    U64(0, v);
+    U64(1, start);
+    U64(2, stop);
+    vpath p;
+    if (vec_open(h, v, &p)) return NULL;
+    if (stop > p.len) stop = p.len;
+    if (start > stop) start = stop;
+    uint64_t n = stop - start, *words = PyMem_Malloc((n ? n : 1) * 8);
+    if (!words) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    if (!vec_words(h, v, start, stop, words) && (out = PyList_New((Py_ssize_t)n))) {
+        for (uint64_t i = 0; i < n; i++) {
+            PyObject *item = decode(h, words[i]);
+            if (!item) { Py_CLEAR(out); break; }
+            PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+        }
+    }
+    PyMem_Free(words);
+    return out;
+}
+
+/* tables */
+
+static PyObject *m_tab_len(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "tab_len(t)");
+    U64(0, t);
+    tab tb;
+    return tab_open(h, t, &tb) ? NULL : PyLong_FromUnsignedLongLong(tb.count);
+}
+
+/* tab_get(t, key, default): default (which may be a sentinel) when absent. */
+static PyObject *m_tab_get(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "tab_get(t, key, default)");
+    U64(0, t);
+    tab tb;
+    uint64_t e, w;
+    int found = tab_lookup(h, t, args[1], &tb, &e);
+    if (found < 0) return NULL;
+    if (!found) return Py_NewRef(args[2]);
+    return rd64(h, ent(&tb, e) + 16, &w) ? NULL : decode(h, w);
+}
+
+static PyObject *m_tab_set(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "tab_set(t, key, value)");
+    U64(0, t);
+    if (tab_set(h, t, args[1], args[2])) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_tab_del(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "tab_del(t, key)");
+    U64(0, t);
+    tab tb;
+    uint64_t e;
+    int found = tab_lookup(h, t, args[1], &tb, &e);
+    if (found < 0 || (found && tab_remove_entry(h, &tb, e))) return NULL;
+    return PyBool_FromLong(found);
+}
+
+static PyObject *m_tab_clear(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "tab_clear(t)");
+    U64(0, t);
+    tab tb;
+    uint64_t none[1];
+    if (tab_open(h, t, &tb) || store_build(h, t, none, 0)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* tab_items(t, what, start, limit) -> (next, list): keys (0), values (1) or
+ * (key, value) pairs (2) of live entries from entry number start on. */
+static PyObject *m_tab_items(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(4, "tab_items(t, what, start, limit)");
+    U64(0, t);
+    U64(1, what);
+    U64(2, start);
+    U64(3, limit);
+    tab tb;
+    if (tab_open(h, t, &tb)) return NULL;
+    PyObject *out = PyList_New(0);
+    uint64_t e = start;
+    for (; out && e < tb.used && (uint64_t)PyList_GET_SIZE(out) < limit; e++) {
+        uint64_t kv[2];
+        if (rd(h, ent(&tb, e) + 8, kv, 16)) { Py_CLEAR(out); break; }
+        if (kv[0] == W_ABSENT) continue;
+        PyObject *k = what != 1 ? decode(h, kv[0]) : NULL, *v = what != 0 ? decode(h, kv[1]) : NULL;
+        PyObject *item = what == 0 ? Py_XNewRef(k) : what == 1 ? Py_XNewRef(v)
+                         : (k && v ? PyTuple_Pack(2, k, v) : NULL);
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (!item || PyList_Append(out, item)) Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    if (!out) return NULL;
+    PyObject *res = Py_BuildValue("(KN)", (unsigned long long)e, out);
+    return res;
+}
+
+/* the collector */
+
+static PyObject *m_mark(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "mark(roots)");
+    if (!PyList_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "mark(list of addresses)"); return NULL; }
+    if (mark_all(h, args[0])) {
+        PyMem_Free(h->marks);
+        h->marks = NULL;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_is_marked(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "is_marked(addr)");
+    U64(0, a);
+    if (!h->marks || a < h->marks_base || a >= h->marks_top) Py_RETURN_FALSE;
+    return PyBool_FromLong(marked(h, a));
+}
+
+static PyObject *m_sweep(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "sweep()");
+    (void)args;
+    sweep_state s;
+    memset(&s, 0, sizeof s);
+    if (!(s.pages = PyList_New(0))) return NULL;
+    if (sweep_all(h, &s)) {
+        Py_DECREF(s.pages);
+        return NULL;
+    }
+    return Py_BuildValue("{sKsKsN}", "objects", (unsigned long long)s.freed_objects,
+                         "bytes", (unsigned long long)(s.freed_words * 8), "pages", s.pages);
+}
+
+static PyObject *m_check(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "check()");
+    (void)args;
+    return heap_check(h);
+}
+
+#define M(name, doc) {#name, (PyCFunction)(void (*)(void))m_##name, METH_FASTCALL, doc}
+static PyMethodDef heap_methods[] = {
+    M(encode, "encode(value) -> word: stores the value's objects (if any)"),
+    M(decode, "decode(word) -> value or handle"),
+    M(meta, "meta(i) -> page-0 word i"),
+    M(set_meta, "set_meta(i, value)"),
+    M(format, "format(seed): write the meta words of an empty heap"),
+    M(reload, "reload() -> False if page 0 holds no object memory"),
+    M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
+    M(made_in_txn, "made_in_txn(addr) -> was the object allocated in this transaction"),
+    M(class_of, "class_of(addr) -> class index"),
+    M(new_object, "new_object(class, values) -> addr"),
+    M(slot, "slot(addr, i) -> value"),
+    M(size, "size(addr) -> slots or bytes"),
+    M(vec_len, "vec_len(v)"), M(vec_get, "vec_get(v, i)"), M(vec_set, "vec_set(v, i, x)"),
+    M(vec_insert, "vec_insert(v, i, x)"), M(vec_append, "vec_append(v, x)"),
+    M(vec_delete, "vec_delete(v, i)"), M(vec_clear, "vec_clear(v)"),
+    M(vec_slice, "vec_slice(v, start, stop) -> list"),
+    M(tab_len, "tab_len(t)"), M(tab_get, "tab_get(t, k, default)"), M(tab_set, "tab_set(t, k, v)"),
+    M(tab_del, "tab_del(t, k) -> found"), M(tab_clear, "tab_clear(t)"),
+    M(tab_items, "tab_items(t, what, start, limit) -> (next, list)"),
+    M(mark, "mark(roots): mark everything reachable into the side bitmap"),
+    M(is_marked, "is_marked(addr)"),
+    M(sweep, "sweep() -> {objects, bytes, pages}"),
+    M(check, "check() -> statistics; raises CorruptObject"),
+    {NULL, NULL, 0, NULL},
+};
+
+static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
+    PyObject *reader, *make_handle, *make_special, *handle_type;
+    static char *names[] = {"reader", "make_handle", "make_special", "handle_type", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO", names, &PageReaderType, &reader,
+                                     &make_handle, &make_special, &handle_type))
+        return -1;
+    if (!PyType_Check(handle_type)) {
+        PyErr_SetString(PyExc_TypeError, "handle_type must be a class");
+        return -1;
+    }
+    Py_XSETREF(h->r, (PageReader *)Py_NewRef(reader));
+    Py_XSETREF(h->make_handle, Py_NewRef(make_handle));
+    Py_XSETREF(h->make_special, Py_NewRef(make_special));
+    Py_XSETREF(h->handle_type, Py_NewRef(handle_type));
+    h->page_size = (uint64_t)h->r->page_size;
+    /* A leaf or node fills one page: a full leaf is one page write away. */
+    h->leaf_max = h->page_size / 8 - 2;
+    h->node_max = (h->page_size / 8 - 2) / 2;
+    return 0;
+}
+
+static void heap_dealloc(Heap *h) {
+    Py_XDECREF(h->r);
+    Py_XDECREF(h->make_handle);
+    Py_XDECREF(h->make_special);
+    Py_XDECREF(h->handle_type);
+    PyMem_Free(h->reused);
+    PyMem_Free(h->marks);
+    PyMem_Free(h->stack);
+    PyMem_Free(h->scratch);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyTypeObject HeapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native._fastpath.Heap",
+    .tp_basicsize = sizeof(Heap),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The object memory's bytes over one PageReader; see native/objmem.c.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)heap_init,
+    .tp_dealloc = (destructor)heap_dealloc,
+    .tp_methods = heap_methods,
+};
+
+static PyObject *set_errors(PyObject *mod, PyObject *args) {
+    PyObject *corrupt_cls, *stale_cls;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "OO", &corrupt_cls, &stale_cls)) return NULL;
+    Py_XSETREF(CorruptObject, Py_NewRef(corrupt_cls));
+    Py_XSETREF(StaleHandle, Py_NewRef(stale_cls));
+    Py_RETURN_NONE;
+}
+
+/* layout() -> the constants image/ shares with this file, so they are written once. */
+static PyObject *layout(PyObject *mod, PyObject *noargs) {
+    (void)mod; (void)noargs;
+    PyObject *classes = PyList_New(0);
+    for (int c = 0; classes && c < N_SYSTEM_CLASSES; c++) {
+        PyObject *name = system_classes[c].name ? PyUnicode_FromString(system_classes[c].name)
+                                                : PyUnicode_FromFormat("reserved-%d", c);
+        if (!name || PyList_Append(classes, name)) Py_CLEAR(classes);
+        Py_XDECREF(name);
+    }
+    if (!classes) return NULL;
+    static const struct { const char *name; int value; } names[] = {
+        {"C_VECTOR", C_VECTOR}, {"C_TABLE", C_TABLE}, {"C_BLOB", C_BLOB}, {"C_TUPLE", C_TUPLE},
+        {"C_PAIR", C_PAIR}, {"C_SYMBOL", C_SYMBOL}, {"C_RECORD", C_RECORD},
+        {"N_SYSTEM_CLASSES", N_SYSTEM_CLASSES},
+        {"M_ROOT", M_ROOT}, {"M_CLASSES", M_CLASSES}, {"M_SYMBOLS", M_SYMBOLS}, {"M_BLOBS", M_BLOBS},
+        {"M_NCLASSES", M_NCLASSES}, {"M_OBJECTS", M_OBJECTS}, {"M_OBJ_WORDS", M_OBJ_WORDS},
+        {"M_FREE_WORDS", M_FREE_WORDS}, {"M_FREE_CHUNKS", M_FREE_CHUNKS}, {"M_GCS", M_GCS},
+        {"M_ACTORS", M_ACTORS}, {"M_BLOB_KEY", M_BLOB_KEY}, {"M_TOP", M_TOP}, {"M_BASE", M_BASE},
+        {"META_WORDS", META_WORDS}};
+    PyObject *d = PyDict_New();
+    if (!d || PyDict_SetItemString(d, "classes", classes)) { Py_XDECREF(d); Py_DECREF(classes); return NULL; }
+    Py_DECREF(classes);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        PyObject *v = PyLong_FromLong(names[i].value);
+        if (!v || PyDict_SetItemString(d, names[i].name, v)) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyMethodDef objmem_functions[] = {
+    {"set_errors", set_errors, METH_VARARGS, "set_errors(CorruptObject, StaleHandle)"},
+    {"layout", layout, METH_NOARGS, "layout() -> the object memory's constants"},
+    {NULL, NULL, 0, NULL},
+};
+
+int objmem_add_to_module(PyObject *m) {
+    if (PyType_Ready(&HeapType) < 0) return -1;
+    if (PyModule_AddObjectRef(m, "Heap", (PyObject *)&HeapType) < 0) return -1;
+    return PyModule_AddFunctions(m, objmem_functions);
+}
