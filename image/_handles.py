@@ -51,12 +51,12 @@ class Handle:
 
 def _mutator(method):
     """Runs method in the current transaction, or in its own (autocommit)."""
-    def run(self, *args):
+    def run(self, *args, **kwargs):
         img = self._img
         if img._depth:
-            return method(self, *args)
+            return method(self, *args, **kwargs)
         with img.transaction():
-            return method(self, *args)
+            return method(self, *args, **kwargs)
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
     return run

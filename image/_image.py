@@ -10,12 +10,13 @@ from typing import Any
 
 import zstandard
 
-from image._errors import ImageError, ReadOnlyImage, TransactionAborted
+from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle, TransactionAborted
 from image._handles import Blob, Handle, Object, Special, Table, Vector, _Stale, make_stale
 from native import _fastpath
 from pager import CorruptImage, PageStore, PagerError
 
 LAYOUT = _fastpath.layout()
+_fastpath.set_errors(CorruptObject, StaleHandle)
 _HANDLE_CLASSES = {LAYOUT["C_VECTOR"]: Vector, LAYOUT["C_TABLE"]: Table,
                    LAYOUT["C_BLOB"]: Blob}
 _MISSING = object()
