@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import weakref
 from typing import Any
 
 import zstandard
@@ -72,11 +71,11 @@ class Image:
     def __init__(self, store: PageStore) -> None:
         self._store = store
         self.readonly = store.readonly
-        self._handles: weakref.WeakValueDictionary[int, Handle] = weakref.WeakValueDictionary()
-        self._heap = _fastpath.Heap(store.page_reader, self._make_handle, _make_special, Handle)
+        # The heap makes handles (one per address, cached weakly) in C.
+        self._heap = _fastpath.Heap(store.page_reader, self, Handle, _HANDLE_CLASSES, Object,
+                                    _make_special)
         self._depth = 0          # transaction nesting; 0: autocommit
         self._doomed = False     # an inner transaction failed: the outer rolls back
-        self._new_handles: list[weakref.ref] = []
         self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
         if not self._heap.reload():
             if self.readonly or store.head > 0:
@@ -101,19 +100,6 @@ class Image:
         self._store.commit(b"image: formatted")
 
     # -- handles -------------------------------------------------------------
-
-    def _make_handle(self, class_index: int, addr: int) -> Handle:
-        handle = self._handles.get(addr)
-        if handle is None:
-            kind = _HANDLE_CLASSES.get(class_index, Object)
-            handle = kind.__new__(kind)
-            handle._img = self
-            handle._heap = self._heap
-            handle._addr = addr
-            self._handles[addr] = handle
-            if self._depth and self._heap.made_in_txn(addr):
-                self._new_handles.append(weakref.ref(handle))
-        return handle
 
     @property
     def root(self) -> Table:
@@ -140,7 +126,6 @@ class Image:
         if self._depth == 0:
             self._heap.txn_begin()
             self._doomed = False
-            self._new_handles.clear()
         self._depth += 1
 
     def _end(self, note: bytes) -> None:
@@ -165,7 +150,7 @@ class Image:
         except BaseException:
             self._rollback()
             raise
-        self._new_handles.clear()
+        self._heap.txn_end()
 
     def _abort(self) -> None:
         self._depth -= 1
@@ -177,12 +162,9 @@ class Image:
     def _rollback(self) -> None:
         """Drops every change since the transaction began; handles of objects
         made in it go stale."""
-        for ref in self._new_handles:
-            handle = ref()
-            if handle is not None:
-                self._handles.pop(handle._addr, None)
-                make_stale(handle)
-        self._new_handles.clear()
+        for handle in self._heap.txn_end():
+            self._heap.forget_handle(handle._addr)
+            make_stale(handle)
         try:
             self._store.rollback()
             self._heap.reload()
@@ -202,7 +184,7 @@ class Image:
                 return found
             packed = zstandard.ZstdCompressor(level=_BLOB_LEVEL).compress(data)
             addr = self._heap.new_object(LAYOUT["C_BLOB"], [digest, packed, len(data)])
-            blob = self._make_handle(LAYOUT["C_BLOB"], addr)
+            blob = self._heap.decode(addr)
             self._heap.tab_set(index, digest, blob)
         return blob
 
@@ -260,9 +242,8 @@ class Image:
         if self._depth:
             self._depth = 0
             self._rollback()
-        for handle in list(self._handles.values()):
+        for handle in self._heap.live_handles().values():
             make_stale(handle)
-        self._handles.clear()
         store, self._store = self._store, None
         store.close()
 
@@ -302,7 +283,7 @@ class Collection:
     def step(self) -> None:
         img, heap = self.img, self.img._heap
         if self.phase is Phase.ROOTS:
-            self.roots = [addr for addr, h in list(img._handles.items()) if type(h) is not _Stale]
+            self.roots = [addr for addr, h in heap.live_handles().items() if type(h) is not _Stale]
             self.phase = Phase.MARK
         elif self.phase is Phase.MARK:
             heap.mark(self.roots)

@@ -170,10 +170,24 @@ enum {
 #define B_DATA 1
 #define B_LENGTH 2
 
+/* Page pointers remembered within one call into the Heap.  A pointer the
+ * core gives out is valid until that page is written (copy-on-write moves
+ * it), or the store commits, rolls back or refreshes (which frees dirty
+ * copies); none of that can happen inside a Heap method except through our
+ * own writes, which drop the page, or through Python code we call out to,
+ * after which the whole cache is dropped (pc_clear).  Every method starts
+ * with an empty cache. */
+#define PAGE_CACHE 16
+
 typedef struct {
     PyObject_HEAD
     PageReader *r;
-    PyObject *make_handle;    /* make_handle(class_index, addr) -> handle */
+    PyObject *handle_classes; /* class index -> handle class; others get default_class */
+    PyObject *default_class;
+    PyObject *img_ref;        /* weakref to the Image, which handles hold as _img */
+    PyObject *txn_made;       /* list: weakrefs of handles made in this transaction */
+    int in_txn;
+    Py_ssize_t handles_after_sweep;
     PyObject *make_special;   /* make_special(kind, payload) -> value, for chars, '(), eof */
     PyObject *handle_type;    /* handles are instances; they carry _heap and _addr */
     uint64_t page_size;
@@ -188,6 +202,8 @@ typedef struct {
     size_t n_stack, cap_stack;
     uint64_t *scratch;        /* a reusable buffer for node and store images */
     size_t cap_scratch;
+    PyObject *handles;        /* addr -> weakref of its one handle; dead ones pruned */
+    struct { uint64_t page; const uint8_t *bytes; } pages[PAGE_CACHE];
 } Heap;
 
 static PyObject *CorruptObject;   /* image.CorruptObject, set by set_errors() */
@@ -236,6 +252,8 @@ static int corrupt(uint64_t addr, const char *fmt, ...) {
     return -1;
 }
 
+static void pc_clear(Heap *h);
+
 /* The core refused an access: let the store say why (closed, failed,
  * read-only, a damaged page), in its own exception. */
 static int store_error(Heap *h, const char *kind, uint64_t addr, uint64_t len) {
@@ -257,6 +275,7 @@ static int store_error(Heap *h, const char *kind, uint64_t addr, uint64_t len) {
         /* A write that failed for want of memory is the only case a retry
          * through the fallback can pass; its result is then an empty write. */
         res = reader_fallback(h->r, kind, args, n);
+        pc_clear(h);
     }
     for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(args[i]);
     if (!res) return -1;
@@ -270,23 +289,60 @@ static int store_error(Heap *h, const char *kind, uint64_t addr, uint64_t len) {
 
 /* -- raw access --------------------------------------------------------------- */
 
-static int rd(Heap *h, uint64_t addr, void *out, uint64_t len) {
+static void pc_clear(Heap *h) {
+    for (int i = 0; i < PAGE_CACHE; i++) h->pages[i].page = UINT64_MAX;
+}
+
+static void pc_drop(Heap *h, uint64_t addr, uint64_t len) {
+    uint64_t first = addr / h->page_size, last = (addr + (len ? len - 1 : 0)) / h->page_size;
+    if (last - first >= PAGE_CACHE) { pc_clear(h); return; }
+    for (uint64_t p = first; p <= last; p++)
+        if (h->pages[p & (PAGE_CACHE - 1)].page == p) h->pages[p & (PAGE_CACHE - 1)].page = UINT64_MAX;
+}
+
+/* The bytes of page p (NULL when the core refuses: unbound, damaged, range). */
+static const uint8_t *page_bytes(Heap *h, uint64_t p) {
+    unsigned slot = (unsigned)(p & (PAGE_CACHE - 1));
+    if (h->pages[slot].page == p) return h->pages[slot].bytes;
     PageReader *r = h->r;
-    if (!r->tree || core_read(r->tree, r->dirty, addr, out, len))
-        return store_error(h, "read_bytes", addr, len);
+    if (!r->tree) return NULL;
+    const uint8_t *bytes = core_page_read(r->tree, r->dirty, p);
+    if (bytes) {
+        h->pages[slot].page = p;
+        h->pages[slot].bytes = bytes;
+    }
+    return bytes;
+}
+
+static int rd(Heap *h, uint64_t addr, void *out, uint64_t len) {
+    uint64_t ps = h->page_size;
+    uint8_t *dst = out;
+    if (addr > MAX_HEAP || len > MAX_HEAP) return store_error(h, "read_bytes", addr, len);
+    while (len) {
+        uint64_t off = addr & (ps - 1), n = ps - off < len ? ps - off : len;
+        const uint8_t *p = page_bytes(h, addr / ps);
+        if (!p) return store_error(h, "read_bytes", addr, len);
+        memcpy(dst, p + off, n);
+        dst += n; addr += n; len -= n;
+    }
     return 0;
 }
 
 static int rd64(Heap *h, uint64_t addr, uint64_t *out) {
-    PageReader *r = h->r;
-    if (!r->tree || core_read_u64(r->tree, r->dirty, addr, out))
-        return store_error(h, "read_bytes", addr, 8);
-    return 0;
+    uint64_t off = addr & (h->page_size - 1);
+    if (off + 8 <= h->page_size && addr <= MAX_HEAP) {
+        const uint8_t *p = page_bytes(h, addr / h->page_size);
+        if (!p) return store_error(h, "read_bytes", addr, 8);
+        memcpy(out, p + off, 8);
+        return 0;
+    }
+    return rd(h, addr, out, 8);
 }
 
 static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, len);
+    pc_drop(h, addr, len);
     if (core_write(r->tree, r->dirty, addr, src, len)) return store_error(h, "read_bytes", addr, len);
     return 0;
 }
@@ -294,6 +350,7 @@ static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
 static int wr64(Heap *h, uint64_t addr, uint64_t value) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, 8);
+    pc_drop(h, addr, 8);
     if (core_write_u64(r->tree, r->dirty, addr, value))
         return store_error(h, "read_bytes", addr, 8);
     return 0;
@@ -312,9 +369,8 @@ static int add_meta(Heap *h, int i, int64_t delta) {
  * copied into the heap's scratch buffer (valid until the next view). */
 static const uint64_t *view(Heap *h, uint64_t addr, uint64_t n) {
     uint64_t ps = h->page_size, off = addr & (ps - 1);
-    PageReader *r = h->r;
-    if (n && r->tree && off + n * 8 <= ps) {
-        const uint8_t *p = core_page_read(r->tree, r->dirty, addr / ps);
+    if (n && off + n * 8 <= ps && addr <= MAX_HEAP) {
+        const uint8_t *p = page_bytes(h, addr / ps);
         if (p) return (const uint64_t *)(p + off);
     }
     if (n > h->cap_scratch) {
@@ -662,6 +718,7 @@ static int is_handle(Heap *h, PyObject *v) {
 /* The word of a handle of this heap. */
 static int handle_word(Heap *h, PyObject *v, uint64_t *out) {
     PyObject *owner = PyObject_GetAttrString(v, "_heap");
+    pc_clear(h);   /* attribute lookups may run Python code (a subclass's __getattr__) */
     if (!owner) return -1;
     int mine = owner == (PyObject *)h, stale = owner == Py_None;
     Py_DECREF(owner);
@@ -677,6 +734,7 @@ static int handle_word(Heap *h, PyObject *v, uint64_t *out) {
         return -1;
     }
     PyObject *a = PyObject_GetAttrString(v, "_addr");
+    pc_clear(h);
     if (!a) return -1;
     uint64_t addr;
     int bad = as_u64(a, &addr);
@@ -764,6 +822,7 @@ static int encode_bigint(Heap *h, PyObject *v, uint64_t *out) {
         Py_XDECREF(args); Py_XDECREF(kw); Py_XDECREF(fn);
         if (!b) return -1;
     }
+    pc_clear(h);   /* an int subclass may run Python code in these methods */
     int rc = new_bytes(h, C_BIGINT, PyBytes_AS_STRING(b), (uint64_t)PyBytes_GET_SIZE(b), out);
     Py_DECREF(b);
     return rc;
@@ -901,6 +960,92 @@ static PyObject *decode_tuple(Heap *h, const objinfo *o) {
     return t;
 }
 
+/* -- handles ----------------------------------------------------------------------- */
+/*
+** One handle per address: `handles` maps each address to a weak reference
+** to its handle.  Dead references are left in place (a lookup treats them as
+** missing) and pruned when the map has doubled since the last pruning, which
+** keeps handle creation free of weakref callbacks.  A handle is an instance of
+** a Python class with slots _img, _heap and _addr (image/_handles.py).
+*/
+
+static PyObject *S_img, *S_heap, *S_addr;   /* interned slot names */
+
+static int made_in_txn(Heap *h, uint64_t addr) {
+    if (addr >= h->txn_top) return 1;
+    for (size_t i = 0; i < h->n_reused; i++)
+        if (h->reused[i] == addr) return 1;
+    return 0;
+}
+
+static int prune_handles(Heap *h) {
+    PyObject *live = PyDict_New(), *key, *ref;
+    Py_ssize_t pos = 0;
+    if (!live) return -1;
+    while (PyDict_Next(h->handles, &pos, &key, &ref)) {
+        PyObject *o = PyWeakref_GetObject(ref);
+        if (o && o != Py_None && PyDict_SetItem(live, key, ref)) { Py_DECREF(live); return -1; }
+    }
+    Py_SETREF(h->handles, live);
+    h->handles_after_sweep = PyDict_GET_SIZE(live);
+    return 0;
+}
+
+static PyObject *new_handle(Heap *h, uint64_t cls, uint64_t addr, PyObject *key) {
+    PyObject *c = PyLong_FromUnsignedLongLong(cls);
+    if (!c) return NULL;
+    PyObject *type = PyDict_GetItemWithError(h->handle_classes, c);
+    Py_DECREF(c);
+    if (!type && PyErr_Occurred()) return NULL;
+    if (!type) type = h->default_class;
+    PyObject *img = PyWeakref_GetObject(h->img_ref);
+    if (!img || img == Py_None) {
+        PyErr_SetString(StaleHandle ? StaleHandle : PyExc_ValueError, "the image is gone");
+        return NULL;
+    }
+    PyObject *handle = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    if (!handle) return NULL;
+    PyObject *ref = NULL;
+    if (PyObject_SetAttr(handle, S_img, img) || PyObject_SetAttr(handle, S_heap, (PyObject *)h)
+        || PyObject_SetAttr(handle, S_addr, key) || !(ref = PyWeakref_NewRef(handle, NULL))
+        || PyDict_SetItem(h->handles, key, ref)
+        || (h->in_txn && made_in_txn(h, addr) && PyList_Append(h->txn_made, ref))) {
+        Py_XDECREF(ref);
+        Py_DECREF(handle);
+        return NULL;
+    }
+    Py_DECREF(ref);
+    return handle;
+}
+
+/* The one handle of addr, whose object is of class cls. */
+static PyObject *make_handle(Heap *h, uint64_t cls, uint64_t addr) {
+    PyObject *key = PyLong_FromUnsignedLongLong(addr);
+    if (!key) return NULL;
+    PyObject *ref = PyDict_GetItemWithError(h->handles, key), *handle = NULL;
+    if (ref) {
+        handle = PyWeakref_GetObject(ref);
+        if (handle && handle != Py_None) { Py_DECREF(key); return Py_NewRef(handle); }
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(h->handles) > 2 * h->handles_after_sweep + 1024 && prune_handles(h)) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    handle = new_handle(h, cls, addr, key);
+    Py_DECREF(key);
+    pc_clear(h);   /* setting attributes of a Python class may run Python code */
+    return handle;
+}
+
+static PyObject *special(Heap *h, const char *kind, uint64_t value) {
+    PyObject *v = PyObject_CallFunction(h->make_special, "sK", kind, (unsigned long long)value);
+    pc_clear(h);
+    return v;
+}
+
 static PyObject *decode_object(Heap *h, uint64_t addr) {
     objinfo o;
     if (obj(h, addr, &o)) return NULL;
@@ -924,8 +1069,7 @@ static PyObject *decode_object(Heap *h, uint64_t addr) {
         corrupt(addr, "a reference to the inside of a vector or table");
         return NULL;
     default:
-        return PyObject_CallFunction(h->make_handle, "KK", (unsigned long long)o.cls,
-                                     (unsigned long long)addr);
+        return make_handle(h, o.cls, addr);
     }
 }
 
@@ -945,13 +1089,13 @@ static PyObject *decode(Heap *h, uint64_t w) {
     }
     case TAG_FLOAT: return PyFloat_FromDouble(word_float(w));
     case TAG_CHAR:
-        return PyObject_CallFunction(h->make_special, "sK", "char", (unsigned long long)(w >> 3));
+        return special(h, "char", w >> 3);
     case TAG_SPECIAL:
         if (w == W_NONE) Py_RETURN_NONE;
         if (w == W_TRUE) Py_RETURN_TRUE;
         if (w == W_FALSE) Py_RETURN_FALSE;
-        if (w == W_NIL) return PyObject_CallFunction(h->make_special, "sK", "nil", 0ull);
-        if (w == W_EOF) return PyObject_CallFunction(h->make_special, "sK", "eof", 0ull);
+        if (w == W_NIL) return special(h, "nil", 0);
+        if (w == W_EOF) return special(h, "eof", 0);
         /* fall through: ABSENT and unknown specials are never values */
     default:
         corrupt(0, "0x%llx is not a value word", (unsigned long long)w);
@@ -1340,6 +1484,7 @@ static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
             x = 0;   /* NaN: Python hashes it by identity, which does not persist */
         } else {
             Py_hash_t ph = PyObject_Hash(k);
+            pc_clear(h);   /* a subclass's __hash__ is Python code */
             if (ph == -1 && PyErr_Occurred()) return -1;
             x = mix64((uint64_t)ph);
         }
@@ -1422,6 +1567,7 @@ static int key_equals(Heap *h, uint64_t w, PyObject *k, uint64_t kimm) {
     PyObject *stored = decode(h, w);   /* numbers of other types, tuples */
     if (!stored) return -1;
     int eq = PyObject_RichCompareBool(stored, k, Py_EQ);
+    pc_clear(h);
     Py_DECREF(stored);
     return eq;
 }
@@ -1946,7 +2092,7 @@ static int nargs_is(Py_ssize_t got, Py_ssize_t want, const char *sig) {
     return -1;
 }
 
-#define ARGS(n, sig) if (nargs_is(nargs, n, sig)) return NULL
+#define ARGS(n, sig) pc_clear(h); if (nargs_is(nargs, n, sig)) return NULL
 #define U64(i, var) uint64_t var; if (arg_u64(args, i, &var)) return NULL
 
 static PyObject *m_encode(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2015,16 +2161,51 @@ static PyObject *m_txn_begin(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     (void)args;
     if (meta(h, M_TOP, &h->txn_top)) return NULL;
     h->n_reused = 0;
+    h->in_txn = 1;
+    if (PyList_SetSlice(h->txn_made, 0, PY_SSIZE_T_MAX, NULL)) return NULL;
     Py_RETURN_NONE;
+}
+
+/* txn_end() -> the live handles of objects made in the transaction. */
+static PyObject *m_txn_end(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "txn_end()");
+    (void)args;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out && i < PyList_GET_SIZE(h->txn_made); i++) {
+        PyObject *o = PyWeakref_GetObject(PyList_GET_ITEM(h->txn_made, i));
+        if (o && o != Py_None && PyList_Append(out, o)) Py_CLEAR(out);
+    }
+    h->in_txn = 0;
+    h->n_reused = 0;
+    if (PyList_SetSlice(h->txn_made, 0, PY_SSIZE_T_MAX, NULL)) Py_CLEAR(out);
+    return out;
 }
 
 static PyObject *m_made_in_txn(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(1, "made_in_txn(addr)");
     U64(0, a);
-    if (a >= h->txn_top) Py_RETURN_TRUE;
-    for (size_t i = 0; i < h->n_reused; i++)
-        if (h->reused[i] == a) Py_RETURN_TRUE;
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(h->in_txn && made_in_txn(h, a));
+}
+
+/* live_handles() -> {addr: handle} of every live handle. */
+static PyObject *m_live_handles(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "live_handles()");
+    (void)args;
+    if (prune_handles(h)) return NULL;
+    PyObject *out = PyDict_New(), *key, *ref;
+    Py_ssize_t pos = 0;
+    while (out && PyDict_Next(h->handles, &pos, &key, &ref)) {
+        PyObject *o = PyWeakref_GetObject(ref);
+        if (o && o != Py_None && PyDict_SetItem(out, key, o)) Py_CLEAR(out);
+    }
+    return out;
+}
+
+static PyObject *m_forget_handle(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "forget_handle(addr)");
+    if (PyDict_DelItem(h->handles, args[0]) && !PyErr_ExceptionMatches(PyExc_KeyError)) return NULL;
+    PyErr_Clear();
+    Py_RETURN_NONE;
 }
 
 static PyObject *m_class_of(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2288,6 +2469,9 @@ static PyMethodDef heap_methods[] = {
     M(reload, "reload() -> False if page 0 holds no object memory"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
     M(made_in_txn, "made_in_txn(addr) -> was the object allocated in this transaction"),
+    M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
+    M(live_handles, "live_handles() -> {addr: handle}"),
+    M(forget_handle, "forget_handle(addr): the address has no handle any more"),
     M(class_of, "class_of(addr) -> class index"),
     M(new_object, "new_object(class, values) -> addr"),
     M(slot, "slot(addr, i) -> value"),
@@ -2307,29 +2491,43 @@ static PyMethodDef heap_methods[] = {
 };
 
 static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
-    PyObject *reader, *make_handle, *make_special, *handle_type;
-    static char *names[] = {"reader", "make_handle", "make_special", "handle_type", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO", names, &PageReaderType, &reader,
-                                     &make_handle, &make_special, &handle_type))
+    PyObject *reader, *img, *handle_type, *classes, *default_class, *make_special;
+    static char *names[] = {"reader", "image", "handle_type", "handle_classes", "default_class",
+                            "make_special", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOO!OO", names, &PageReaderType, &reader, &img,
+                                     &handle_type, &PyDict_Type, &classes, &default_class,
+                                     &make_special))
         return -1;
-    if (!PyType_Check(handle_type)) {
-        PyErr_SetString(PyExc_TypeError, "handle_type must be a class");
+    if (!PyType_Check(handle_type) || !PyType_Check(default_class)) {
+        PyErr_SetString(PyExc_TypeError, "handle_type and default_class must be classes");
         return -1;
     }
+    PyObject *ref = PyWeakref_NewRef(img, NULL);
+    if (!ref) return -1;
+    Py_XSETREF(h->img_ref, ref);
     Py_XSETREF(h->r, (PageReader *)Py_NewRef(reader));
-    Py_XSETREF(h->make_handle, Py_NewRef(make_handle));
-    Py_XSETREF(h->make_special, Py_NewRef(make_special));
     Py_XSETREF(h->handle_type, Py_NewRef(handle_type));
+    Py_XSETREF(h->handle_classes, Py_NewRef(classes));
+    Py_XSETREF(h->default_class, Py_NewRef(default_class));
+    Py_XSETREF(h->make_special, Py_NewRef(make_special));
+    Py_XSETREF(h->handles, PyDict_New());
+    Py_XSETREF(h->txn_made, PyList_New(0));
+    if (!h->handles || !h->txn_made) return -1;
     h->page_size = (uint64_t)h->r->page_size;
     /* A leaf or node fills one page: a full leaf is one page write away. */
     h->leaf_max = h->page_size / 8 - 2;
     h->node_max = (h->page_size / 8 - 2) / 2;
+    pc_clear(h);
     return 0;
 }
 
 static void heap_dealloc(Heap *h) {
     Py_XDECREF(h->r);
-    Py_XDECREF(h->make_handle);
+    Py_XDECREF(h->img_ref);
+    Py_XDECREF(h->handle_classes);
+    Py_XDECREF(h->default_class);
+    Py_XDECREF(h->handles);
+    Py_XDECREF(h->txn_made);
     Py_XDECREF(h->make_special);
     Py_XDECREF(h->handle_type);
     PyMem_Free(h->reused);
@@ -2398,6 +2596,9 @@ static PyMethodDef objmem_functions[] = {
 };
 
 int objmem_add_to_module(PyObject *m) {
+    if (!(S_img = PyUnicode_InternFromString("_img")) || !(S_heap = PyUnicode_InternFromString("_heap"))
+        || !(S_addr = PyUnicode_InternFromString("_addr")))
+        return -1;
     if (PyType_Ready(&HeapType) < 0) return -1;
     if (PyModule_AddObjectRef(m, "Heap", (PyObject *)&HeapType) < 0) return -1;
     return PyModule_AddFunctions(m, objmem_functions);
