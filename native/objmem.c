@@ -126,7 +126,7 @@ static const class_def system_classes[N_SYSTEM_CLASSES] = {
     [C_FREE] = {"free", FMT_WORDS, -1},       [C_FLOAT] = {"float", FMT_WORDS, 1},
     [C_BIGINT] = {"bigint", FMT_BYTES, -1},   [C_STRING] = {"string", FMT_BYTES, -1},
     [C_BYTES] = {"bytes", FMT_BYTES, -1},     [C_TUPLE] = {"tuple", FMT_POINTERS, -1},
-    [C_VECTOR] = {"vector", FMT_POINTERS, 3}, [C_VLEAF] = {"vector-leaf", FMT_POINTERS, -1},
+    [C_VECTOR] = {"vector", FMT_POINTERS, 2}, [C_VLEAF] = {"vector-leaf", FMT_POINTERS, -1},
     [C_VNODE] = {"vector-node", FMT_POINTERS, -1}, [C_TABLE] = {"table", FMT_POINTERS, 3},
     [C_TSTORE] = {"table-store", FMT_POINTERS, -1}, [C_BLOB] = {"blob", FMT_POINTERS, 3},
     [C_PAIR] = {"pair", FMT_POINTERS, 2},     [C_SYMBOL] = {"symbol", FMT_POINTERS, -1},
@@ -160,9 +160,8 @@ enum {
 #define TABLE_LINEAR 8         /* stores this small have no index: a scan is cheaper */
 
 /* Vector header slots, leaf and node layout. */
-#define V_LEN 0
-#define V_HEIGHT 1
-#define V_ROOT 2
+#define V_HEIGHT 0
+#define V_ROOT 1
 #define T_COUNT 0
 #define T_USED 1
 #define T_STORE 2
@@ -191,6 +190,7 @@ typedef struct {
     PyObject *make_special;   /* make_special(kind, payload) -> value, for chars, '(), eof */
     PyObject *handle_type;    /* handles are instances; they carry _heap and _addr */
     uint64_t page_size;
+    int page_shift;
     uint64_t seed;            /* keyed hash of table keys; fixed at format */
     uint64_t leaf_max, node_max;
     uint64_t txn_top;         /* M_TOP when the transaction began */
@@ -294,7 +294,7 @@ static void pc_clear(Heap *h) {
 }
 
 static void pc_drop(Heap *h, uint64_t addr, uint64_t len) {
-    uint64_t first = addr / h->page_size, last = (addr + (len ? len - 1 : 0)) / h->page_size;
+    uint64_t first = addr >> h->page_shift, last = (addr + (len ? len - 1 : 0)) >> h->page_shift;
     if (last - first >= PAGE_CACHE) { pc_clear(h); return; }
     for (uint64_t p = first; p <= last; p++)
         if (h->pages[p & (PAGE_CACHE - 1)].page == p) h->pages[p & (PAGE_CACHE - 1)].page = UINT64_MAX;
@@ -320,7 +320,7 @@ static int rd(Heap *h, uint64_t addr, void *out, uint64_t len) {
     if (addr > MAX_HEAP || len > MAX_HEAP) return store_error(h, "read_bytes", addr, len);
     while (len) {
         uint64_t off = addr & (ps - 1), n = ps - off < len ? ps - off : len;
-        const uint8_t *p = page_bytes(h, addr / ps);
+        const uint8_t *p = page_bytes(h, addr >> h->page_shift);
         if (!p) return store_error(h, "read_bytes", addr, len);
         memcpy(dst, p + off, n);
         dst += n; addr += n; len -= n;
@@ -331,7 +331,7 @@ static int rd(Heap *h, uint64_t addr, void *out, uint64_t len) {
 static int rd64(Heap *h, uint64_t addr, uint64_t *out) {
     uint64_t off = addr & (h->page_size - 1);
     if (off + 8 <= h->page_size && addr <= MAX_HEAP) {
-        const uint8_t *p = page_bytes(h, addr / h->page_size);
+        const uint8_t *p = page_bytes(h, addr >> h->page_shift);
         if (!p) return store_error(h, "read_bytes", addr, 8);
         memcpy(out, p + off, 8);
         return 0;
@@ -370,7 +370,7 @@ static int add_meta(Heap *h, int i, int64_t delta) {
 static const uint64_t *view(Heap *h, uint64_t addr, uint64_t n) {
     uint64_t ps = h->page_size, off = addr & (ps - 1);
     if (n && off + n * 8 <= ps && addr <= MAX_HEAP) {
-        const uint8_t *p = page_bytes(h, addr / ps);
+        const uint8_t *p = page_bytes(h, addr >> h->page_shift);
         if (p) return (const uint64_t *)(p + off);
     }
     if (n > h->cap_scratch) {
@@ -621,28 +621,38 @@ static int take_free(Heap *h, uint64_t words, uint64_t *out) {
     return 0;
 }
 
+/* The meta words an allocation reads and changes, read and written as one
+ * block (M_TOP..M_FREE_WORDS are contiguous in page 0). */
+#define ACCT_FIRST M_TOP
+#define ACCT_WORDS (M_FREE_WORDS - M_TOP + 1)
+#define ACCT(m) ((m) - ACCT_FIRST)
+
 /* A new object of class cls: header written, payload left to the caller
  * (which must write every payload word). */
 static int alloc(Heap *h, uint64_t cls, unsigned fmt, uint64_t size, uint64_t *out) {
-    uint64_t words = object_words(fmt, size), addr, top;
+    uint64_t words = object_words(fmt, size), addr, acct[ACCT_WORDS];
     if (size > MAX_HEAP) { PyErr_SetString(PyExc_MemoryError, "object too large"); return -1; }
     int got = 0;
-    uint64_t free_words;
-    if (meta(h, M_FREE_WORDS, &free_words)) return -1;
-    if (free_words && (got = take_free(h, words, &addr)) < 0) return -1;
+    if (rd(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;
+    if (acct[ACCT(M_FREE_WORDS)]) {
+        if ((got = take_free(h, words, &addr)) < 0) return -1;
+        if (got && rd(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;   /* take_free changed them */
+    }
     if (!got) {
-        if (meta(h, M_TOP, &top)) return -1;
-        if (top + words * 8 > MAX_HEAP) {
+        uint64_t top = acct[ACCT(M_TOP)];
+        if (top + words * 8 > MAX_HEAP || top + words * 8 < top) {
             PyErr_SetString(PyExc_MemoryError, "the image's heap is full");
             return -1;
         }
         addr = top;
-        if (set_meta(h, M_TOP, top + words * 8)) return -1;
+        acct[ACCT(M_TOP)] = top + words * 8;
     }
+    acct[ACCT(M_OBJECTS)] += 1;
+    acct[ACCT(M_OBJ_WORDS)] += words;
+    if (wr(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;
     uint64_t hd[2] = {make_header(cls, fmt, size, addr), size};
     if (wr(h, addr, hd, size >= SIZE_OVERFLOW ? 16 : 8)) return -1;
     if (payload_words(fmt, size) == 0 && wr64(h, addr + 8, 0)) return -1;
-    if (add_meta(h, M_OBJECTS, 1) || add_meta(h, M_OBJ_WORDS, (int64_t)words)) return -1;
     *out = addr;
     return 0;
 }
@@ -806,6 +816,23 @@ static int memo_put(PyObject **memo, PyObject *v, uint64_t w) {
     return rc;
 }
 
+static int store_build(Heap *h, uint64_t taddr, const uint64_t *triples, uint64_t n);
+static int new_leaf(Heap *h, uint64_t cap, const uint64_t *items, uint64_t n, uint64_t *out);
+static int vec_header_set(Heap *h, uint64_t vaddr, int height, uint64_t root);
+
+/* Storing a container failed half way (an unsupported item, say): its header
+ * is already allocated, so make it a valid empty container, which the heap
+ * verifier accepts and the collector frees.  The error being raised stays. */
+static void unbuilt(Heap *h, uint64_t addr, uint64_t cls) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    uint64_t leaf, none[1];
+    int rc = cls == C_VECTOR ? new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, addr, 0, leaf)
+                             : store_build(h, addr, none, 0);
+    if (rc) PyErr_Clear();   /* the first error is the one to report */
+    PyErr_Restore(type, value, tb);
+}
+
 static int encode_bigint(Heap *h, PyObject *v, uint64_t *out) {
     PyObject *bits = PyObject_CallMethod(v, "bit_length", NULL);
     if (!bits) return -1;
@@ -844,8 +871,8 @@ static int encode_tuple(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
 }
 
 static int encode_list(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
-    uint64_t hdr[3] = {FX(0), FX(0), W_EMPTY};
-    if (new_words(h, C_VECTOR, FMT_POINTERS, hdr, 3, out) || memo_put(memo, v, *out)) return -1;
+    uint64_t hdr[2] = {FX(0), W_EMPTY};
+    if (new_words(h, C_VECTOR, FMT_POINTERS, hdr, 2, out) || memo_put(memo, v, *out)) return -1;
     Py_ssize_t n = PyList_GET_SIZE(v);
     uint64_t *items = PyMem_Malloc((size_t)(n ? n : 1) * 8);
     if (!items) { PyErr_NoMemory(); return -1; }
@@ -860,6 +887,7 @@ static int encode_list(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
     }
     if (!rc) rc = vector_build(h, *out, items, (uint64_t)n);
     PyMem_Free(items);
+    if (rc) unbuilt(h, *out, C_VECTOR);
     return rc;
 }
 
@@ -890,7 +918,9 @@ static int encode_object(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
     if (PyDict_Check(v)) {
         uint64_t hdr[3] = {FX(0), FX(0), W_EMPTY};
         if (new_words(h, C_TABLE, FMT_POINTERS, hdr, 3, out) || memo_put(memo, v, *out)) return -1;
-        return table_build(h, *out, v, memo);
+        if (!table_build(h, *out, v, memo)) return 0;
+        unbuilt(h, *out, C_TABLE);
+        return -1;
     }
     PyErr_Format(PyExc_TypeError,
                  "cannot store a '%.100s' in the image: it holds None, bool, int, float, str, "
@@ -1105,8 +1135,10 @@ static PyObject *decode(Heap *h, uint64_t w) {
 
 /* -- the chunked vector -------------------------------------------------------- */
 /*
-** A growable vector is a counted B+tree: the VECTOR header (length, height,
-** root) never moves, so handles stay valid.  Leaves hold up to leaf_max items
+** A growable vector is a counted B+tree: the VECTOR header (height, root)
+** never moves, so handles stay valid, and changes only when the root does;
+** the length is the root's count or the sum of its sizes, so that an append
+** does not dirty the header's page.  Leaves hold up to leaf_max items
 ** after a count; interior nodes hold up to node_max (size, child) pairs,
 ** size being the number of items under that child.  Appending writes one
 ** leaf slot plus the sizes on the rightmost path; inserting or deleting in
@@ -1124,15 +1156,32 @@ typedef struct {
     uint64_t leaf, leaf_cap, leaf_count, off;
 } vpath;
 
+static int node_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count);
+static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count);
+
 static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
-    objinfo o;
-    int64_t len, height;
-    if (obj_of_class(h, vaddr, C_VECTOR, &o) || fix_slot(h, &o, V_LEN, 0, FIX_MAX, &len)
-        || fix_slot(h, &o, V_HEIGHT, 0, MAX_HEIGHT - 1, &height) || slot(h, &o, V_ROOT, &p->root))
+    objinfo o, r;
+    int64_t height;
+    uint64_t count;
+    if (obj_of_class(h, vaddr, C_VECTOR, &o) || fix_slot(h, &o, V_HEIGHT, 0, MAX_HEIGHT - 1, &height)
+        || slot(h, &o, V_ROOT, &p->root))
         return -1;
     p->vaddr = vaddr;
-    p->len = (uint64_t)len;
     p->height = (int)height;
+    if (height == 0) {
+        if (leaf_open(h, p->root, &r, &count)) return -1;
+        p->len = count;
+        return 0;
+    }
+    if (node_open(h, p->root, &r, &count)) return -1;
+    const uint64_t *e = view(h, r.body + 8, 2 * count);
+    if (!e) return -1;
+    p->len = 0;
+    for (uint64_t k = 0; k < count; k++) {
+        if (!IS_FIX(e[2 * k]) || UNFX(e[2 * k]) < 0)
+            return corrupt(p->root, "entry %llu has no size", (unsigned long long)k);
+        p->len += (uint64_t)UNFX(e[2 * k]);
+    }
     return 0;
 }
 
@@ -1210,9 +1259,9 @@ static int check_index(PyObject *idx, uint64_t len, int for_insert, uint64_t *ou
     return 0;
 }
 
-static int vec_header_set(Heap *h, uint64_t vaddr, uint64_t len, int height, uint64_t root) {
-    uint64_t w[3] = {FX(len), FX(height), root};
-    return wr(h, vaddr + 8, w, 24);
+static int vec_header_set(Heap *h, uint64_t vaddr, int height, uint64_t root) {
+    uint64_t w[2] = {FX(height), root};
+    return wr(h, vaddr + 8, w, 16);
 }
 
 static int new_leaf(Heap *h, uint64_t cap, const uint64_t *items, uint64_t n, uint64_t *out) {
@@ -1240,7 +1289,7 @@ static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t
     uint64_t root;
     if (n <= h->leaf_max) {
         if (new_leaf(h, n < LEAF_SMALL ? LEAF_SMALL : n, items, n, &root)) return -1;
-        return vec_header_set(h, vaddr, n, 0, root);
+        return vec_header_set(h, vaddr, 0, root);
     }
     uint64_t nodes = (n + h->leaf_max - 1) / h->leaf_max;
     uint64_t *level = PyMem_Malloc(nodes * 16);
@@ -1264,7 +1313,7 @@ static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t
         nodes = up;
         height++;
     }
-    if (!rc) rc = vec_header_set(h, vaddr, n, height, level[1]);
+    if (!rc) rc = vec_header_set(h, vaddr, height, level[1]);
     PyMem_Free(level);
     return rc;
 }
@@ -1382,7 +1431,7 @@ static int vec_insert_word(Heap *h, uint64_t vaddr, uint64_t i, uint64_t w) {
         if (new_node(h, h->node_max, e, 2, &root)) return -1;
         height++;
     }
-    return vec_header_set(h, vaddr, p.len + 1, height, root);
+    return root == p.root && height == p.height ? 0 : vec_header_set(h, vaddr, height, root);
 }
 
 static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
@@ -1428,7 +1477,7 @@ static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
         if (rd64(h, entry_addr(root, 0) + 8, &root)) return -1;
         height--;
     }
-    return vec_header_set(h, vaddr, len, height, root);
+    return root == p.root && height == p.height ? 0 : vec_header_set(h, vaddr, height, root);
 }
 
 /* Copies the words of items [start, stop) into out. */
@@ -2314,7 +2363,7 @@ static PyObject *m_vec_clear(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     U64(0, v);
     vpath p;
     uint64_t leaf;
-    if (vec_open(h, v, &p) || new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, v, 0, 0, leaf))
+    if (vec_open(h, v, &p) || new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, v, 0, leaf))
         return NULL;
     Py_RETURN_NONE;
 }
@@ -2514,6 +2563,12 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
     Py_XSETREF(h->txn_made, PyList_New(0));
     if (!h->handles || !h->txn_made) return -1;
     h->page_size = (uint64_t)h->r->page_size;
+    h->page_shift = 0;
+    while (((uint64_t)1 << h->page_shift) < h->page_size) h->page_shift++;
+    if (((uint64_t)1 << h->page_shift) != h->page_size || h->page_size < META_WORDS * 8) {
+        PyErr_SetString(PyExc_ValueError, "the page size must be a power of two of at least 1 KiB");
+        return -1;
+    }
     /* A leaf or node fills one page: a full leaf is one page write away. */
     h->leaf_max = h->page_size / 8 - 2;
     h->node_max = (h->page_size / 8 - 2) / 2;
