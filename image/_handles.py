@@ -279,8 +279,9 @@ class Blob(Handle):
 
 
 class Object(Handle):
-    """An object of a class the Python API has no protocol for (the Scheme
-    layer's pairs, symbols, records, closures...)."""
+    """An object of a class the Python API has no protocol for: a user-defined
+    class (img.define_class), or the Scheme layer's pairs, symbols, records.
+    len(obj) is its slot count; obj[i] reads slot i, obj[i] = v writes it."""
 
     __slots__ = ()
 
@@ -288,8 +289,27 @@ class Object(Handle):
     def class_index(self) -> int:
         return self._heap.class_of(self._addr)
 
+    def __len__(self) -> int:
+        return self._heap.size(self._addr)
+
+    def __getitem__(self, index: int):
+        return self._heap.slot(self._addr, _slot_index(self, index))
+
+    @_mutator
+    def __setitem__(self, index: int, value) -> None:
+        self._heap.set_slot(self._addr, _slot_index(self, index), value)
+
     def __repr__(self) -> str:
         return f"<Object of class {self.class_index} at {self._addr:#x}>"
+
+
+def _slot_index(obj: Object, index: int) -> int:
+    index = index.__index__()
+    if index < 0:
+        index += len(obj)
+    if index < 0:
+        raise IndexError("slot index out of range")
+    return index
 
 
 class Special:

@@ -171,6 +171,28 @@ class Image:
         except PagerError:
             pass   # the store failed (terminal): nothing is left to roll back
 
+    # -- classes ---------------------------------------------------------------
+
+    def define_class(self, name: str, fields: tuple[str, ...] = ()) -> int:
+        """Adds a class of pointer objects to the class table; returns its
+        index (what the Scheme layer's record types are made of)."""
+        fields = tuple(str(f) for f in fields)
+        with self.transaction():
+            table = self._heap.decode(self._heap.meta(LAYOUT["M_CLASSES"]))
+            index = len(table)
+            table.append((str(name), "record", fields))
+            self._heap.set_meta(LAYOUT["M_NCLASSES"], index + 1)
+        return index
+
+    def class_info(self, index: int) -> tuple:
+        """(name, kind, fields) of a class."""
+        return tuple(self._heap.decode(self._heap.meta(LAYOUT["M_CLASSES"]))[index])
+
+    def new(self, class_index: int, values: list) -> Object:
+        """A new object of a defined class holding values; reachable only once stored."""
+        with self.transaction():
+            return self._heap.decode(self._heap.new_object(class_index, list(values)))
+
     # -- blobs ---------------------------------------------------------------
 
     def blob(self, data: bytes) -> Blob:

@@ -2267,8 +2267,11 @@ static PyObject *m_class_of(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
 static PyObject *m_new_object(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(2, "new_object(class_index, values)");
     U64(0, cls);
-    if (cls == C_FREE || cls > CLASS_MAX || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_ValueError, "new_object(class_index > 0, list of values)");
+    uint64_t nclasses;
+    if (meta(h, M_NCLASSES, &nclasses)) return NULL;
+    if (cls == C_FREE || cls >= nclasses || (cls < N_SYSTEM_CLASSES && cls != C_BLOB)
+        || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_ValueError, "new_object(a blob or a defined class, list of values)");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(args[1]);
@@ -2287,8 +2290,26 @@ static PyObject *m_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     objinfo o;
     uint64_t w;
     if (obj(h, a, &o)) return NULL;
-    if (o.fmt != FMT_POINTERS) { corrupt(a, "has no slots"); return NULL; }
+    if (o.fmt != FMT_POINTERS) { PyErr_SetString(PyExc_TypeError, "a byte object has no slots"); return NULL; }
+    if (i >= o.size) { PyErr_SetString(PyExc_IndexError, "slot index out of range"); return NULL; }
     return slot(h, &o, i, &w) ? NULL : decode(h, w);
+}
+
+static PyObject *m_set_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "set_slot(addr, index, value)");
+    U64(0, a);
+    U64(1, i);
+    objinfo o;
+    uint64_t w;
+    if (obj(h, a, &o)) return NULL;
+    if (o.fmt != FMT_POINTERS || o.cls < N_SYSTEM_CLASSES) {
+        PyErr_Format(PyExc_TypeError, "the slots of a %s are not set directly",
+                     o.cls < N_SYSTEM_CLASSES ? system_classes[o.cls].name : "byte object");
+        return NULL;
+    }
+    if (i >= o.size) { PyErr_SetString(PyExc_IndexError, "slot index out of range"); return NULL; }
+    if (encode_top(h, args[2], &w) || obj(h, a, &o) || wr64(h, o.body + 8 * i, w)) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *m_size(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2525,6 +2546,7 @@ static PyMethodDef heap_methods[] = {
     M(new_object, "new_object(class, values) -> addr"),
     M(slot, "slot(addr, i) -> value"),
     M(size, "size(addr) -> slots or bytes"),
+    M(set_slot, "set_slot(addr, i, value): slots of user-class objects"),
     M(vec_len, "vec_len(v)"), M(vec_get, "vec_get(v, i)"), M(vec_set, "vec_set(v, i, x)"),
     M(vec_insert, "vec_insert(v, i, x)"), M(vec_append, "vec_append(v, x)"),
     M(vec_delete, "vec_delete(v, i)"), M(vec_clear, "vec_clear(v)"),

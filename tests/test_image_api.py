@@ -572,3 +572,29 @@ def test_a_failed_store_inside_a_caught_transaction_leaves_a_valid_heap(img):
     img.check()
     assert img.gc()["objects"] >= 4
     img.check()
+
+
+# -- classes ------------------------------------------------------------------------------
+
+def test_defined_classes_make_objects_with_slots_that_persist(path):
+    """define_class adds to the class table; new() makes objects whose slots persist."""
+    img = image.open(path)
+    point = img.define_class("point", ("x", "y"))
+    assert point >= image.LAYOUT["N_SYSTEM_CLASSES"]
+    assert img.class_info(point) == ("point", "record", ("x", "y"))
+    p = img.new(point, [1, [2]])
+    img.root["p"] = p
+    p[0] = "one"
+    assert len(p) == 2 and p[0] == "one" and list(p[1]) == [2] and p[-1] is p[1]
+    with pytest.raises(IndexError):
+        p[2]
+    with pytest.raises(ValueError):
+        img.new(point + 1, [])        # not defined
+    with pytest.raises(ValueError):
+        img.new(image.LAYOUT["C_VECTOR"], [])   # system classes are made by storing values
+    img.close()
+    img = image.open(path)
+    p = img.root["p"]
+    assert isinstance(p, image.Object) and p.class_index == point and p[0] == "one"
+    img.check()
+    img.close()
