@@ -1,12 +1,13 @@
 """The ``imago`` command.
 
-What it does grows issue by issue: today it manages page stores; the Scheme
-issue makes a bare ``imago`` boot the default image into the REPL.
+What it does grows issue by issue: today it manages images (the page store
+and the object memory in it); the Scheme issue makes a bare ``imago`` boot
+the default image into the REPL.
 
     imago                          open the default image (created on first use) and report on it
     imago create IMAGE [--page-size N]
-    imago info IMAGE               head, page size, segments, size on disk
-    imago check IMAGE              verify every record, page and page-table node
+    imago info IMAGE               head, page size, size on disk, objects, root names
+    imago check IMAGE              verify every record, page and page-table node, then the heap
     imago commits IMAGE [--json]   the commit history
 
 Every error reaches the user as one line, ``imago: error: ...``, with exit
@@ -24,7 +25,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from pager import PageStore, PagerError, RecoveryWarning
+import image
+from pager import CorruptImage, PageStore, PagerError, RecoveryWarning
 
 
 def default_image_path() -> str:
@@ -59,23 +61,52 @@ def _print_info(store: PageStore, out) -> None:
     print(f"on disk    {_human(_size_on_disk(store.path))}", file=out)
 
 
+def _print_objects(path: str, out) -> None:
+    """The object memory's part of `info`; a bare page store has none."""
+    try:
+        img = image.open(path, readonly=True)
+    except CorruptImage as exc:
+        if "no object memory" not in str(exc):
+            raise
+        print("objects    none (a bare page store)", file=out)
+        return
+    with img:
+        stats = img.stats()
+        names = sorted(map(repr, img.root))
+    print(f"objects    {stats['objects']:,} in {_human(stats['heap_bytes'])} of heap, "
+          f"{_human(stats['free_bytes'])} free, {stats['collections']} collections", file=out)
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} names)" if len(names) > 12 else "")
+    print(f"root       {shown or '(empty)'}", file=out)
+
+
+def _check_all(path: str) -> tuple[dict, dict]:
+    with PageStore.open(path, readonly=True) as store:
+        pages = store.check()
+    with image.open(path, readonly=True) as img:
+        heap = img.check()
+    return pages, heap
+
+
 def cmd_default(args, out) -> int:
     path = default_image_path()
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        PageStore.create(path).close()
+        image.open(path).close()
         print(f"created a new image at {path}", file=out)
     with PageStore.open(path, readonly=True) as store:
         _print_info(store, out)
-        result = store.check()
-    print(f"check      ok: {result['commits']} commits, {result['pages']} pages verified",
-          file=out)
+    _print_objects(path, out)
+    pages, heap = _check_all(path)
+    print(f"check      ok: {pages['commits']} commits, {pages['pages']} pages, "
+          f"{heap['objects']:,} objects verified", file=out)
     print("(the Scheme REPL arrives with the next issues; see README.md)", file=out)
     return 0
 
 
 def cmd_create(args, out) -> int:
-    PageStore.create(args.image, page_size=args.page_size).close()
+    if os.path.exists(args.image):
+        raise ValueError(f"{args.image} already exists")
+    image.open(args.image, page_size=args.page_size).close()
     print(f"created {args.image}", file=out)
     return 0
 
@@ -83,15 +114,16 @@ def cmd_create(args, out) -> int:
 def cmd_info(args, out) -> int:
     with PageStore.open(args.image, readonly=True) as store:
         _print_info(store, out)
+    _print_objects(args.image, out)
     return 0
 
 
 def cmd_check(args, out) -> int:
-    with PageStore.open(args.image, readonly=True) as store:
-        result = store.check()
-    print(f"{args.image}: ok: head {result['head']}, {result['commits']} commits, "
-          f"{result['pages']} pages, {result['nodes']} page-table nodes, "
-          f"{result['segments']} segments", file=out)
+    pages, heap = _check_all(args.image)
+    print(f"{args.image}: ok: head {pages['head']}, {pages['commits']} commits, "
+          f"{pages['pages']} pages, {pages['nodes']} page-table nodes, "
+          f"{pages['segments']} segments; {heap['objects']:,} objects, "
+          f"{heap['vectors']:,} vectors, {heap['tables']:,} tables", file=out)
     return 0
 
 
@@ -143,7 +175,7 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     except BrokenPipeError:   # `imago commits X | head`: the reader left, nothing to say
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (PagerError, OSError, ValueError, KeyError) as exc:
+    except (PagerError, image.ImageError, OSError, ValueError, KeyError, RecursionError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"imago: error: {message}", file=sys.stderr)
         return 1

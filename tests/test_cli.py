@@ -32,21 +32,63 @@ class TestSubcommands:
         """create, info, check and commits work on an image with history."""
         path = str(tmp_path / "a.image")
         assert main(["create", path, "--page-size", "1024"]) == 0
-        with PageStore.open(path) as s:
-            s.write(0, b"x")
+        with PageStore.open(path) as s:   # a page past the heap: the objects stay valid
+            s.write(1000, b"x")
             s.commit(b"hello")
         capsys.readouterr()
         assert main(["info", path]) == 0
-        assert "commit 1" in capsys.readouterr().out
+        assert "commit 2" in capsys.readouterr().out
         assert main(["check", path]) == 0
-        assert "ok: head 1" in capsys.readouterr().out
+        assert "ok: head 2" in capsys.readouterr().out
         assert main(["commits", path, "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
-        assert [c["number"] for c in listed] == [0, 1]
-        assert listed[1]["meta"] == "hello" and listed[1]["pages"] == 1
+        assert [c["number"] for c in listed] == [0, 1, 2]
+        assert listed[1]["meta"] == "image: formatted"
+        assert listed[2]["meta"] == "hello" and listed[2]["pages"] == 1
+
+    def test_info_and_check_report_the_object_memory(self, tmp_path, capsys):
+        """info names the root's entries and counts objects; check verifies the heap."""
+        import image
+        path = str(tmp_path / "o.image")
+        with image.open(path) as img:
+            img.root["inbox"] = [{"subject": "s"} for _ in range(10)]
+        assert main(["info", path]) == 0
+        out = capsys.readouterr().out
+        assert "'inbox'" in out and "objects" in out
+        assert main(["check", path]) == 0
+        assert "2 vectors" in capsys.readouterr().out   # the inbox and the class table
+
+    def test_info_on_a_bare_page_store(self, tmp_path, capsys):
+        """A page store without an object memory is reported as such, not as an error."""
+        path = str(tmp_path / "bare.image")
+        PageStore.create(path).close()
+        assert main(["info", path]) == 0
+        assert "none (a bare page store)" in capsys.readouterr().out
+
+    def test_create_refuses_an_existing_image(self, tmp_path):
+        """create does not overwrite what is there."""
+        path = str(tmp_path / "a.image")
+        assert main(["create", path]) == 0
+        assert main(["create", path]) == 1
 
 
 class TestErrors:
+    def test_a_corrupt_object_is_one_line_naming_the_address(self, tmp_path):
+        """check on an image with a damaged object header: one line naming the address."""
+        import image
+        path = str(tmp_path / "h.image")
+        with image.open(path) as img:
+            img.root["v"] = [1, 2, 3]
+            addr = img.root["v"].address
+        with PageStore.open(path) as s:
+            s.write_word(addr, s.read_word(addr) ^ (1 << 40))
+            s.commit()
+        result = run("check", path)
+        assert result.returncode == 1, result.stdout
+        assert f"object at {addr:#x}" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
     @pytest.mark.parametrize("make", ["missing", "file", "empty"])
     def test_bad_paths_are_one_line_errors(self, tmp_path, make):
         """A missing path, a plain file or an empty directory: one line, exit 1, no traceback."""
