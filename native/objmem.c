@@ -67,6 +67,8 @@
 */
 #include "fastpath.h"
 #include <string.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -234,18 +236,17 @@ static uint64_t object_words(unsigned fmt, uint64_t size) {
 
 /* -- errors ----------------------------------------------------------------- */
 
+/* Raises CorruptObject("object at 0x...: detail", addr).  The detail is
+ * formatted by vsnprintf (PyUnicode_FromFormat has no %llx). */
 static int corrupt(uint64_t addr, const char *fmt, ...) {
+    char detail[320], msg[400];
     va_list ap;
     va_start(ap, fmt);
-    PyObject *detail = PyUnicode_FromFormatV(fmt, ap);
+    vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
-    if (!detail) return -1;
-    PyObject *msg = PyUnicode_FromFormat("object at 0x%llx: %U", (unsigned long long)addr, detail);
-    Py_DECREF(detail);
-    if (!msg) return -1;
+    snprintf(msg, sizeof msg, "object at 0x%llx: %s", (unsigned long long)addr, detail);
     PyObject *exc = PyObject_CallFunction(CorruptObject ? CorruptObject : PyExc_ValueError,
-                                          "OK", msg, (unsigned long long)addr);
-    Py_DECREF(msg);
+                                          "sK", msg, (unsigned long long)addr);
     if (!exc) return -1;
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
