@@ -18,8 +18,8 @@ Public API::
     img.refresh()                            # read-only images: move to the newest commit
     img.close()
     handles: Vector, Table, Blob, Object; values Special (chars, '(), eof)
-    errors: ImageError > CorruptObject (.address), StaleHandle,
-            TransactionAborted, ReadOnlyImage; and the pager's errors
+    errors: ImageError > CorruptObject (.address), StaleHandle, ReadOnlyImage;
+            and the pager's errors
 
 VALUES.  None, bool, int (any size), float, str and bytes are values: stored
 by copy, read back as equal Python values.  A list becomes a growable Vector,
@@ -47,9 +47,11 @@ TRANSACTIONS, and the state of an Image:
     exception rolls back everything since it began: the dirty pages are
     dropped, handles of objects made in it go stale (StaleHandle on use), and
     the native state is reloaded from the restored page 0.
- 3. Nested transactions join the outer one.  One that fails dooms the outer
-    one: it rolls back at its end and raises TransactionAborted, even if the
-    inner exception was caught.  (Savepoints are not built yet.)
+ 3. A nested transaction is a savepoint.  An exception that leaves it rolls
+    back only what it did (the heap keeps an undo log of the bytes each
+    write replaces while a savepoint is open, and writes them back), and
+    stales the handles of objects made in it; the enclosing transaction goes
+    on.  Its changes are committed with the outermost transaction.
  4. A failed commit (the pager's CommitFailed or StoreFailed) is a rollback;
     after StoreFailed the image, like its store, refuses further work.
 
@@ -73,16 +75,15 @@ the heap parses from base to top; every reference names an object header
 that is not free; free chunks and free lists agree; the accounting adds up;
 every vector's counts and every table's index are consistent.
 
-OPEN QUESTIONS.  Savepoints for nested transactions; tables keyed by Scheme
+OPEN QUESTIONS.  Tables keyed by Scheme
 values that have no Python type yet (characters): the Scheme layer extends
 key hashing when it adds them; incremental collection (a collection is one
 stop-the-world pass over the heap).
 """
-from image._errors import (CorruptObject, ImageError, ReadOnlyImage, StaleHandle,
-                           TransactionAborted)
+from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle
 from image._handles import Blob, Handle, Object, Special, Table, Vector
 from image._image import LAYOUT, Collection, Image, Phase, open
 
 __all__ = ["Blob", "Collection", "CorruptObject", "Handle", "Image", "ImageError", "LAYOUT",
-           "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table",
-           "TransactionAborted", "Vector", "open"]
+           "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table", "Vector",
+           "open"]

@@ -18,9 +18,5 @@ class StaleHandle(ImageError):
     or its image is closed."""
 
 
-class TransactionAborted(ImageError):
-    """An inner transaction failed, so the outer one rolled back as a whole."""
-
-
 class ReadOnlyImage(ImageError):
     """A change was attempted through an image opened read-only."""

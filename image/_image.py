@@ -9,7 +9,7 @@ from typing import Any
 
 import zstandard
 
-from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle, TransactionAborted
+from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle
 from image._handles import Blob, Handle, Object, Special, Table, Vector, _Stale, make_stale
 from native import _fastpath
 from pager import CorruptImage, PageStore, PagerError
@@ -74,8 +74,7 @@ class Image:
         # The heap makes handles (one per address, cached weakly) in C.
         self._heap = _fastpath.Heap(store.page_reader, self, Handle, _HANDLE_CLASSES, Object,
                                     _make_special)
-        self._depth = 0          # transaction nesting; 0: autocommit
-        self._doomed = False     # an inner transaction failed: the outer rolls back
+        self._depth = 0          # transaction nesting; 0: autocommit, >1: savepoints
         self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
         if not self._heap.reload():
             if self.readonly or store.head > 0:
@@ -110,8 +109,8 @@ class Image:
 
     def transaction(self, note: str | bytes = b"") -> _Transaction:
         """Many changes, one atomic durable commit; an exception rolls back.
-        Nested transactions join the outer one; if an inner one fails, the
-        outer one rolls back as a whole (TransactionAborted at its end)."""
+        A nested transaction is a savepoint: an exception rolls back only
+        what it did, and its changes commit with the outermost one."""
         if isinstance(note, str):
             note = note.encode()
         return _Transaction(self, note)
@@ -125,17 +124,15 @@ class Image:
             raise ReadOnlyImage("this image was opened read-only")
         if self._depth == 0:
             self._heap.txn_begin()
-            self._doomed = False
+        else:
+            self._heap.savepoint()
         self._depth += 1
 
     def _end(self, note: bytes) -> None:
         self._depth -= 1
         if self._depth:
+            self._heap.release_savepoint()
             return
-        if self._doomed:
-            self._rollback()
-            raise TransactionAborted("an inner transaction failed, so the whole transaction "
-                                     "rolled back")
         if self.gc_stress:
             self._depth += 1
             try:
@@ -154,10 +151,20 @@ class Image:
 
     def _abort(self) -> None:
         self._depth -= 1
-        if self._depth:
-            self._doomed = True
-        else:
+        if not self._depth:
             self._rollback()
+            return
+        try:
+            stale = self._heap.rollback_savepoint()
+        except BaseException:
+            # The savepoint's bytes could not be put back: the enclosing
+            # transaction cannot be trusted, so it rolls back whole.
+            self._depth = 0
+            self._rollback()
+            raise
+        for handle in stale:
+            self._heap.forget_handle(handle._addr)
+            make_stale(handle)
 
     def _rollback(self) -> None:
         """Drops every change since the transaction began; handles of objects
@@ -318,6 +325,7 @@ class Collection:
             released = 0
             for first, count in ranges:
                 for page in range(first, first + count):
+                    heap.preserve_page(page)   # a savepoint may want it back
                     img._store.free(page)
                 released += count
             self.result["pages"] = released

@@ -179,6 +179,8 @@ enum {
  * after which the whole cache is dropped (pc_clear).  Every method starts
  * with an empty cache. */
 #define PAGE_CACHE 16
+/* Nesting deeper than this is a runaway recursion, not a program's design. */
+#define MAX_SAVEPOINTS 256
 
 typedef struct {
     PyObject_HEAD
@@ -205,6 +207,13 @@ typedef struct {
     uint64_t *scratch;        /* a reusable buffer for node and store images */
     size_t cap_scratch;
     PyObject *handles;        /* addr -> weakref of its one handle; dead ones pruned */
+    /* Savepoints: while one is open, every write first logs the bytes it
+     * replaces, as [old bytes, padded][addr][len]; rolling back to a
+     * savepoint writes them back newest first. */
+    uint8_t *undo;
+    size_t undo_len, undo_cap;
+    int n_sp;
+    struct { size_t log; size_t reused; uint64_t top; } sp[MAX_SAVEPOINTS];
     struct { uint64_t page; const uint8_t *bytes; } pages[PAGE_CACHE];
 } Heap;
 
@@ -340,9 +349,28 @@ static int rd64(Heap *h, uint64_t addr, uint64_t *out) {
     return rd(h, addr, out, 8);
 }
 
+static int log_old(Heap *h, uint64_t addr, uint64_t len) {
+    uint64_t padded = (len + 7) & ~(uint64_t)7;
+    if (h->undo_len + padded + 16 > h->undo_cap) {
+        size_t cap = h->undo_cap ? h->undo_cap : 4096;
+        while (h->undo_len + padded + 16 > cap) cap *= 2;
+        uint8_t *u = PyMem_Realloc(h->undo, cap);
+        if (!u) { PyErr_NoMemory(); return -1; }
+        h->undo = u;
+        h->undo_cap = cap;
+    }
+    uint8_t *at = h->undo + h->undo_len;
+    if (rd(h, addr, at, len)) return -1;
+    memcpy(at + padded, &addr, 8);
+    memcpy(at + padded + 8, &len, 8);
+    h->undo_len += padded + 16;
+    return 0;
+}
+
 static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, len);
+    if (h->n_sp && log_old(h, addr, len)) return -1;
     pc_drop(h, addr, len);
     if (core_write(r->tree, r->dirty, addr, src, len)) return store_error(h, "read_bytes", addr, len);
     return 0;
@@ -351,6 +379,7 @@ static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
 static int wr64(Heap *h, uint64_t addr, uint64_t value) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, 8);
+    if (h->n_sp && log_old(h, addr, 8)) return -1;
     pc_drop(h, addr, 8);
     if (core_write_u64(r->tree, r->dirty, addr, value))
         return store_error(h, "read_bytes", addr, 8);
@@ -2211,6 +2240,8 @@ static PyObject *m_txn_begin(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     (void)args;
     if (meta(h, M_TOP, &h->txn_top)) return NULL;
     h->n_reused = 0;
+    h->n_sp = 0;
+    h->undo_len = 0;
     h->in_txn = 1;
     if (PyList_SetSlice(h->txn_made, 0, PY_SSIZE_T_MAX, NULL)) return NULL;
     Py_RETURN_NONE;
@@ -2227,8 +2258,85 @@ static PyObject *m_txn_end(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     }
     h->in_txn = 0;
     h->n_reused = 0;
+    h->n_sp = 0;
+    h->undo_len = 0;
     if (PyList_SetSlice(h->txn_made, 0, PY_SSIZE_T_MAX, NULL)) Py_CLEAR(out);
     return out;
+}
+
+/* savepoint(): a point a nested transaction can roll back to. */
+static PyObject *m_savepoint(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "savepoint()");
+    (void)args;
+    if (!h->in_txn) { PyErr_SetString(PyExc_RuntimeError, "a savepoint needs a transaction"); return NULL; }
+    if (h->n_sp == MAX_SAVEPOINTS) {
+        PyErr_SetString(PyExc_RecursionError, "transactions nested too deeply");
+        return NULL;
+    }
+    if (meta(h, M_TOP, &h->sp[h->n_sp].top)) return NULL;
+    h->sp[h->n_sp].log = h->undo_len;
+    h->sp[h->n_sp].reused = h->n_reused;
+    h->n_sp++;
+    Py_RETURN_NONE;
+}
+
+/* release_savepoint(): the nested transaction succeeded; its changes now
+ * belong to the enclosing one. */
+static PyObject *m_release_savepoint(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "release_savepoint()");
+    (void)args;
+    if (!h->n_sp) { PyErr_SetString(PyExc_RuntimeError, "no savepoint"); return NULL; }
+    if (--h->n_sp == 0) h->undo_len = 0;
+    Py_RETURN_NONE;
+}
+
+/* rollback_savepoint() -> the live handles of objects made since it. */
+static PyObject *m_rollback_savepoint(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "rollback_savepoint()");
+    (void)args;
+    if (!h->n_sp) { PyErr_SetString(PyExc_RuntimeError, "no savepoint"); return NULL; }
+    int level = --h->n_sp;
+    PageReader *r = h->r;
+    while (h->undo_len > h->sp[level].log) {
+        uint64_t addr, len;
+        memcpy(&addr, h->undo + h->undo_len - 16, 8);
+        memcpy(&len, h->undo + h->undo_len - 8, 8);
+        uint64_t padded = (len + 7) & ~(uint64_t)7;
+        h->undo_len -= padded + 16;
+        pc_drop(h, addr, len);
+        if (!r->tree || !r->dirty || core_write(r->tree, r->dirty, addr, h->undo + h->undo_len, len))
+            return store_error(h, "write", addr, len), NULL;
+    }
+    uint64_t top = h->sp[level].top;
+    size_t reused = h->sp[level].reused;
+    PyObject *stale = PyList_New(0), *keep = PyList_New(0);
+    for (Py_ssize_t i = 0; stale && keep && i < PyList_GET_SIZE(h->txn_made); i++) {
+        PyObject *ref = PyList_GET_ITEM(h->txn_made, i), *o = PyWeakref_GetObject(ref);
+        if (!o || o == Py_None) continue;
+        PyObject *a = PyObject_GetAttr(o, S_addr);
+        uint64_t addr = 0;
+        int bad = !a || as_u64(a, &addr);
+        Py_XDECREF(a);
+        if (bad) { Py_CLEAR(stale); break; }
+        int after = addr >= top;
+        for (size_t j = reused; !after && j < h->n_reused; j++) after = h->reused[j] == addr;
+        if (PyList_Append(after ? stale : keep, after ? o : ref)) Py_CLEAR(stale);
+    }
+    pc_clear(h);
+    h->n_reused = reused;
+    if (level == 0) h->undo_len = 0;
+    if (!stale || !keep) { Py_XDECREF(stale); Py_XDECREF(keep); return NULL; }
+    Py_SETREF(h->txn_made, keep);
+    return stale;
+}
+
+/* preserve_page(page_no): the page is about to leave the page table; keep
+ * its bytes in the undo log if a savepoint could need them back. */
+static PyObject *m_preserve_page(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "preserve_page(page_no)");
+    U64(0, page);
+    if (h->n_sp && log_old(h, page << h->page_shift, h->page_size)) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *m_made_in_txn(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2541,6 +2649,10 @@ static PyMethodDef heap_methods[] = {
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
     M(made_in_txn, "made_in_txn(addr) -> was the object allocated in this transaction"),
     M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
+    M(savepoint, "savepoint(): begin a nested transaction"),
+    M(release_savepoint, "release_savepoint(): the nested transaction succeeded"),
+    M(rollback_savepoint, "rollback_savepoint() -> handles made since it"),
+    M(preserve_page, "preserve_page(page_no): log a page about to be freed"),
     M(live_handles, "live_handles() -> {addr: handle}"),
     M(forget_handle, "forget_handle(addr): the address has no handle any more"),
     M(class_of, "class_of(addr) -> class index"),
@@ -2612,6 +2724,7 @@ static void heap_dealloc(Heap *h) {
     PyMem_Free(h->marks);
     PyMem_Free(h->stack);
     PyMem_Free(h->scratch);
+    PyMem_Free(h->undo);
     Py_TYPE(h)->tp_free((PyObject *)h);
 }
 

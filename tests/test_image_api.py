@@ -29,7 +29,7 @@ def test_exports_are_exactly_the_public_api():
     assert set(image.__all__) == {
         "Blob", "Collection", "CorruptObject", "Handle", "Image", "ImageError", "LAYOUT",
         "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table",
-        "TransactionAborted", "Vector", "open"}
+        "Vector", "open"}
     for name in image.__all__:
         assert getattr(image, name) is not None
 
@@ -364,19 +364,70 @@ def test_an_exception_rolls_back_and_stales_new_handles(img):
     assert list(old) == [1, 2]
 
 
-def test_a_failed_inner_transaction_dooms_the_outer_one(img):
-    """An inner failure rolls the whole transaction back, even if caught."""
+def test_a_nested_transaction_is_a_savepoint(img):
+    """An inner failure undoes only the inner changes; the outer transaction commits the rest."""
     img.root["v"] = []
-    with pytest.raises(image.TransactionAborted):
+    head = img.head
+    with img.transaction():
+        img.root["v"].append(1)
+        try:
+            with img.transaction():
+                img.root["v"].append(2)
+                img.root["inner"] = [3]
+                inner = img.root["inner"]
+                raise ValueError("inner")
+        except ValueError:
+            pass
         with img.transaction():
-            img.root["v"].append(1)
+            img.root["v"].append(4)
+    assert list(img.root["v"]) == [1, 4] and "inner" not in img.root
+    assert img.head == head + 1
+    with pytest.raises(image.StaleHandle):
+        len(inner)
+    img.check()
+
+
+def test_savepoints_nest_and_an_outer_failure_undoes_inner_successes(img):
+    """A released savepoint's changes belong to its parent, and go if the parent fails."""
+    img.root["v"] = [0]
+    v = img.root["v"]
+    with pytest.raises(KeyError):
+        with img.transaction():
+            v.append(1)
+            with img.transaction():
+                v.append(2)
+                with img.transaction():
+                    v.append(3)
             try:
                 with img.transaction():
-                    img.root["v"].append(2)
-                    raise ValueError("inner")
-            except ValueError:
+                    v.append(4)
+                    with img.transaction():
+                        v.append(5)
+                    raise IndexError
+            except IndexError:
                 pass
-    assert list(img.root["v"]) == []
+            assert list(v) == [0, 1, 2, 3]
+            raise KeyError("outer")
+    assert list(v) == [0]
+    img.check()
+
+
+def test_a_collection_in_a_savepoint_rolls_back_with_it(img):
+    """Pages a collection freed come back when its savepoint rolls back."""
+    img.root["big"] = ["p" * 3000 for _ in range(100)]
+    img.root["keep"] = ["k" * 3000 for _ in range(20)]
+    del img.root["big"]
+    before = img.check()
+    with img.transaction():
+        try:
+            with img.transaction():
+                assert img.gc()["pages"] > 0
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        assert img.check() == before
+        assert [s[0] for s in img.root["keep"]] == ["k"] * 20
+    assert img.check() == before
 
 
 def test_a_failed_autocommit_call_leaves_nothing(img):

@@ -42,12 +42,12 @@ class ImageModel(RuleBasedStateMachine):
             for name in TABLES:
                 self.img.root[name] = {}
         self.model = {name: [] for name in NAMES} | {name: {} for name in TABLES}
-        self.saved = None     # the model at the start of the open transaction
-        self.txn = None
+        self.txns = []        # open transactions (nested ones are savepoints), with
+                              # the model as it was when each began
 
     def teardown(self):
-        if self.txn is not None:
-            self.txn.__exit__(RuntimeError, RuntimeError(), None)
+        while self.txns:
+            self.txns.pop()[0].__exit__(RuntimeError, RuntimeError(), None)
         self.img.check()
         self.img.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -136,27 +136,25 @@ class ImageModel(RuleBasedStateMachine):
 
     # -- transactions, reopens, collections -------------------------------------
 
-    @precondition(lambda self: self.txn is None)
+    @precondition(lambda self: len(self.txns) < 3)
     @rule()
     def begin(self):
-        self.txn = self.img.transaction()
-        self.txn.__enter__()
-        self.saved = copy.deepcopy(self.model)
+        txn = self.img.transaction()
+        txn.__enter__()
+        self.txns.append((txn, copy.deepcopy(self.model)))
 
-    @precondition(lambda self: self.txn is not None)
+    @precondition(lambda self: self.txns)
     @rule()
     def commit(self):
-        txn, self.txn = self.txn, None
-        txn.__exit__(None, None, None)
+        self.txns.pop()[0].__exit__(None, None, None)
 
-    @precondition(lambda self: self.txn is not None)
+    @precondition(lambda self: self.txns)
     @rule()
     def rollback(self):
-        txn, self.txn = self.txn, None
+        txn, self.model = self.txns.pop()
         txn.__exit__(RuntimeError, RuntimeError("rollback"), None)
-        self.model = self.saved
 
-    @precondition(lambda self: self.txn is None)
+    @precondition(lambda self: not self.txns)
     @rule()
     def reopen(self):
         self.img.close()
