@@ -55,6 +55,11 @@ TRANSACTIONS, and the state of an Image:
  4. A failed commit (the pager's CommitFailed or StoreFailed) is a rollback;
     after StoreFailed the image, like its store, refuses further work.
 
+THREADS.  An Image belongs to one thread at a time: its transaction is per
+image, not per thread, so two threads changing one image would share (and
+could roll back) each other's work.  Give each thread its own read-only
+Image, or serialise access.
+
 THE COLLECTOR (Collection, in phases ROOTS, MARK, SWEEP, RELEASE) runs in a
 transaction: it marks from the roots and every live handle into a side
 bitmap (marking dirties no page), clears dead entries of the weak blob index,
