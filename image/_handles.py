@@ -245,6 +245,10 @@ class Table(Handle, MutableMapping):
 
 
 _B_HASH, _B_DATA, _B_LENGTH = 0, 1, 2
+# Decompressed a piece at a time, so a damaged frame that claims a huge size
+# costs no more memory than the blob's recorded length.
+_BLOB_READ_CHUNK = 1 << 20
+_MAX_LENGTH = 1 << 60
 
 
 class Blob(Handle):
@@ -255,24 +259,41 @@ class Blob(Handle):
     @property
     def hash(self) -> bytes:
         """The keyed BLAKE2b-256 of the contents: the capability to read it."""
-        return self._heap.slot(self._addr, _B_HASH)
+        digest = self._heap.slot(self._addr, _B_HASH)
+        if type(digest) is not bytes or len(digest) != 32:
+            raise self._damaged("its hash slot holds no 32-byte hash")
+        return digest
 
     def __len__(self) -> int:
-        return self._heap.slot(self._addr, _B_LENGTH)
+        length = self._heap.slot(self._addr, _B_LENGTH)
+        if type(length) is not int or not 0 <= length < _MAX_LENGTH:
+            raise self._damaged(f"its length slot holds {length!r}")
+        return length
 
     def read(self) -> bytes:
         """The contents."""
-        length = self._heap.slot(self._addr, _B_LENGTH)
+        length = len(self)
         packed = self._heap.slot(self._addr, _B_DATA)
+        if type(packed) is not bytes:
+            raise self._damaged("its data slot holds no byte string")
+        parts, got = [], 0
         try:
-            data = zstandard.ZstdDecompressor().decompress(packed, max_output_size=length)
+            reader = zstandard.ZstdDecompressor().stream_reader(packed)
+            while got <= length:
+                part = reader.read(min(_BLOB_READ_CHUNK, length - got + 1))
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
         except zstandard.ZstdError as exc:
-            raise CorruptObject(f"object at {self._addr:#x}: blob data does not decompress "
-                                f"({exc})", self._addr) from None
-        if len(data) != length:
-            raise CorruptObject(f"object at {self._addr:#x}: blob holds {len(data)} bytes, "
-                                f"its header says {length}", self._addr)
-        return data
+            raise self._damaged(f"its data does not decompress ({exc})") from None
+        if got != length:
+            raise self._damaged(f"it holds {'more than ' if got > length else ''}{got} bytes, "
+                                f"its length slot says {length}")
+        return b"".join(parts)
+
+    def _damaged(self, why: str) -> CorruptObject:
+        return CorruptObject(f"object at {self._addr:#x}: a damaged blob: {why}", self._addr)
 
     def __repr__(self) -> str:
         return f"<Blob {len(self)} bytes {self.hash.hex()[:16]} at {self._addr:#x}>"

@@ -103,7 +103,11 @@ class Image:
     @property
     def root(self) -> Table:
         """The persistent root table: everything reachable from it persists."""
-        return self._heap.decode(self._heap.meta(LAYOUT["M_ROOT"]))
+        root = self._heap.decode(self._heap.meta(LAYOUT["M_ROOT"]))
+        if not isinstance(root, Table):
+            raise CorruptObject(f"object at 0x0: the image's root is {type(root).__name__}, "
+                                "not a table", 0)
+        return root
 
     # -- transactions --------------------------------------------------------
 
@@ -238,8 +242,26 @@ class Image:
 
     def check(self) -> dict:
         """Verifies the heap: headers, sizes, every reference, the free lists
-        and the accounting.  Raises CorruptObject naming the address."""
-        return self._heap.check()
+        and the accounting, then every blob's length and keyed hash.  Raises
+        CorruptObject naming the address."""
+        stats = self._heap.check()
+        stats["blobs"] = self._check_blobs()
+        return stats
+
+    def _check_blobs(self) -> int:
+        index = self._heap.decode(self._heap.meta(LAYOUT["M_BLOBS"]))
+        count = 0
+        for digest, blob in index.items():
+            if not isinstance(blob, Blob):
+                raise CorruptObject(f"object at {index.address:#x}: the blob index holds "
+                                    f"{type(blob).__name__}", index.address)
+            data = blob.read()
+            if blob.hash != digest or digest != hashlib.blake2b(
+                    data, key=self._blob_key, digest_size=32).digest():
+                raise CorruptObject(f"object at {blob.address:#x}: a blob whose contents "
+                                    "do not match its hash", blob.address)
+            count += 1
+        return count
 
     def refresh(self) -> int:
         """A read-only image moves to the newest commit; returns its number."""

@@ -153,7 +153,11 @@ enum {
  * hold chunks of [2^k, 2^(k+1)) words for k from EXACT_LOG up. */
 #define N_EXACT 32
 #define EXACT_LOG 5
-#define MAX_HEAP ((uint64_t)1 << 52)   /* the pager's 2^40 pages of 4 KiB */
+/* The pager addresses 2^40 pages; the heap ends where they do (h->max_heap,
+ * 2^50 bytes at 1 KiB pages).  MAX_HEAP bounds every address and length
+ * before it is added to another, so no sum can wrap. */
+#define MAX_PAGES_LOG 40
+#define MAX_HEAP ((uint64_t)1 << 56)
 
 /* -- vectors and tables ------------------------------------------------------ */
 
@@ -170,6 +174,38 @@ enum {
 #define B_HASH 0
 #define B_DATA 1
 #define B_LENGTH 2
+
+/* A bitmap over heap words that grows as bits are set, so that a heap top
+ * forged far past the real heap costs nothing until something is found
+ * there (and nothing valid is: its pages read as zeros). */
+typedef struct {
+    uint8_t *bits;
+    size_t nbytes;
+    uint64_t base;
+} bitmap;
+
+static void bm_init(bitmap *b, uint64_t base) { b->bits = NULL; b->nbytes = 0; b->base = base; }
+static void bm_free(bitmap *b) { PyMem_Free(b->bits); b->bits = NULL; b->nbytes = 0; }
+
+static int bm_get(const bitmap *b, uint64_t addr) {
+    uint64_t off = (addr - b->base) >> 3;
+    return (off >> 3) < b->nbytes ? (b->bits[off >> 3] >> (off & 7)) & 1 : 0;
+}
+
+static int bm_set(bitmap *b, uint64_t addr) {
+    uint64_t off = (addr - b->base) >> 3;
+    if ((off >> 3) >= b->nbytes) {
+        size_t n = b->nbytes ? b->nbytes : 4096;
+        while (n <= (off >> 3)) n *= 2;
+        uint8_t *bits = PyMem_Realloc(b->bits, n);
+        if (!bits) { PyErr_NoMemory(); return -1; }
+        memset(bits + b->nbytes, 0, n - b->nbytes);
+        b->bits = bits;
+        b->nbytes = n;
+    }
+    b->bits[off >> 3] |= (uint8_t)(1u << (off & 7));
+    return 0;
+}
 
 /* Page pointers remembered within one call into the Heap.  A pointer the
  * core gives out is valid until that page is written (copy-on-write moves
@@ -195,12 +231,14 @@ typedef struct {
     PyObject *handle_type;    /* handles are instances; they carry _heap and _addr */
     uint64_t page_size;
     int page_shift;
+    uint64_t max_heap;        /* the pager's last address: 2^40 pages */
     uint64_t seed;            /* keyed hash of table keys; fixed at format */
     uint64_t leaf_max, node_max;
     uint64_t txn_top;         /* M_TOP when the transaction began */
     uint64_t *reused;         /* chunks the free lists gave out in this transaction */
     size_t n_reused, cap_reused;
-    uint8_t *marks;           /* the collector's side bitmap: one bit per heap word */
+    bitmap marks;             /* the collector's side bitmap: one bit per heap word */
+    int marking;              /* marks holds a mark of [marks_base, marks_top) */
     uint64_t marks_base, marks_top;
     uint64_t *stack;          /* the mark stack */
     size_t n_stack, cap_stack;
@@ -437,7 +475,7 @@ static uint64_t class_format(uint64_t cls, int *fixed) {
 static int parse_header(Heap *h, uint64_t addr, uint64_t base, uint64_t top, uint64_t nclasses,
                         objinfo *o) {
     uint64_t hd;
-    if (addr & 7 || addr < base || addr + 16 > top)
+    if (addr & 7 || addr < base || addr > top || top - addr < 16)
         return corrupt(addr, "not an object address (heap is 0x%llx..0x%llx)",
                        (unsigned long long)base, (unsigned long long)top);
     if (rd64(h, addr, &hd)) return -1;
@@ -460,7 +498,7 @@ static int parse_header(Heap *h, uint64_t addr, uint64_t base, uint64_t top, uin
         if (o->size < SIZE_OVERFLOW)
             return corrupt(addr, "bad overflow size %llu", (unsigned long long)o->size);
     }
-    if (o->size > (top - addr))
+    if (o->size > top - addr)
         return corrupt(addr, "size %llu runs past the end of the heap",
                        (unsigned long long)o->size);
     o->words = object_words(o->fmt, o->size);
@@ -479,7 +517,7 @@ static int parse_header(Heap *h, uint64_t addr, uint64_t base, uint64_t top, uin
 
 static int heap_bounds(Heap *h, uint64_t *base, uint64_t *top, uint64_t *nclasses) {
     if (meta(h, M_BASE, base) || meta(h, M_TOP, top) || meta(h, M_NCLASSES, nclasses)) return -1;
-    if (*base < META_WORDS * 8 || *top < *base || *top > MAX_HEAP || (*base | *top) & 7)
+    if (*base < META_WORDS * 8 || *top < *base || *top > h->max_heap || (*base | *top) & 7)
         return corrupt(0, "the image's heap bounds 0x%llx..0x%llx are impossible",
                        (unsigned long long)*base, (unsigned long long)*top);
     if (*nclasses > CLASS_MAX + 1)
@@ -631,6 +669,8 @@ static int take_free(Heap *h, uint64_t words, uint64_t *out) {
             uint64_t size = (uint64_t)b + 2;
             if (!bins[b] || (size != words && size < words + 2)) continue;
             if (free_chunk_words(h, bins[b], &cw)) return -1;
+            if (cw != size) return corrupt(bins[b], "a free chunk of %llu words on the list of %llu",
+                                           (unsigned long long)cw, (unsigned long long)size);
             uint64_t c = bins[b];
             if (take_chunk(h, bins, (uint64_t)(M_BINS + b) * 8, c, cw, words)) return -1;
             *out = c;
@@ -639,6 +679,8 @@ static int take_free(Heap *h, uint64_t words, uint64_t *out) {
         uint64_t link_at = (uint64_t)(M_BINS + b) * 8, c = bins[b];
         for (int scanned = 0; c && scanned < FIT_SCAN_LIMIT; scanned++) {
             if (free_chunk_words(h, c, &cw)) return -1;
+            if (bin_of(cw) != b) return corrupt(c, "a free chunk of %llu words on free list %d",
+                                                (unsigned long long)cw, b);
             if (cw == words || cw >= words + 2) {
                 if (take_chunk(h, bins, link_at, c, cw, words)) return -1;
                 *out = c;
@@ -660,8 +702,8 @@ static int take_free(Heap *h, uint64_t words, uint64_t *out) {
 /* A new object of class cls: header written, payload left to the caller
  * (which must write every payload word). */
 static int alloc(Heap *h, uint64_t cls, unsigned fmt, uint64_t size, uint64_t *out) {
-    uint64_t words = object_words(fmt, size), addr, acct[ACCT_WORDS];
-    if (size > MAX_HEAP) { PyErr_SetString(PyExc_MemoryError, "object too large"); return -1; }
+    uint64_t words = object_words(fmt, size), addr = 0, acct[ACCT_WORDS];
+    if (size > h->max_heap) { PyErr_SetString(PyExc_MemoryError, "object too large"); return -1; }
     int got = 0;
     if (rd(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;
     if (acct[ACCT(M_FREE_WORDS)]) {
@@ -670,7 +712,7 @@ static int alloc(Heap *h, uint64_t cls, unsigned fmt, uint64_t size, uint64_t *o
     }
     if (!got) {
         uint64_t top = acct[ACCT(M_TOP)];
-        if (top + words * 8 > MAX_HEAP || top + words * 8 < top) {
+        if (words > h->max_heap / 8 || top + words * 8 > h->max_heap) {
             PyErr_SetString(PyExc_MemoryError, "the image's heap is full");
             return -1;
         }
@@ -857,8 +899,15 @@ static void unbuilt(Heap *h, uint64_t addr, uint64_t cls) {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     uint64_t leaf, none[1];
-    int rc = cls == C_VECTOR ? new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, addr, 0, leaf)
-                             : store_build(h, addr, none, 0);
+    objinfo o;
+    int rc = 0;
+    if (cls == C_VECTOR) {
+        rc = new_leaf(h, LEAF_SMALL, NULL, 0, &leaf) || vec_header_set(h, addr, 0, leaf);
+    } else if (cls == C_TABLE) {
+        rc = store_build(h, addr, none, 0);
+    } else if (!(rc = obj(h, addr, &o))) {   /* a tuple or a record: None in every slot */
+        for (uint64_t i = 0; !rc && i < o.size; i++) rc = wr64(h, o.body + 8 * i, W_NONE);
+    }
     if (rc) PyErr_Clear();   /* the first error is the one to report */
     PyErr_Restore(type, value, tb);
 }
@@ -894,8 +943,10 @@ static int encode_tuple(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
     if (memo_put(memo, v, *out)) return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t w;
-        if (encode(h, PyTuple_GET_ITEM(v, i), memo, &w) || wr64(h, body + 8 * (uint64_t)i, w))
+        if (encode(h, PyTuple_GET_ITEM(v, i), memo, &w) || wr64(h, body + 8 * (uint64_t)i, w)) {
+            unbuilt(h, *out, C_TUPLE);
             return -1;
+        }
     }
     return 0;
 }
@@ -977,6 +1028,7 @@ static int encode_top(Heap *h, PyObject *v, uint64_t *out) {
 /* -- decoding ------------------------------------------------------------------ */
 
 static PyObject *decode(Heap *h, uint64_t w);
+static PyObject *decode_in(Heap *h, uint64_t w, uint64_t holder);
 
 static PyObject *decode_short(uint64_t w) {
     size_t n = (w >> 3) & 7;
@@ -1013,7 +1065,7 @@ static PyObject *decode_tuple(Heap *h, const objinfo *o) {
     if (!t) return NULL;
     for (uint64_t i = 0; i < o->size; i++) {
         uint64_t w;
-        PyObject *item = slot(h, o, i, &w) ? NULL : decode(h, w);
+        PyObject *item = slot(h, o, i, &w) ? NULL : decode_in(h, w, o->addr);
         if (!item) { Py_DECREF(t); return NULL; }
         PyTuple_SET_ITEM(t, (Py_ssize_t)i, item);
     }
@@ -1133,17 +1185,18 @@ static PyObject *decode_object(Heap *h, uint64_t addr) {
     }
 }
 
-static PyObject *decode(Heap *h, uint64_t w) {
+/* The value of word w, read from the object at holder (named in errors). */
+static PyObject *decode_in(Heap *h, uint64_t w, uint64_t holder) {
     switch (w & TAG_MASK) {
     case TAG_PTR:
-        if (w == W_EMPTY) { corrupt(0, "an empty slot where a value should be"); return NULL; }
+        if (w == W_EMPTY) { corrupt(holder, "an empty slot where a value should be"); return NULL; }
         return decode_object(h, w);
     case TAG_FIX: return PyLong_FromLongLong(UNFX(w));
     case TAG_SSTR: case TAG_SBYTES: {
         PyObject *v = decode_short(w);
         if (!v && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
             PyErr_Clear();
-            corrupt(0, "a short string word 0x%llx that is not UTF-8", (unsigned long long)w);
+            corrupt(holder, "holds a short string 0x%llx that is not UTF-8", (unsigned long long)w);
         }
         return v;
     }
@@ -1158,10 +1211,12 @@ static PyObject *decode(Heap *h, uint64_t w) {
         if (w == W_EOF) return special(h, "eof", 0);
         /* fall through: ABSENT and unknown specials are never values */
     default:
-        corrupt(0, "0x%llx is not a value word", (unsigned long long)w);
+        corrupt(holder, "holds 0x%llx, which is not a value", (unsigned long long)w);
         return NULL;
     }
 }
+
+static PyObject *decode(Heap *h, uint64_t w) { return decode_in(h, w, 0); }
 
 /* -- the chunked vector -------------------------------------------------------- */
 /*
@@ -1204,22 +1259,27 @@ static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
         return 0;
     }
     if (node_open(h, p->root, &r, &count)) return -1;
+    uint64_t base, top, n;
+    if (heap_bounds(h, &base, &top, &n)) return -1;
     const uint64_t *e = view(h, r.body + 8, 2 * count);
     if (!e) return -1;
     p->len = 0;
-    for (uint64_t k = 0; k < count; k++) {
-        if (!IS_FIX(e[2 * k]) || UNFX(e[2 * k]) < 0)
-            return corrupt(p->root, "entry %llu has no size", (unsigned long long)k);
+    for (uint64_t k = 0; k < count; k++) {   /* every item is a word of the heap */
+        if (!IS_FIX(e[2 * k]) || UNFX(e[2 * k]) < 0 || (uint64_t)UNFX(e[2 * k]) > (top - base) / 8)
+            return corrupt(p->root, "entry %llu has no size, or one past the heap", (unsigned long long)k);
         p->len += (uint64_t)UNFX(e[2 * k]);
     }
+    if (p->len > (top - base) / 8)
+        return corrupt(p->root, "its sizes add up to %llu items, more than the heap holds",
+                       (unsigned long long)p->len);
     return 0;
 }
 
 static int node_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
     int64_t c;
     if (obj_of_class(h, addr, C_VNODE, o)) return -1;
-    if (o->size < 3 || !(o->size & 1)) return corrupt(addr, "a vector node of %llu slots",
-                                                      (unsigned long long)o->size);
+    if (o->size < 3 || !(o->size & 1) || (o->size - 1) / 2 > h->node_max)
+        return corrupt(addr, "a vector node of %llu slots", (unsigned long long)o->size);
     if (fix_slot(h, o, 0, 1, (int64_t)(o->size - 1) / 2, &c)) return -1;
     *count = (uint64_t)c;
     return 0;
@@ -1228,7 +1288,8 @@ static int node_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
 static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
     int64_t c;
     if (obj_of_class(h, addr, C_VLEAF, o)) return -1;
-    if (o->size < 1) return corrupt(addr, "a vector leaf without a count");
+    if (o->size < 1 || o->size - 1 > h->leaf_max)
+        return corrupt(addr, "a vector leaf of %llu slots", (unsigned long long)o->size);
     if (fix_slot(h, o, 0, 0, (int64_t)o->size - 1, &c)) return -1;
     *count = (uint64_t)c;
     return 0;
@@ -1246,7 +1307,7 @@ static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath
         if (!e) return -1;
         for (k = 0; k < count; k++) {
             uint64_t sz = e[2 * k];
-            if (!IS_FIX(sz) || UNFX(sz) < 0)
+            if (!IS_FIX(sz) || UNFX(sz) < 0 || (uint64_t)UNFX(sz) > MAX_HEAP / 8)
                 return corrupt(cur, "entry %llu has no size", (unsigned long long)k);
             if (i < acc + (uint64_t)UNFX(sz) || (for_insert && k == count - 1 && i <= acc + (uint64_t)UNFX(sz))) {
                 child = e[2 * k + 1];
@@ -1508,20 +1569,6 @@ static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
         height--;
     }
     return root == p.root && height == p.height ? 0 : vec_header_set(h, vaddr, height, root);
-}
-
-/* Copies the words of items [start, stop) into out. */
-static int vec_words(Heap *h, uint64_t vaddr, uint64_t start, uint64_t stop, uint64_t *out) {
-    vpath p;
-    while (start < stop) {
-        if (vec_locate(h, vaddr, start, 0, &p)) return -1;
-        uint64_t take = p.leaf_count - p.off;
-        if (take > stop - start) take = stop - start;
-        if (rd(h, item_addr(p.leaf, p.off), out, take * 8)) return -1;
-        out += take;
-        start += take;
-    }
-    return 0;
 }
 
 /* -- the table ---------------------------------------------------------------- */
@@ -1800,18 +1847,16 @@ static int tab_remove_entry(Heap *h, const tab *t, uint64_t e) {
 ** the page table to drop.  No allocation may happen between mark and sweep.
 */
 
-static int marked(Heap *h, uint64_t addr) {
-    uint64_t off = (addr - h->marks_base) / 8;
-    return (h->marks[off >> 3] >> (off & 7)) & 1;
-}
+static int marked(Heap *h, uint64_t addr) { return bm_get(&h->marks, addr); }
 
 static int mark_push(Heap *h, uint64_t w, uint64_t from) {
     if (!IS_PTR(w)) return 0;
     if (w & 7 || w < h->marks_base || w >= h->marks_top)
         return corrupt(from, "holds a reference 0x%llx outside the heap", (unsigned long long)w);
-    uint64_t off = (w - h->marks_base) / 8;
-    if ((h->marks[off >> 3] >> (off & 7)) & 1) return 0;
-    h->marks[off >> 3] |= (uint8_t)(1u << (off & 7));
+    if (bm_get(&h->marks, w)) return 0;
+    objinfo o;   /* checked before it is marked: the bitmap grows only over real objects */
+    if (parse_header(h, w, h->marks_base, h->marks_top, CLASS_MAX + 1, &o)) return -1;
+    if (bm_set(&h->marks, w)) return -1;
     if (h->n_stack == h->cap_stack) {
         size_t cap = h->cap_stack ? h->cap_stack * 2 : 1024;
         uint64_t *s = PyMem_Realloc(h->stack, cap * 8);
@@ -1871,9 +1916,9 @@ static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS
 static int mark_all(Heap *h, PyObject *roots) {
     uint64_t base, top, n, w, weak = 0, weak_store = 0;
     if (heap_bounds(h, &base, &top, &n)) return -1;
-    PyMem_Free(h->marks);
-    h->marks = PyMem_Calloc((size_t)((top - base) / 64 + 1), 1);
-    if (!h->marks) { PyErr_NoMemory(); return -1; }
+    bm_free(&h->marks);
+    bm_init(&h->marks, base);
+    h->marking = 1;
     h->marks_base = base;
     h->marks_top = top;
     h->n_stack = 0;
@@ -1922,7 +1967,7 @@ static int sweep_flush(Heap *h, sweep_state *s, uint64_t start, uint64_t end) {
 static int sweep_all(Heap *h, sweep_state *s) {
     uint64_t base, top, n, ps = h->page_size, run = 0, addr;
     if (heap_bounds(h, &base, &top, &n)) return -1;
-    if (!h->marks || base != h->marks_base || top != h->marks_top) {
+    if (!h->marking || base != h->marks_base || top != h->marks_top) {
         PyErr_SetString(PyExc_RuntimeError, "sweep() needs a mark() of the same heap just before");
         return -1;
     }
@@ -1946,61 +1991,121 @@ static int sweep_all(Heap *h, sweep_state *s) {
         if (release_pages(h, s, (run + ps - 1) / ps, (top + ps - 1) / ps) || set_meta(h, M_TOP, run))
             return -1;
     }
-    PyMem_Free(h->marks);
-    h->marks = NULL;
+    bm_free(&h->marks);
+    h->marking = 0;
     return set_meta(h, M_OBJECTS, s->objects) || set_meta(h, M_OBJ_WORDS, s->obj_words)
            || set_meta(h, M_FREE_WORDS, s->free_words) || set_meta(h, M_FREE_CHUNKS, s->chunks)
            || add_meta(h, M_GCS, 1);
 }
 
 /* -- the heap verifier ---------------------------------------------------------- */
+/*
+** heap_check proves the invariants of the header comment by walking the heap
+** twice: once to learn where objects and free chunks start, once to check
+** every reference and every structure.  Beyond references, it checks that
+**  - every slot that holds a value holds a valid value word (not EMPTY,
+**    ABSENT, tag 7, an unknown special, a short string that is not UTF-8 or
+**    not zero-padded, a code point past U+10FFFF);
+**  - the inside of a vector or table (leaves, nodes, stores) is referred to
+**    only by its own vector or table, exactly once;
+**  - every table entry's hash is the hash of its key, every index slot names
+**    a used entry and no entry twice;
+**  - the meta roots are objects of the classes they must be.
+** Blobs' contents (their hash and length) are checked by image/ in Python,
+** where the blob key and zstd live.
+*/
 
 typedef struct {
     uint64_t base, top, nclasses;
-    uint8_t *starts, *frees;     /* bitmaps over heap words */
+    bitmap starts, frees, inner;   /* object starts, free chunks, inner objects reached */
     uint64_t objects, obj_words, free_words, chunks, vectors, tables;
 } verify_state;
 
-static int bit(const uint8_t *map, uint64_t base, uint64_t addr) {
-    uint64_t off = (addr - base) / 8;
-    return (map[off >> 3] >> (off & 7)) & 1;
-}
-
-static void set_bit(uint8_t *map, uint64_t base, uint64_t addr) {
-    uint64_t off = (addr - base) / 8;
-    map[off >> 3] |= (uint8_t)(1u << (off & 7));
-}
-
 static int is_object_start(const verify_state *v, uint64_t w) {
-    return !(w & 7) && w >= v->base && w < v->top && bit(v->starts, v->base, w)
-           && !bit(v->frees, v->base, w);
+    return !(w & 7) && w >= v->base && w < v->top && bm_get(&v->starts, w) && !bm_get(&v->frees, w);
 }
 
-/* The items under a vector subtree; checks counts, sizes and empty slots. */
-static int verify_subtree(Heap *h, const verify_state *v, uint64_t addr, int height, uint64_t *total) {
+static int utf8_ok(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!len || i + len > n) return 0;
+        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Is w a word a user-visible slot may hold (references are checked apart)? */
+static int value_word_ok(uint64_t w) {
+    switch (w & TAG_MASK) {
+    case TAG_PTR: return w != W_EMPTY;
+    case TAG_FIX: case TAG_FLOAT: return 1;
+    case TAG_CHAR: return (w >> 3) <= 0x10FFFF;
+    case TAG_SSTR: case TAG_SBYTES: {
+        size_t n = (w >> 3) & 7;
+        if (n < 7 && (w >> (8 + 8 * n))) return 0;   /* not zero-padded: equality by word fails */
+        return (w & TAG_MASK) == TAG_SBYTES || utf8_ok((const uint8_t *)&w + 1, n);
+    }
+    case TAG_SPECIAL: return (w >> 3) < N_SPECIALS && w != W_ABSENT;
+    default: return 0;
+    }
+}
+
+static int check_value(uint64_t holder, uint64_t i, uint64_t w) {
+    if (value_word_ok(w)) return 0;
+    return corrupt(holder, "slot %llu holds 0x%llx, which is not a value", (unsigned long long)i,
+                   (unsigned long long)w);
+}
+
+/* An inner object (leaf, node, store) may be reached from its owner only,
+ * and once. */
+static int reach_inner(verify_state *v, uint64_t holder, uint64_t k, uint64_t addr) {
+    if (!is_object_start(v, addr))
+        return corrupt(holder, "entry %llu refers to 0x%llx, where no object starts",
+                       (unsigned long long)k, (unsigned long long)addr);
+    if (bm_get(&v->inner, addr))
+        return corrupt(addr, "reached twice (a vector or table shares it)");
+    return bm_set(&v->inner, addr);
+}
+
+/* The items under a vector subtree; checks counts, sizes, values and empty slots. */
+static int verify_subtree(Heap *h, verify_state *v, uint64_t holder, uint64_t k, uint64_t addr,
+                          int height, uint64_t *total) {
     objinfo o;
     uint64_t count;
-    if (!is_object_start(v, addr)) return corrupt(addr, "a vector refers here, but no object starts here");
+    if (reach_inner(v, holder, k, addr)) return -1;
     if (height == 0) {
         if (leaf_open(h, addr, &o, &count)) return -1;
-        for (uint64_t k = count; k + 1 < o.size; k++) {
+        for (uint64_t j = 0; j + 1 < o.size; j++) {
             uint64_t w;
-            if (rd64(h, item_addr(addr, k), &w)) return -1;
-            if (w != W_EMPTY) return corrupt(addr, "leaf slot %llu past its count is not empty", (unsigned long long)k);
+            if (rd64(h, item_addr(addr, j), &w)) return -1;
+            if (j < count ? check_value(addr, j + 1, w) : w != W_EMPTY
+                                ? corrupt(addr, "leaf slot %llu past its count is not empty", (unsigned long long)j)
+                                : 0)
+                return -1;
         }
         *total = count;
         return 0;
     }
     if (node_open(h, addr, &o, &count)) return -1;
-    uint64_t sum = 0, *e = PyMem_Malloc(count * 16);
+    uint64_t sum = 0, *e = PyMem_Malloc((o.size - 1) * 8);
     if (!e) { PyErr_NoMemory(); return -1; }
-    int rc = rd(h, entry_addr(addr, 0), e, count * 16);
-    for (uint64_t k = 0; !rc && k < count; k++) {
+    int rc = rd(h, entry_addr(addr, 0), e, (o.size - 1) * 8);
+    for (uint64_t j = 2 * count; !rc && j < o.size - 1; j++)
+        if (e[j] != W_EMPTY) rc = corrupt(addr, "node slot %llu past its count is not empty", (unsigned long long)(j + 1));
+    for (uint64_t j = 0; !rc && j < count; j++) {
         uint64_t sub;
-        rc = verify_subtree(h, v, e[2 * k + 1], height - 1, &sub);
-        if (!rc && (!IS_FIX(e[2 * k]) || (uint64_t)UNFX(e[2 * k]) != sub))
-            rc = corrupt(addr, "entry %llu says %lld items, its subtree holds %llu", (unsigned long long)k,
-                         (long long)UNFX(e[2 * k]), (unsigned long long)sub);
+        rc = verify_subtree(h, v, addr, j, e[2 * j + 1], height - 1, &sub);
+        if (!rc && (!IS_FIX(e[2 * j]) || (uint64_t)UNFX(e[2 * j]) != sub))
+            rc = corrupt(addr, "entry %llu says %lld items, its subtree holds %llu", (unsigned long long)j,
+                         (long long)UNFX(e[2 * j]), (unsigned long long)sub);
         sum += sub;
     }
     PyMem_Free(e);
@@ -2008,20 +2113,65 @@ static int verify_subtree(Heap *h, const verify_state *v, uint64_t addr, int hei
     return rc;
 }
 
-static int verify_vector(Heap *h, const verify_state *v, uint64_t addr) {
+static int verify_vector(Heap *h, verify_state *v, uint64_t addr) {
     vpath p;
     uint64_t total;
-    if (vec_open(h, addr, &p) || verify_subtree(h, v, p.root, p.height, &total)) return -1;
+    if (vec_open(h, addr, &p) || verify_subtree(h, v, addr, V_ROOT, p.root, p.height, &total)) return -1;
     if (total != p.len)
         return corrupt(addr, "a vector of length %llu holds %llu items", (unsigned long long)p.len,
                        (unsigned long long)total);
     return 0;
 }
 
-static int verify_table(Heap *h, uint64_t addr) {
+/* Every live entry: a value key and value, the hash of its key, found by probing. */
+static int verify_entry(Heap *h, const tab *t, uint64_t e, const uint64_t *tr) {
+    if (check_value(t->store, 2 + t->I + 3 * e + 1, tr[1]) || check_value(t->store, 2 + t->I + 3 * e + 2, tr[2]))
+        return -1;
+    PyObject *key = decode_in(h, tr[1], t->store);
+    uint64_t hash;
+    if (!key) return -1;
+    int bad = key_hash(h, key, &hash);
+    Py_DECREF(key);
+    if (bad) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
+        PyErr_Clear();
+        return corrupt(t->store, "entry %llu has a key that cannot be hashed", (unsigned long long)e);
+    }
+    if (FX(hash) != tr[0])
+        return corrupt(t->store, "entry %llu's hash is not its key's", (unsigned long long)e);
+    if (!t->I) return 0;
+    uint64_t mask = t->I - 1, j = hash & mask, w = FX(-1);
+    for (uint64_t probes = 0; probes < t->I; probes++, j = (j + 1) & mask) {
+        if (rd64(h, t->index + 8 * j, &w)) return -1;
+        if (w == FX(e) || w == FX(-1)) break;
+    }
+    if (w != FX(e)) return corrupt(t->store, "entry %llu cannot be found through the index", (unsigned long long)e);
+    return 0;
+}
+
+static int verify_index(Heap *h, const tab *t) {
+    bitmap named;
+    bm_init(&named, 0);
+    int rc = 0;
+    for (uint64_t j = 0; !rc && j < t->I; j++) {
+        uint64_t w;
+        if ((rc = rd64(h, t->index + 8 * j, &w))) break;
+        if (w == FX(-1)) continue;
+        if (!IS_FIX(w) || UNFX(w) < 0 || (uint64_t)UNFX(w) >= t->used)
+            rc = corrupt(t->store, "index slot %llu holds 0x%llx, not a used entry", (unsigned long long)j, (unsigned long long)w);
+        else if (bm_get(&named, (uint64_t)UNFX(w) * 8))
+            rc = corrupt(t->store, "two index slots name entry %lld", (long long)UNFX(w));
+        else
+            rc = bm_set(&named, (uint64_t)UNFX(w) * 8);
+    }
+    bm_free(&named);
+    return rc;
+}
+
+static int verify_table(Heap *h, verify_state *v, uint64_t addr) {
     tab t;
     uint64_t live = 0;
-    if (tab_open(h, addr, &t)) return -1;
+    if (tab_open(h, addr, &t) || reach_inner(v, addr, T_STORE, t.store) || verify_index(h, &t)) return -1;
     for (uint64_t e = 0; e < t.E; e++) {
         uint64_t tr[3];
         if (rd(h, ent(&t, e), tr, 24)) return -1;
@@ -2030,15 +2180,12 @@ static int verify_table(Heap *h, uint64_t addr) {
             continue;
         }
         if (!IS_FIX(tr[0])) return corrupt(t.store, "entry %llu has no hash", (unsigned long long)e);
-        if (tr[1] == W_ABSENT) continue;
-        live++;
-        if (!t.I) continue;
-        uint64_t mask = t.I - 1, j = (uint64_t)UNFX(tr[0]) & mask, w, probes;
-        for (probes = 0; probes < t.I; probes++, j = (j + 1) & mask) {
-            if (rd64(h, t.index + 8 * j, &w)) return -1;
-            if (w == FX(e) || w == FX(-1)) break;
+        if (tr[1] == W_ABSENT) {
+            if (tr[2] != W_ABSENT) return corrupt(t.store, "deleted entry %llu keeps a value", (unsigned long long)e);
+            continue;
         }
-        if (w != FX(e)) return corrupt(t.store, "entry %llu cannot be found through the index", (unsigned long long)e);
+        live++;
+        if (verify_entry(h, &t, e, tr)) return -1;
     }
     if (live != t.count)
         return corrupt(addr, "a table counting %llu entries holds %llu", (unsigned long long)t.count,
@@ -2046,7 +2193,17 @@ static int verify_table(Heap *h, uint64_t addr) {
     return 0;
 }
 
+static int is_inner_class(uint64_t cls) { return cls == C_VLEAF || cls == C_VNODE || cls == C_TSTORE; }
+
+/* Classes whose every slot is a value (the structured ones are checked by
+ * their own walks). */
+static int holds_values(uint64_t cls) {
+    return cls != C_VECTOR && cls != C_VLEAF && cls != C_VNODE && cls != C_TABLE && cls != C_TSTORE
+           && cls != C_BLOB;
+}
+
 static int verify_slots(Heap *h, verify_state *v, const objinfo *o) {
+    int values = holds_values(o->cls), owner = o->cls == C_VECTOR || o->cls == C_VNODE || o->cls == C_TABLE;
     for (uint64_t i = 0; i < o->size; i += TRACE_CHUNK) {
         uint64_t n = o->size - i < TRACE_CHUNK ? o->size - i : TRACE_CHUNK, copy[TRACE_CHUNK];
         const uint64_t *w = view(h, o->body + 8 * i, n);
@@ -2054,16 +2211,32 @@ static int verify_slots(Heap *h, verify_state *v, const objinfo *o) {
         memcpy(copy, w, n * 8);
         for (uint64_t j = 0; j < n; j++) {
             uint64_t x = copy[j], tag = x & TAG_MASK;
-            if (IS_PTR(x) && !is_object_start(v, x))
-                return corrupt(o->addr, "slot %llu refers to 0x%llx, where no object starts",
-                               (unsigned long long)(i + j), (unsigned long long)x);
+            if (IS_PTR(x)) {
+                uint64_t hd;
+                if (!is_object_start(v, x))
+                    return corrupt(o->addr, "slot %llu refers to 0x%llx, where no object starts",
+                                   (unsigned long long)(i + j), (unsigned long long)x);
+                if (!owner && (rd64(h, x, &hd) || is_inner_class(hd >> 44)))
+                    return PyErr_Occurred() ? -1 : corrupt(o->addr, "slot %llu refers to the inside of a vector or table at 0x%llx",
+                                                           (unsigned long long)(i + j), (unsigned long long)x);
+            }
             if (tag == 7 || (tag == TAG_SPECIAL && (x >> 3) >= N_SPECIALS))
                 return corrupt(o->addr, "slot %llu holds 0x%llx, which is not a value",
                                (unsigned long long)(i + j), (unsigned long long)x);
+            if (values && check_value(o->addr, i + j, x)) return -1;
         }
     }
     if (o->cls == C_VECTOR) { v->vectors++; return verify_vector(h, v, o->addr); }
-    if (o->cls == C_TABLE) { v->tables++; return verify_table(h, o->addr); }
+    if (o->cls == C_TABLE) { v->tables++; return verify_table(h, v, o->addr); }
+    if (o->cls == C_BLOB) {
+        uint64_t w[3];
+        objinfo d;
+        if (rd(h, o->body, w, 24)) return -1;
+        for (int k = 0; k < 2; k++)
+            if (!IS_PTR(w[k]) || obj_of_class(h, w[k], C_BYTES, &d))
+                return PyErr_Occurred() ? -1 : corrupt(o->addr, "blob slot %d is not a byte string", k);
+        if (!IS_FIX(w[2]) || UNFX(w[2]) < 0) return corrupt(o->addr, "a blob without a length");
+    }
     return 0;
 }
 
@@ -2075,7 +2248,7 @@ static int verify_bins(Heap *h, verify_state *v) {
             uint64_t words;
             if (seen >= v->chunks)
                 return corrupt(c, "the free lists hold more chunks than the heap (a cycle?)");
-            if (c & 7 || c < v->base || c >= v->top || !bit(v->frees, v->base, c))
+            if (c & 7 || c < v->base || c >= v->top || !bm_get(&v->frees, c))
                 return corrupt(c, "on free list %d, but not a free chunk", b);
             if (free_chunk_words(h, c, &words)) return -1;
             if (bin_of(words) != b) return corrupt(c, "a free chunk of %llu words on list %d",
@@ -2101,23 +2274,35 @@ static int verify_accounts(Heap *h, verify_state *v) {
             return corrupt(0, "the image counts %llu %s, the heap holds %llu", (unsigned long long)m,
                            acct[i].name, (unsigned long long)actual[i]);
     }
-    for (size_t i = 0; i < sizeof meta_roots / sizeof meta_roots[0]; i++) {
+    static const struct { int index; uint64_t cls; int optional; } roots[] = {
+        {M_ROOT, C_TABLE, 0}, {M_CLASSES, C_VECTOR, 0}, {M_SYMBOLS, C_TABLE, 0}, {M_BLOBS, C_TABLE, 0},
+        {M_ACTORS, C_TABLE, 1}};
+    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
         uint64_t w;
-        if (meta(h, meta_roots[i], &w)) return -1;
-        if (IS_PTR(w) && !is_object_start(v, w))
-            return corrupt(0, "meta word %d refers to 0x%llx, where no object starts", meta_roots[i],
+        objinfo o;
+        if (meta(h, roots[i].index, &w)) return -1;
+        if (!w && roots[i].optional) continue;
+        if (!IS_PTR(w) || !is_object_start(v, w))
+            return corrupt(0, "meta word %d holds 0x%llx, where no object starts", roots[i].index,
                            (unsigned long long)w);
+        if (obj_of_class(h, w, roots[i].cls, &o)) return -1;
     }
+    uint64_t n;
+    if (meta(h, M_CLASSES, &n)) return -1;
+    vpath p;
+    if (vec_open(h, n, &p)) return -1;
+    if (p.len != v->nclasses)
+        return corrupt(0, "the image counts %llu classes, its class table holds %llu",
+                       (unsigned long long)v->nclasses, (unsigned long long)p.len);
     return 0;
 }
 
 static int verify_heap(Heap *h, verify_state *v) {
     objinfo o;
     for (uint64_t addr = v->base; addr < v->top; addr += o.words * 8) {   /* 1: it parses */
-        if (parse_header(h, addr, v->base, v->top, v->nclasses, &o)) return -1;
-        set_bit(v->starts, v->base, addr);
+        if (parse_header(h, addr, v->base, v->top, v->nclasses, &o) || bm_set(&v->starts, addr)) return -1;
         if (o.cls == C_FREE) {
-            set_bit(v->frees, v->base, addr);
+            if (bm_set(&v->frees, addr)) return -1;
             v->chunks++;
             v->free_words += o.words;
         } else {
@@ -2128,9 +2313,9 @@ static int verify_heap(Heap *h, verify_state *v) {
     for (uint64_t addr = v->base; addr < v->top; addr += o.words * 8) {   /* 2, 5: references */
         if (parse_header(h, addr, v->base, v->top, v->nclasses, &o)) return -1;
         if (o.cls == C_STRING) {
-            PyObject *s = decode_bytes(h, &o);
-            if (!s) return -1;
-            Py_DECREF(s);
+            PyObject *str = decode_bytes(h, &o);
+            if (!str) return -1;
+            Py_DECREF(str);
         }
         if (o.cls != C_FREE && o.fmt == FMT_POINTERS && verify_slots(h, v, &o)) return -1;
     }
@@ -2138,14 +2323,16 @@ static int verify_heap(Heap *h, verify_state *v) {
 }
 
 static PyObject *heap_check(Heap *h) {
-    verify_state v = {0};
+    verify_state v;
+    memset(&v, 0, sizeof v);
     if (heap_bounds(h, &v.base, &v.top, &v.nclasses)) return NULL;
-    size_t bytes = (size_t)((v.top - v.base) / 64 + 1);
-    v.starts = PyMem_Calloc(bytes, 1);
-    v.frees = PyMem_Calloc(bytes, 1);
-    int rc = v.starts && v.frees ? verify_heap(h, &v) : (PyErr_NoMemory(), -1);
-    PyMem_Free(v.starts);
-    PyMem_Free(v.frees);
+    bm_init(&v.starts, v.base);
+    bm_init(&v.frees, v.base);
+    bm_init(&v.inner, v.base);
+    int rc = verify_heap(h, &v);
+    bm_free(&v.starts);
+    bm_free(&v.frees);
+    bm_free(&v.inner);
     if (rc) return NULL;
     return Py_BuildValue("{sKsKsKsKsKsKsK}", "objects", (unsigned long long)v.objects,
                          "object_bytes", (unsigned long long)(v.obj_words * 8),
@@ -2227,8 +2414,8 @@ static PyObject *m_reload(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     if (meta(h, M_MAGIC, &magic) || meta(h, M_VERSION, &version)) return NULL;
     if (magic != OM_MAGIC) return PyBool_FromLong(0);
     if (version != OM_VERSION) {
-        PyErr_Format(PyExc_ValueError, "object memory version %llu; this imago reads version %u",
-                     (unsigned long long)version, OM_VERSION);
+        corrupt(0, "the object memory is version %llu; this imago reads version %u",
+                (unsigned long long)version, OM_VERSION);
         return NULL;
     }
     if (meta(h, M_SEED, &h->seed) || heap_bounds(h, &base, &top, &n)) return NULL;
@@ -2387,8 +2574,10 @@ static PyObject *m_new_object(Heap *h, PyObject *const *args, Py_ssize_t nargs) 
     uint64_t addr, w;
     if (new_empty(h, cls, (uint64_t)n, &addr)) return NULL;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (encode_top(h, PyList_GET_ITEM(args[1], i), &w) || wr64(h, body_of(addr, (uint64_t)n) + 8 * (uint64_t)i, w))
+        if (encode_top(h, PyList_GET_ITEM(args[1], i), &w) || wr64(h, body_of(addr, (uint64_t)n) + 8 * (uint64_t)i, w)) {
+            unbuilt(h, addr, C_RECORD);
             return NULL;
+        }
     return PyLong_FromUnsignedLongLong(addr);
 }
 
@@ -2401,7 +2590,7 @@ static PyObject *m_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     if (obj(h, a, &o)) return NULL;
     if (o.fmt != FMT_POINTERS) { PyErr_SetString(PyExc_TypeError, "a byte object has no slots"); return NULL; }
     if (i >= o.size) { PyErr_SetString(PyExc_IndexError, "slot index out of range"); return NULL; }
-    return slot(h, &o, i, &w) ? NULL : decode(h, w);
+    return slot(h, &o, i, &w) ? NULL : decode_in(h, w, a);
 }
 
 static PyObject *m_set_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2445,7 +2634,7 @@ static PyObject *m_vec_get(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || vec_locate(h, v, i, 0, &p)
         || rd64(h, item_addr(p.leaf, p.off), &w))
         return NULL;
-    return decode(h, w);
+    return decode_in(h, w, p.leaf);
 }
 
 static PyObject *m_vec_set(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2508,18 +2697,27 @@ static PyObject *m_vec_slice(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     if (vec_open(h, v, &p)) return NULL;
     if (stop > p.len) stop = p.len;
     if (start > stop) start = stop;
-    uint64_t n = stop - start, *words = PyMem_Malloc((n ? n : 1) * 8);
-    if (!words) return PyErr_NoMemory();
-    PyObject *out = NULL;
-    if (!vec_words(h, v, start, stop, words) && (out = PyList_New((Py_ssize_t)n))) {
-        for (uint64_t i = 0; i < n; i++) {
-            PyObject *item = decode(h, words[i]);
-            if (!item) { Py_CLEAR(out); break; }
-            PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    PyObject *out = PyList_New((Py_ssize_t)(stop - start));
+    uint64_t *words = PyMem_Malloc((h->leaf_max + 1) * 8), done = 0;
+    if (!out || !words) { Py_XDECREF(out); PyMem_Free(words); return PyErr_NoMemory(); }
+    while (start + done < stop) {   /* a leaf at a time, so errors name the leaf */
+        if (vec_locate(h, v, start + done, 0, &p)) goto fail;
+        uint64_t take = p.leaf_count - p.off, leaf = p.leaf;
+        if (take > stop - start - done) take = stop - start - done;
+        if (rd(h, item_addr(leaf, p.off), words, take * 8)) goto fail;
+        for (uint64_t i = 0; i < take; i++) {
+            PyObject *item = decode_in(h, words[i], leaf);
+            if (!item) goto fail;
+            PyList_SET_ITEM(out, (Py_ssize_t)(done + i), item);
         }
+        done += take;
     }
     PyMem_Free(words);
     return out;
+fail:
+    PyMem_Free(words);
+    Py_DECREF(out);
+    return NULL;
 }
 
 /* tables */
@@ -2540,7 +2738,7 @@ static PyObject *m_tab_get(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     int found = tab_lookup(h, t, args[1], &tb, &e);
     if (found < 0) return NULL;
     if (!found) return Py_NewRef(args[2]);
-    return rd64(h, ent(&tb, e) + 16, &w) ? NULL : decode(h, w);
+    return rd64(h, ent(&tb, e) + 16, &w) ? NULL : decode_in(h, w, tb.store);
 }
 
 static PyObject *m_tab_set(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2585,7 +2783,8 @@ static PyObject *m_tab_items(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
         uint64_t kv[2];
         if (rd(h, ent(&tb, e) + 8, kv, 16)) { Py_CLEAR(out); break; }
         if (kv[0] == W_ABSENT) continue;
-        PyObject *k = what != 1 ? decode(h, kv[0]) : NULL, *v = what != 0 ? decode(h, kv[1]) : NULL;
+        PyObject *k = what != 1 ? decode_in(h, kv[0], tb.store) : NULL;
+        PyObject *v = what != 0 && (what == 1 || k) ? decode_in(h, kv[1], tb.store) : NULL;
         PyObject *item = what == 0 ? Py_XNewRef(k) : what == 1 ? Py_XNewRef(v)
                          : (k && v ? PyTuple_Pack(2, k, v) : NULL);
         Py_XDECREF(k);
@@ -2604,8 +2803,8 @@ static PyObject *m_mark(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(1, "mark(roots)");
     if (!PyList_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "mark(list of addresses)"); return NULL; }
     if (mark_all(h, args[0])) {
-        PyMem_Free(h->marks);
-        h->marks = NULL;
+        bm_free(&h->marks);
+        h->marking = 0;
         return NULL;
     }
     Py_RETURN_NONE;
@@ -2614,7 +2813,7 @@ static PyObject *m_mark(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
 static PyObject *m_is_marked(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(1, "is_marked(addr)");
     U64(0, a);
-    if (!h->marks || a < h->marks_base || a >= h->marks_top) Py_RETURN_FALSE;
+    if (!h->marking || a < h->marks_base || a >= h->marks_top) Py_RETURN_FALSE;
     return PyBool_FromLong(marked(h, a));
 }
 
@@ -2700,6 +2899,7 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
     h->page_size = (uint64_t)h->r->page_size;
     h->page_shift = 0;
     while (((uint64_t)1 << h->page_shift) < h->page_size) h->page_shift++;
+    h->max_heap = (uint64_t)1 << (MAX_PAGES_LOG + h->page_shift);
     if (((uint64_t)1 << h->page_shift) != h->page_size || h->page_size < META_WORDS * 8) {
         PyErr_SetString(PyExc_ValueError, "the page size must be a power of two of at least 1 KiB");
         return -1;
@@ -2721,7 +2921,7 @@ static void heap_dealloc(Heap *h) {
     Py_XDECREF(h->make_special);
     Py_XDECREF(h->handle_type);
     PyMem_Free(h->reused);
-    PyMem_Free(h->marks);
+    bm_free(&h->marks);
     PyMem_Free(h->stack);
     PyMem_Free(h->scratch);
     PyMem_Free(h->undo);

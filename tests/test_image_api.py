@@ -618,6 +618,8 @@ def test_a_failed_store_inside_a_caught_transaction_leaves_a_valid_heap(img):
             img.root["x"] = [1, 2, {"k": [3, {4}]}]
         with pytest.raises(TypeError):
             img.root["y"] = {"a": [object()]}
+        with pytest.raises(TypeError):
+            img.root["t"] = (1, (2, {3}))
         img.root["z"] = [1]
     assert "x" not in img.root and "y" not in img.root
     img.check()
