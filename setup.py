@@ -22,9 +22,11 @@ setup(
         "prompt_toolkit>=3.0.40,<4",
     ],
     extras_require={
-        # pytest and hypothesis run the suite; lmdb is a benchmark peer that the
-        # benchmark smoke test imports (sqlite3 ships with Python).
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "lmdb>=1.4,<4"],
+        # pytest and hypothesis run the suite; lmdb and ZODB are benchmark peers
+        # (bench/bench_pager.py, bench/bench_inbox.py) that the benchmark smoke
+        # tests import, so the suite needs them (sqlite3 ships with Python).
+        # ZODB brings BTrees, persistent and transaction; measured with ZODB 6.
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "lmdb>=1.4,<4", "ZODB>=6,<7"],
     },
     entry_points={"console_scripts": ["imago = browser.cli:main"]},
 )
