@@ -115,6 +115,7 @@ static PyObject *reader_write(PageReader *r, PyObject *const *args, size_t nargs
         || page_no >= ((uint64_t)1 << 40))
         return reader_fallback(r, "write", args, nargs);
     uint64_t addr = page_no * (uint64_t)r->page_size + offset;
+    r->generation++;
     if (core_write(r->tree, r->dirty, addr, (const uint8_t *)PyBytes_AS_STRING(args[1]),
                    (uint64_t)len))
         return reader_fallback(r, "write", args, nargs);
@@ -137,6 +138,14 @@ static PyObject *reader_rebind(PageReader *r, PyObject *const *args, Py_ssize_t 
     Py_XSETREF(r->keepalive, args[2]);
     r->tree = tree;
     r->dirty = dirty;
+    r->generation++;
+    Py_RETURN_NONE;
+}
+
+/* invalidate(): page pointers given out before may be stale. */
+static PyObject *reader_invalidate(PageReader *r, PyObject *noargs) {
+    (void)noargs;
+    r->generation++;
     Py_RETURN_NONE;
 }
 
@@ -150,6 +159,8 @@ static PyMethodDef reader_methods[] = {
      "write(page_no, data, offset=0)"},
     {"rebind", (PyCFunction)(void (*)(void))reader_rebind, METH_FASTCALL,
      "rebind(tree_addr, dirty_addr, keepalive)"},
+    {"invalidate", (PyCFunction)reader_invalidate, METH_NOARGS,
+     "invalidate(): page pointers given out before may be stale"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,12 @@ typedef struct {
     PyObject *keepalive;   /* the Python owners of tree and dirty: they outlive the binding */
     Py_ssize_t page_size;
     PyObject *fallback;    /* NULL until __init__ */
+    /* Bumped whenever a page pointer this reader gave out may have gone
+     * stale: rebind, a write that makes a copy-on-write copy, a commit, a
+     * rollback, a freed page.  The store bumps it (invalidate()) for what
+     * it does through cffi; objmem.c keeps page pointers across calls only
+     * while it is unchanged. */
+    uint64_t generation;
 } PageReader;
 
 extern PyTypeObject PageReaderType;

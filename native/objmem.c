@@ -66,6 +66,7 @@
 ** reader's Python fallback, so they are the store's own exceptions.
 */
 #include "fastpath.h"
+#include <structmember.h>
 #include <string.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -192,6 +193,23 @@ static int bm_get(const bitmap *b, uint64_t addr) {
     return (off >> 3) < b->nbytes ? (b->bits[off >> 3] >> (off & 7)) & 1 : 0;
 }
 
+/* Is any bit set for the words in [from, to)? */
+static int bm_any(const bitmap *b, uint64_t from, uint64_t to) {
+    uint64_t lo = (from - b->base) >> 3, hi = (to - b->base) >> 3;   /* word indexes */
+    if ((lo >> 3) >= b->nbytes) return 0;
+    if ((hi >> 3) > b->nbytes) hi = (uint64_t)b->nbytes << 3;
+    for (uint64_t w = lo; w < hi;) {
+        if (!(w & 7) && w + 8 <= hi) {
+            if (b->bits[w >> 3]) return 1;
+            w += 8;
+        } else {
+            if ((b->bits[w >> 3] >> (w & 7)) & 1) return 1;
+            w++;
+        }
+    }
+    return 0;
+}
+
 static int bm_set(bitmap *b, uint64_t addr) {
     uint64_t off = (addr - b->base) >> 3;
     if ((off >> 3) >= b->nbytes) {
@@ -207,13 +225,14 @@ static int bm_set(bitmap *b, uint64_t addr) {
     return 0;
 }
 
-/* Page pointers remembered within one call into the Heap.  A pointer the
- * core gives out is valid until that page is written (copy-on-write moves
- * it), or the store commits, rolls back or refreshes (which frees dirty
- * copies); none of that can happen inside a Heap method except through our
- * own writes, which drop the page, or through Python code we call out to,
- * after which the whole cache is dropped (pc_clear).  Every method starts
- * with an empty cache. */
+/* Page pointers remembered between reads.  A pointer the core gives out is
+ * valid until that page is written (copy-on-write moves it) or the store
+ * commits, rolls back, frees a page or refreshes (which frees dirty copies
+ * or swaps the table).  Our own writes drop the pages they touch; everything
+ * else the store does bumps the reader's generation, and a changed
+ * generation empties the cache before the next lookup.  After calling out
+ * to Python code the cache is emptied too (belt and braces).  The heap
+ * bounds of page 0 are cached on the same terms. */
 #define PAGE_CACHE 16
 /* Nesting deeper than this is a runaway recursion, not a program's design. */
 #define MAX_SAVEPOINTS 256
@@ -227,6 +246,7 @@ typedef struct {
     PyObject *txn_made;       /* list: weakrefs of handles made in this transaction */
     int in_txn;
     Py_ssize_t handles_after_sweep;
+    Py_ssize_t off_img, off_heap, off_addr;   /* where a handle keeps its three slots */
     PyObject *make_special;   /* make_special(kind, payload) -> value, for chars, '(), eof */
     PyObject *handle_type;    /* handles are instances; they carry _heap and _addr */
     uint64_t page_size;
@@ -253,6 +273,9 @@ typedef struct {
     int n_sp;
     struct { size_t log; size_t reused; uint64_t top; } sp[MAX_SAVEPOINTS];
     struct { uint64_t page; const uint8_t *bytes; } pages[PAGE_CACHE];
+    uint64_t generation;      /* the reader's generation the cache belongs to */
+    int bounds_ok;            /* base, top and nclasses below are page 0's */
+    uint64_t base, top, nclasses;
 } Heap;
 
 static PyObject *CorruptObject;   /* image.CorruptObject, set by set_errors() */
@@ -339,9 +362,11 @@ static int store_error(Heap *h, const char *kind, uint64_t addr, uint64_t len) {
 
 static void pc_clear(Heap *h) {
     for (int i = 0; i < PAGE_CACHE; i++) h->pages[i].page = UINT64_MAX;
+    h->bounds_ok = 0;
 }
 
 static void pc_drop(Heap *h, uint64_t addr, uint64_t len) {
+    if (addr < META_WORDS * 8) h->bounds_ok = 0;
     uint64_t first = addr >> h->page_shift, last = (addr + (len ? len - 1 : 0)) >> h->page_shift;
     if (last - first >= PAGE_CACHE) { pc_clear(h); return; }
     for (uint64_t p = first; p <= last; p++)
@@ -350,6 +375,10 @@ static void pc_drop(Heap *h, uint64_t addr, uint64_t len) {
 
 /* The bytes of page p (NULL when the core refuses: unbound, damaged, range). */
 static const uint8_t *page_bytes(Heap *h, uint64_t p) {
+    if (h->generation != h->r->generation) {
+        pc_clear(h);
+        h->generation = h->r->generation;
+    }
     unsigned slot = (unsigned)(p & (PAGE_CACHE - 1));
     if (h->pages[slot].page == p) return h->pages[slot].bytes;
     PageReader *r = h->r;
@@ -516,12 +545,35 @@ static int parse_header(Heap *h, uint64_t addr, uint64_t base, uint64_t top, uin
 }
 
 static int heap_bounds(Heap *h, uint64_t *base, uint64_t *top, uint64_t *nclasses) {
+    if (h->bounds_ok && h->generation == h->r->generation) {
+        *base = h->base;
+        *top = h->top;
+        *nclasses = h->nclasses;
+        return 0;
+    }
     if (meta(h, M_BASE, base) || meta(h, M_TOP, top) || meta(h, M_NCLASSES, nclasses)) return -1;
     if (*base < META_WORDS * 8 || *top < *base || *top > h->max_heap || (*base | *top) & 7)
         return corrupt(0, "the image's heap bounds 0x%llx..0x%llx are impossible",
                        (unsigned long long)*base, (unsigned long long)*top);
     if (*nclasses > CLASS_MAX + 1)
         return corrupt(0, "the class count %llu is impossible", (unsigned long long)*nclasses);
+    /* The heap's last byte lies in a page the store holds: a top forged past
+     * the heap would point into pages that were never written.  (Collection
+     * lowers the top over a dead tail, so the last page always holds live
+     * bytes.)  The core returns one shared zero page for every absent page;
+     * the last page number it can address is never part of a heap. */
+    if (*top > *base) {
+        PageReader *r = h->r;
+        const uint8_t *absent = r->tree ? core_page_read(r->tree, NULL, ((uint64_t)1 << MAX_PAGES_LOG) - 1) : NULL;
+        const uint8_t *last = page_bytes(h, (*top - 1) >> h->page_shift);
+        if (!last) return store_error(h, "read_bytes", *top - 1, 1);
+        if (last == absent)
+            return corrupt(0, "the heap's top 0x%llx lies past its last page", (unsigned long long)*top);
+    }
+    h->base = *base;
+    h->top = *top;
+    h->nclasses = *nclasses;
+    h->bounds_ok = 1;
     return 0;
 }
 
@@ -1115,11 +1167,19 @@ static PyObject *new_handle(Heap *h, uint64_t cls, uint64_t addr, PyObject *key)
         PyErr_SetString(StaleHandle ? StaleHandle : PyExc_ValueError, "the image is gone");
         return NULL;
     }
+    if (!PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)h->handle_type)) {
+        PyErr_SetString(PyExc_TypeError, "a handle class is not a subclass of the handle type");
+        return NULL;
+    }
     PyObject *handle = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
     if (!handle) return NULL;
+    /* The slots are the handle type's own (subclasses add none), empty after
+     * tp_alloc: filled directly, as object.__setattr__ would. */
+    *(PyObject **)((char *)handle + h->off_img) = Py_NewRef(img);
+    *(PyObject **)((char *)handle + h->off_heap) = Py_NewRef((PyObject *)h);
+    *(PyObject **)((char *)handle + h->off_addr) = Py_NewRef(key);
     PyObject *ref = NULL;
-    if (PyObject_SetAttr(handle, S_img, img) || PyObject_SetAttr(handle, S_heap, (PyObject *)h)
-        || PyObject_SetAttr(handle, S_addr, key) || !(ref = PyWeakref_NewRef(handle, NULL))
+    if (!(ref = PyWeakref_NewRef(handle, NULL))
         || PyDict_SetItem(h->handles, key, ref)
         || (h->in_txn && made_in_txn(h, addr) && PyList_Append(h->txn_made, ref))) {
         Py_XDECREF(ref);
@@ -1295,9 +1355,9 @@ static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
     return 0;
 }
 
-/* Finds item i (or, for an insert, the place before item i; i may be len). */
-static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath *p) {
-    if (vec_open(h, vaddr, p)) return -1;
+/* Finds item i (or, for an insert, the place before item i; i may be len)
+ * in a vector vec_open has read into p. */
+static int vec_descend(Heap *h, vpath *p, uint64_t i, int for_insert) {
     uint64_t cur = p->root;
     for (int lvl = 0; lvl < p->height; lvl++) {
         objinfo o;
@@ -1330,6 +1390,10 @@ static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath
     p->leaf_cap = lo.size - 1;
     p->off = i;
     return 0;
+}
+
+static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath *p) {
+    return vec_open(h, vaddr, p) || vec_descend(h, p, i, for_insert) ? -1 : 0;
 }
 
 static uint64_t item_addr(uint64_t leaf, uint64_t k) { return leaf + 16 + 8 * k; }
@@ -1494,10 +1558,12 @@ static int leaf_insert(Heap *h, const vpath *p, uint64_t w, carry *out) {
     return rc ? -1 : 0;
 }
 
-static int vec_insert_word(Heap *h, uint64_t vaddr, uint64_t i, uint64_t w) {
-    vpath p;
+/* Inserts w before item i of the vector opened in p. */
+static int vec_insert_word(Heap *h, vpath *opened, uint64_t i, uint64_t w) {
+    vpath p = *opened;
+    uint64_t vaddr = p.vaddr;
     carry c;
-    if (vec_locate(h, vaddr, i, 1, &p) || leaf_insert(h, &p, w, &c)) return -1;
+    if (vec_descend(h, &p, i, 1) || leaf_insert(h, &p, w, &c)) return -1;
     uint64_t child = p.leaf;
     for (int lvl = p.height - 1; lvl >= 0; lvl--) {
         uint64_t node = p.node[lvl], k = p.pos[lvl];
@@ -1977,6 +2043,10 @@ static int sweep_all(Heap *h, sweep_state *s) {
         objinfo o;
         if (parse_header(h, addr, base, top, n, &o)) return -1;
         if (o.cls == C_FREE || !marked(h, addr)) {
+            /* A dead extent must hold no marked object: a forged size would
+             * free a live one. */
+            if (bm_any(&h->marks, addr + 8, addr + o.words * 8))
+                return corrupt(addr, "its size covers a live object");
             if (!run) run = addr;
             if (o.cls != C_FREE) { s->freed_objects++; s->freed_words += o.words; }
         } else {
@@ -2358,7 +2428,7 @@ static int nargs_is(Py_ssize_t got, Py_ssize_t want, const char *sig) {
     return -1;
 }
 
-#define ARGS(n, sig) pc_clear(h); if (nargs_is(nargs, n, sig)) return NULL
+#define ARGS(n, sig) if (nargs_is(nargs, n, sig)) return NULL
 #define U64(i, var) uint64_t var; if (arg_u64(args, i, &var)) return NULL
 
 static PyObject *m_encode(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
@@ -2631,7 +2701,7 @@ static PyObject *m_vec_get(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     U64(0, v);
     vpath p;
     uint64_t i, w;
-    if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || vec_locate(h, v, i, 0, &p)
+    if (vec_open(h, v, &p) || check_index(args[1], p.len, 0, &i) || vec_descend(h, &p, i, 0)
         || rd64(h, item_addr(p.leaf, p.off), &w))
         return NULL;
     return decode_in(h, w, p.leaf);
@@ -2654,7 +2724,7 @@ static PyObject *m_vec_insert(Heap *h, PyObject *const *args, Py_ssize_t nargs) 
     vpath p;
     uint64_t i, w;
     if (vec_open(h, v, &p) || check_index(args[1], p.len, 1, &i) || encode_top(h, args[2], &w)
-        || vec_insert_word(h, v, i, w))
+        || vec_open(h, v, &p) || vec_insert_word(h, &p, i, w))
         return NULL;
     Py_RETURN_NONE;
 }
@@ -2664,7 +2734,7 @@ static PyObject *m_vec_append(Heap *h, PyObject *const *args, Py_ssize_t nargs) 
     U64(0, v);
     vpath p;
     uint64_t w;
-    if (encode_top(h, args[1], &w) || vec_open(h, v, &p) || vec_insert_word(h, v, p.len, w)) return NULL;
+    if (encode_top(h, args[1], &w) || vec_open(h, v, &p) || vec_insert_word(h, &p, p.len, w)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -2884,6 +2954,18 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
     if (!PyType_Check(handle_type) || !PyType_Check(default_class)) {
         PyErr_SetString(PyExc_TypeError, "handle_type and default_class must be classes");
         return -1;
+    }
+    PyObject *slot_names[3] = {S_img, S_heap, S_addr};
+    Py_ssize_t *offs[3] = {&h->off_img, &h->off_heap, &h->off_addr};
+    for (int i = 0; i < 3; i++) {   /* the slot descriptors of handle_type's __slots__ */
+        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)handle_type)->tp_dict, slot_names[i]);
+        if (!d || Py_TYPE(d) != &PyMemberDescr_Type
+            || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "the handle type needs a __slots__ entry %R", slot_names[i]);
+            return -1;
+        }
+        *offs[i] = ((PyMemberDescrObject *)d)->d_member->offset;
     }
     PyObject *ref = PyWeakref_NewRef(img, NULL);
     if (!ref) return -1;

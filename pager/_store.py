@@ -512,6 +512,7 @@ class PageStore:
                              f"{self.page_size}-byte page")
         if not 0 <= page_no < MAX_PAGE_NO:
             raise ValueError(f"page number {page_no} is out of range")
+        self._reader.invalidate()
         code = _ic_write(self._tree.ptr, self._dirty.ptr, page_no * self.page_size + offset,
                          ffi.from_buffer(data), nbytes)
         if code:
@@ -520,6 +521,7 @@ class PageStore:
     def write_bytes(self, addr: int, data: bytes) -> None:
         """Copy data to a logical address, across page boundaries."""
         self._require_writer()
+        self._reader.invalidate()
         try:
             code = lib.ic_write(self._tree.ptr, self._dirty.ptr, addr, ffi.from_buffer(data),
                                 memoryview(data).nbytes)
@@ -531,6 +533,7 @@ class PageStore:
     def write_word(self, addr: int, value: int) -> None:
         """Store a little-endian 64-bit word at a logical address."""
         self._require_writer()
+        self._reader.invalidate()
         try:
             code = lib.ic_write_u64(self._tree.ptr, self._dirty.ptr, addr, value)
         except OverflowError:
@@ -543,6 +546,7 @@ class PageStore:
         self._require_writer()
         if not 0 <= page_no < MAX_PAGE_NO:
             raise ValueError(f"page number {page_no} is out of range")
+        self._reader.invalidate()
         if lib.ic_dirty_drop(self._dirty.ptr, page_no):
             raise MemoryError("out of memory for the dirty-page table")
 
@@ -554,10 +558,19 @@ class PageStore:
     def rollback(self) -> None:
         """Drop everything written since the last commit."""
         self._require_writer()
+        self._reader.invalidate()
         self._dirty.clear()
 
     def commit(self, meta: bytes = b"") -> int:
         """Make every write since the last commit durable; returns the commit number."""
+        try:
+            return self._commit(meta)
+        finally:
+            # Committed (or undone) dirty copies are freed: pointers to them are stale.
+            if self._reader is not None:
+                self._reader.invalidate()
+
+    def _commit(self, meta: bytes) -> int:
         if self._state is not _WRITER:
             self._require_writer()
         if meta:
