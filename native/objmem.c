@@ -176,52 +176,114 @@ enum {
 #define B_DATA 1
 #define B_LENGTH 2
 
-/* A bitmap over heap words that grows as bits are set, so that a heap top
- * forged far past the real heap costs nothing until something is found
- * there (and nothing valid is: its pages read as zeros). */
+static uint64_t mix64(uint64_t x);
+
+/* A bitmap over heap words, sparse: chunks of CHUNK_BYTES of bits (each
+ * covering 2 MiB of heap) are made as bits are set, and found through a
+ * small open-addressing table.  So a mark of a heap costs memory in
+ * proportion to where objects are, and a heap top or an object forged far
+ * past the real heap costs one chunk, not a bitmap of the whole range. */
+#define CHUNK_BYTES 32768u
+#define CHUNK_WORDS ((uint64_t)CHUNK_BYTES * 8)
+
 typedef struct {
-    uint8_t *bits;
-    size_t nbytes;
+    uint64_t *keys;      /* chunk index + 1; 0: empty slot */
+    uint8_t **chunks;
+    size_t cap, count;
     uint64_t base;
 } bitmap;
 
-static void bm_init(bitmap *b, uint64_t base) { b->bits = NULL; b->nbytes = 0; b->base = base; }
-static void bm_free(bitmap *b) { PyMem_Free(b->bits); b->bits = NULL; b->nbytes = 0; }
+static void bm_init(bitmap *b, uint64_t base) {
+    b->keys = NULL;
+    b->chunks = NULL;
+    b->cap = b->count = 0;
+    b->base = base;
+}
+
+static void bm_free(bitmap *b) {
+    for (size_t i = 0; i < b->cap; i++) PyMem_Free(b->chunks[i]);
+    PyMem_Free(b->keys);
+    PyMem_Free(b->chunks);
+    bm_init(b, b->base);
+}
+
+static size_t bm_slot(const bitmap *b, uint64_t key) {
+    size_t i = (size_t)(mix64(key) & (b->cap - 1));
+    while (b->keys[i] && b->keys[i] != key) i = (i + 1) & (b->cap - 1);
+    return i;
+}
+
+static uint8_t *bm_chunk(const bitmap *b, uint64_t index) {
+    if (!b->cap) return NULL;
+    size_t i = bm_slot(b, index + 1);
+    return b->keys[i] ? b->chunks[i] : NULL;
+}
+
+static int bm_grow(bitmap *b) {
+    bitmap bigger = {NULL, NULL, b->cap ? b->cap * 2 : 64, 0, b->base};
+    bigger.keys = PyMem_Calloc(bigger.cap, sizeof *bigger.keys);
+    bigger.chunks = PyMem_Calloc(bigger.cap, sizeof *bigger.chunks);
+    if (!bigger.keys || !bigger.chunks) {
+        PyMem_Free(bigger.keys);
+        PyMem_Free(bigger.chunks);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < b->cap; i++) {
+        if (!b->keys[i]) continue;
+        size_t j = bm_slot(&bigger, b->keys[i]);
+        bigger.keys[j] = b->keys[i];
+        bigger.chunks[j] = b->chunks[i];
+        bigger.count++;
+    }
+    PyMem_Free(b->keys);
+    PyMem_Free(b->chunks);
+    *b = bigger;
+    return 0;
+}
 
 static int bm_get(const bitmap *b, uint64_t addr) {
-    uint64_t off = (addr - b->base) >> 3;
-    return (off >> 3) < b->nbytes ? (b->bits[off >> 3] >> (off & 7)) & 1 : 0;
+    uint64_t w = (addr - b->base) >> 3;
+    const uint8_t *c = bm_chunk(b, w / CHUNK_WORDS);
+    w %= CHUNK_WORDS;
+    return c ? (c[w >> 3] >> (w & 7)) & 1 : 0;
+}
+
+static int bm_set(bitmap *b, uint64_t addr) {
+    uint64_t w = (addr - b->base) >> 3, index = w / CHUNK_WORDS;
+    uint8_t *c = bm_chunk(b, index);
+    if (!c) {
+        if ((b->count + 1) * 2 > b->cap && bm_grow(b)) return -1;
+        if (!(c = PyMem_Calloc(CHUNK_BYTES, 1))) { PyErr_NoMemory(); return -1; }
+        size_t i = bm_slot(b, index + 1);
+        b->keys[i] = index + 1;
+        b->chunks[i] = c;
+        b->count++;
+    }
+    w %= CHUNK_WORDS;
+    c[w >> 3] |= (uint8_t)(1u << (w & 7));
+    return 0;
 }
 
 /* Is any bit set for the words in [from, to)? */
 static int bm_any(const bitmap *b, uint64_t from, uint64_t to) {
-    uint64_t lo = (from - b->base) >> 3, hi = (to - b->base) >> 3;   /* word indexes */
-    if ((lo >> 3) >= b->nbytes) return 0;
-    if ((hi >> 3) > b->nbytes) hi = (uint64_t)b->nbytes << 3;
-    for (uint64_t w = lo; w < hi;) {
-        if (!(w & 7) && w + 8 <= hi) {
-            if (b->bits[w >> 3]) return 1;
-            w += 8;
-        } else {
-            if ((b->bits[w >> 3] >> (w & 7)) & 1) return 1;
-            w++;
+    uint64_t lo = (from - b->base) >> 3, hi = (to - b->base) >> 3;
+    while (lo < hi) {
+        uint64_t index = lo / CHUNK_WORDS, end = (index + 1) * CHUNK_WORDS;
+        const uint8_t *c = bm_chunk(b, index);
+        if (end > hi) end = hi;
+        for (uint64_t w = lo; c && w < end;) {
+            uint64_t k = w % CHUNK_WORDS;
+            if (!(k & 7) && w + 8 <= end) {
+                if (c[k >> 3]) return 1;
+                w += 8;
+            } else {
+                if ((c[k >> 3] >> (k & 7)) & 1) return 1;
+                w++;
+            }
         }
+        lo = end;
     }
-    return 0;
-}
-
-static int bm_set(bitmap *b, uint64_t addr) {
-    uint64_t off = (addr - b->base) >> 3;
-    if ((off >> 3) >= b->nbytes) {
-        size_t n = b->nbytes ? b->nbytes : 4096;
-        while (n <= (off >> 3)) n *= 2;
-        uint8_t *bits = PyMem_Realloc(b->bits, n);
-        if (!bits) { PyErr_NoMemory(); return -1; }
-        memset(bits + b->nbytes, 0, n - b->nbytes);
-        b->bits = bits;
-        b->nbytes = n;
-    }
-    b->bits[off >> 3] |= (uint8_t)(1u << (off & 7));
     return 0;
 }
 

@@ -1409,11 +1409,6 @@ class TestAccountsAndBounds:
             img.root["numbers"].append("a string of some length")   # allocates at the forged top
             corrupt_on_access(img.check)
 
-    @pytest.mark.xfail(strict=True, reason="bug: the heap top is trusted once the page holding "
-                       "its last byte exists, so a forger who writes that page gets the next object "
-                       "allocated at 2**40; gc() then marks that object and bm_set grows the mark "
-                       "bitmap to (2**40 - base) / 64 bytes = 16 GiB: MemoryError, or 16 GiB of "
-                       "memory and ~20 s where the machine has it")
     @pytest.mark.parametrize("top", [1 << 40, 1 << 45])
     def test_gc_after_storing_at_a_forged_top(self, path, model, top):
         """gc() after an object was stored at a forged M_TOP (its last page written) raises CorruptObject, in bounded memory (a child)."""

@@ -738,11 +738,14 @@ class TestHostileObjects:
                                         + "\n".join(default_run.missed[:25]))
 
 
-FORGED_TOP = pytest.mark.xfail(strict=True, reason=(
-    "bug: a forged M_TOP is trusted once the page of its last word exists, so the next "
-    "allocation lands far past the heap and gc() grows its mark bitmap to (top - base) / 64 "
-    "bytes: MemoryError (forge_top seeds; see test_image_corruption's "
-    "test_gc_after_storing_at_a_forged_top)"))
+# Not strict: over 2,000 seeds a forger may pair a heap top forged past the
+# heap (with its page written) with a vector length to match, which the
+# object memory cannot tell from a real one without counting the store's
+# pages; list(v) then preallocates and raises MemoryError.  See
+# test_image_corruption's test_forged_top_and_length.
+FORGED_TOP_AND_LENGTH = pytest.mark.xfail(strict=False, reason=(
+    "known gap: a forged heap top with its page written, plus a vector length to match, "
+    "makes list(v) raise MemoryError"))
 
 
 class TestForgedStructures:
@@ -758,7 +761,6 @@ class TestForgedStructures:
         """100 forged seeds: no step raises an exception ALLOWED lacks."""
         assert not forged_run.findings["other exception"], forged_run.report("other exception")
 
-    @FORGED_TOP
     def test_no_memory_error_and_no_pager_range_error(self, forged_run):
         """100 forged seeds: no step raises MemoryError or the pager's range ValueError."""
         assert not forged_run.findings["MemoryError"] + forged_run.findings["pager range error"], \
@@ -781,7 +783,7 @@ class TestForgedStructuresSoak:
         assert not forged_soak_run.findings["other exception"], \
             forged_soak_run.report("other exception")
 
-    @FORGED_TOP
+    @FORGED_TOP_AND_LENGTH
     def test_no_memory_error_and_no_pager_range_error(self, forged_soak_run):
         """2,000 more forged seeds: no MemoryError and no pager range error."""
         assert not forged_soak_run.findings["MemoryError"] + forged_soak_run.findings["pager range error"], \
