@@ -47,11 +47,9 @@ import collections
 import faulthandler
 import json
 import os
-import queue
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -61,8 +59,9 @@ import pytest
 
 import image
 import test_image_corruption as corruption
+from children import follow
 from test_image_corruption import (ABSENT, EMPTY, FMT_BYTES, L, M64, M_BINS, N_BINS, SIZE_OVERFLOW,
-                                   check_bits, fx, header, heap_objects, meta, short_word, unfx)
+                                   check_bits, fx, heap_objects, meta, short_word, unfx)
 from pager import PagerError, PageStore
 
 SEED_SECONDS = 20                     # a seed takes well under a second; one still running hangs
@@ -551,12 +550,6 @@ HARNESS = ("import sys; sys.path.insert(0, {tests!r}); import test_image_hostile
            "h.child_main(*sys.argv[1:])")
 
 
-def _lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(None)
-
-
 class Results:
     """What the seeds did: findings by kind, each seed's outcome, the steps refused."""
 
@@ -588,50 +581,35 @@ class Results:
 
 def run_batch(template: str, root: str, seeds: list[int], results: Results) -> list[int]:
     """Runs seeds in one child until it ends; the seeds left (after a crash or hang)."""
-    err_path = os.path.join(root, f"stderr-{seeds[0]}.txt")
     code = HARNESS.format(tests=os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env.pop("IMAGO_GC_STRESS", None)
-    started, finished, stalled = None, set(), False
-    with open(err_path, "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, template, root, json.dumps(seeds)],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-        while True:
-            try:
-                line = lines.get(timeout=STALL_SECONDS)
-            except queue.Empty:
-                proc.kill()
-                stalled = True
-                while lines.get(timeout=STALL_SECONDS) is not None:
-                    pass
-                break
-            if line is None:
-                break
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag == "SEED":
-                seed, _, text = rest.partition(" ")
-                started = (int(seed), text)
-            elif tag == "DONE":
-                report = json.loads(rest)
-                finished.add(report["seed"])
-                with results.lock:
-                    results.done += 1
-                    results.outcomes[report["outcome"]] += 1
-                    results.refused.update(report["refused"])
-                    if report["outcome"] == "check passed, then refused":
-                        results.missed.append(f"seed {report['seed']} {report['changes']}: "
-                                              f"{report['refused']}")
-            elif tag == "FAIL":
-                report = json.loads(rest)
-                finished.add(report["seed"])
-                results.add(report["kind"], f"seed {report['seed']} {report['changes']}: "
-                                            f"{report['error']}")
-        rc = proc.wait()
-        proc.stdout.close()
-        err.seek(0)
-        stderr = err.read()
+    started, finished = None, set()
+
+    def on_line(tag: str, rest: str) -> None:
+        nonlocal started
+        if tag == "SEED":
+            seed, _, text = rest.partition(" ")
+            started = (int(seed), text)
+        elif tag == "DONE":
+            report = json.loads(rest)
+            finished.add(report["seed"])
+            with results.lock:
+                results.done += 1
+                results.outcomes[report["outcome"]] += 1
+                results.refused.update(report["refused"])
+                if report["outcome"] == "check passed, then refused":
+                    results.missed.append(f"seed {report['seed']} {report['changes']}: "
+                                          f"{report['refused']}")
+        elif tag == "FAIL":
+            report = json.loads(rest)
+            finished.add(report["seed"])
+            results.add(report["kind"], f"seed {report['seed']} {report['changes']}: "
+                                        f"{report['error']}")
+
+    rc, stalled, stderr = follow([sys.executable, "-c", code, template, root, json.dumps(seeds)],
+                                 os.path.join(root, f"stderr-{seeds[0]}.txt"), STALL_SECONDS,
+                                 on_line, env)
     left = [s for s in seeds if s not in finished]
     if rc == 0 and not stalled:
         return left

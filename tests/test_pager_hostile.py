@@ -37,13 +37,10 @@ import collections
 import faulthandler
 import json
 import os
-import queue
 import random
 import shutil
 import struct
-import subprocess
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -52,6 +49,7 @@ from dataclasses import dataclass
 import pytest
 
 import test_pager_corruption as corruption
+from children import follow
 from pager import CorruptImage, PageStore, RecoveryWarning
 from pager import _format as fmt
 from pager._native import hash64
@@ -560,52 +558,30 @@ HARNESS = ("import sys; sys.path.insert(0, {tests!r}); import test_pager_hostile
            "h.child_main(*sys.argv[1:])")
 
 
-def _lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(None)
-
-
 def run_batch(pristine: str, root: str, lo: int, hi: int, failures: list,
               outcomes: collections.Counter, events: collections.Counter) -> int:
     """Run seeds lo.. in one child until it ends; the seed to resume from."""
-    err_path = os.path.join(root, f"stderr-{lo}.txt")
     code = HARNESS.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    with open(err_path, "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, pristine, root, str(lo), str(hi)],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-        started, finished, stalled = None, lo - 1, False
-        while True:
-            try:
-                line = lines.get(timeout=STALL_SECONDS)
-            except queue.Empty:
-                proc.kill()
-                stalled = True
-                while lines.get(timeout=STALL_SECONDS) is not None:
-                    pass
-                break
-            if line is None:
-                break
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag == "SEED":
-                seed, _, text = rest.partition(" ")
-                started = (int(seed), text)
-            elif tag == "DONE":
-                report = json.loads(rest)
-                outcomes[report["outcome"]] += 1
-                events.update(report["events"])
-                finished = report["seed"]
-            elif tag == "FAIL":
-                report = json.loads(rest)
-                failures.append(f"seed {report['seed']} [{report['change']}]: "
-                                f"{report['error']} (at {report['at']})")
-                finished = report["seed"]
-        rc = proc.wait()
-        proc.stdout.close()
-        err.seek(0)
-        stderr = err.read()
+    started, finished = None, lo - 1
+
+    def on_line(tag: str, rest: str) -> None:
+        nonlocal started, finished
+        if tag == "SEED":
+            seed, _, text = rest.partition(" ")
+            started = (int(seed), text)
+        elif tag == "DONE":
+            report = json.loads(rest)
+            outcomes[report["outcome"]] += 1
+            events.update(report["events"])
+            finished = report["seed"]
+        elif tag == "FAIL":
+            report = json.loads(rest)
+            failures.append(f"seed {report['seed']} [{report['change']}]: "
+                            f"{report['error']} (at {report['at']})")
+            finished = report["seed"]
+
+    rc, stalled, stderr = follow([sys.executable, "-c", code, pristine, root, str(lo), str(hi)],
+                                 os.path.join(root, f"stderr-{lo}.txt"), STALL_SECONDS, on_line)
     if rc == 0 and not stalled:
         return hi
     seed, text = started if started and started[0] > finished else (finished + 1, "?")
