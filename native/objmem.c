@@ -2041,6 +2041,24 @@ static int clear_weak(Heap *h, uint64_t taddr, uint64_t nclasses) {
 
 static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS};
 
+/* The class each meta root must be; M_ACTORS may also be 0 (none yet).  A
+ * collection that skipped a damaged root would free everything only it
+ * reaches, so a root that is not what it must be stops the collection. */
+static int check_meta_root(Heap *h, int index, uint64_t w) {
+    static const struct { int index; uint64_t cls; int optional; } want[] = {
+        {M_ROOT, C_TABLE, 0}, {M_CLASSES, C_VECTOR, 0}, {M_SYMBOLS, C_TABLE, 0},
+        {M_BLOBS, C_TABLE, 0}, {M_ACTORS, C_TABLE, 1}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (want[i].index != index) continue;
+        objinfo o;
+        if (!w && want[i].optional) return 0;
+        if (!IS_PTR(w))
+            return corrupt(0, "meta word %d holds 0x%llx, not an object", index, (unsigned long long)w);
+        return obj_of_class(h, w, want[i].cls, &o);
+    }
+    return 0;
+}
+
 static int mark_all(Heap *h, PyObject *roots) {
     uint64_t base, top, n, w, weak = 0, weak_store = 0;
     if (heap_bounds(h, &base, &top, &n)) return -1;
@@ -2057,7 +2075,8 @@ static int mark_all(Heap *h, PyObject *roots) {
         weak_store = t.store;
     }
     for (size_t i = 0; i < sizeof meta_roots / sizeof meta_roots[0]; i++)
-        if (meta(h, meta_roots[i], &w) || mark_push(h, w, 0)) return -1;
+        if (meta(h, meta_roots[i], &w) || check_meta_root(h, meta_roots[i], w) || mark_push(h, w, 0))
+            return -1;
     Py_ssize_t nroots = PyList_GET_SIZE(roots);
     for (Py_ssize_t i = 0; i < nroots; i++) {
         if (as_u64(PyList_GET_ITEM(roots, i), &w)) {
