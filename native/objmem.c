@@ -1535,7 +1535,9 @@ static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t
     return rc;
 }
 
-enum carry_kind { CARRY_NONE, CARRY_PLUS, CARRY_MINUS, CARRY_EMPTY, CARRY_REPLACE, CARRY_SPLIT };
+/* What an insert hands up a level: one more item below (PLUS), a leaf that
+ * grew into a new object (REPLACE), or a split into two (SPLIT). */
+enum carry_kind { CARRY_PLUS, CARRY_REPLACE, CARRY_SPLIT };
 typedef struct { enum carry_kind kind; uint64_t addr, lsize, rsize; } carry;
 
 static int add_size(Heap *h, uint64_t node, uint64_t k, int64_t delta) {
@@ -1910,7 +1912,7 @@ static int table_build(Heap *h, uint64_t taddr, PyObject *dict, PyObject **memo)
 }
 
 /* Rebuilds the store with only the live entries, in order. */
-static int tab_rebuild(Heap *h, const tab *t, uint64_t extra) {
+static int tab_rebuild(Heap *h, const tab *t) {
     uint64_t *all = PyMem_Malloc((t->used ? t->used : 1) * 24), n = 0;
     if (!all) { PyErr_NoMemory(); return -1; }
     int rc = rd(h, t->entries, all, t->used * 24);
@@ -1919,7 +1921,6 @@ static int tab_rebuild(Heap *h, const tab *t, uint64_t extra) {
             memmove(all + 3 * n, all + 3 * e, 24);
             n++;
         }
-    (void)extra;
     if (!rc && n != t->count) rc = corrupt(t->taddr, "counts %llu entries but holds %llu",
                                            (unsigned long long)t->count, (unsigned long long)n);
     if (!rc) rc = store_build(h, t->taddr, all, n);
@@ -1936,7 +1937,7 @@ static int tab_set(Heap *h, uint64_t taddr, PyObject *k, PyObject *v) {
     if (found) return wr64(h, ent(&t, e) + 16, vw);
     if (encode_top(h, k, &kw)) return -1;
     if (t.used == t.E) {
-        if (tab_rebuild(h, &t, 1) || tab_open(h, taddr, &t)) return -1;
+        if (tab_rebuild(h, &t) || tab_open(h, taddr, &t)) return -1;
         if (t.I && tab_find(h, &t, k, hash, kimm, &e, &j) != 0)
             return PyErr_Occurred() ? -1 : corrupt(taddr, "a key reappeared while rebuilding");
     }
@@ -2677,12 +2678,6 @@ static PyObject *m_preserve_page(Heap *h, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
-static PyObject *m_made_in_txn(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
-    ARGS(1, "made_in_txn(addr)");
-    U64(0, a);
-    return PyBool_FromLong(h->in_txn && made_in_txn(h, a));
-}
-
 /* live_handles() -> {addr: handle} of every live handle. */
 static PyObject *m_live_handles(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(0, "live_handles()");
@@ -2961,13 +2956,6 @@ static PyObject *m_mark(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
-static PyObject *m_is_marked(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
-    ARGS(1, "is_marked(addr)");
-    U64(0, a);
-    if (!h->marking || a < h->marks_base || a >= h->marks_top) Py_RETURN_FALSE;
-    return PyBool_FromLong(marked(h, a));
-}
-
 static PyObject *m_sweep(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(0, "sweep()");
     (void)args;
@@ -2997,7 +2985,6 @@ static PyMethodDef heap_methods[] = {
     M(format, "format(seed): write the meta words of an empty heap"),
     M(reload, "reload() -> False if page 0 holds no object memory"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
-    M(made_in_txn, "made_in_txn(addr) -> was the object allocated in this transaction"),
     M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
     M(savepoint, "savepoint(): begin a nested transaction"),
     M(release_savepoint, "release_savepoint(): the nested transaction succeeded"),
@@ -3018,7 +3005,6 @@ static PyMethodDef heap_methods[] = {
     M(tab_del, "tab_del(t, k) -> found"), M(tab_clear, "tab_clear(t)"),
     M(tab_items, "tab_items(t, what, start, limit) -> (next, list)"),
     M(mark, "mark(roots): mark everything reachable into the side bitmap"),
-    M(is_marked, "is_marked(addr)"),
     M(sweep, "sweep() -> {objects, bytes, pages}"),
     M(check, "check() -> statistics; raises CorruptObject"),
     {NULL, NULL, 0, NULL},
