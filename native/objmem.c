@@ -1420,31 +1420,46 @@ static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
 /* Finds item i (or, for an insert, the place before item i; i may be len)
  * in a vector vec_open has read into p. */
 static int vec_descend(Heap *h, vpath *p, uint64_t i, int for_insert) {
-    uint64_t cur = p->root;
+    uint64_t cur = p->root, expect = p->len;   /* the items the parent says lie below cur */
     for (int lvl = 0; lvl < p->height; lvl++) {
         objinfo o;
-        uint64_t count, acc = 0, k, child = 0;
+        uint64_t count, acc = 0, k, child = 0, child_size = 0, found = 0, total = 0;
         if (node_open(h, cur, &o, &count)) return -1;
         const uint64_t *e = view(h, o.body + 8, 2 * count);
         if (!e) return -1;
-        for (k = 0; k < count; k++) {
+        for (k = 0; k < count; k++) {   /* all entries: their sum must be what the parent said */
             uint64_t sz = e[2 * k];
             if (!IS_FIX(sz) || UNFX(sz) < 0 || (uint64_t)UNFX(sz) > MAX_HEAP / 8)
                 return corrupt(cur, "entry %llu has no size", (unsigned long long)k);
-            if (i < acc + (uint64_t)UNFX(sz) || (for_insert && k == count - 1 && i <= acc + (uint64_t)UNFX(sz))) {
+            if (!found && (i < acc + (uint64_t)UNFX(sz)
+                           || (for_insert && k == count - 1 && i <= acc + (uint64_t)UNFX(sz)))) {
+                found = 1;
                 child = e[2 * k + 1];
-                break;
+                child_size = (uint64_t)UNFX(sz);
+                p->pos[lvl] = k;
+            } else if (!found) {
+                acc += (uint64_t)UNFX(sz);
             }
-            acc += (uint64_t)UNFX(sz);
+            total += (uint64_t)UNFX(sz);
         }
-        if (k == count) return corrupt(cur, "its sizes do not reach item %llu", (unsigned long long)i);
+        /* A child that disagrees with its parent's entry: either may lie; the
+         * child is named, the message names the parent too. */
+        if (total != expect)
+            return corrupt(cur, "its sizes add up to %llu items, its parent 0x%llx says %llu",
+                           (unsigned long long)total, (unsigned long long)(lvl ? p->node[lvl - 1] : p->vaddr),
+                           (unsigned long long)expect);
+        if (!found) return corrupt(cur, "its sizes do not reach item %llu", (unsigned long long)i);
         p->node[lvl] = cur;
-        p->pos[lvl] = k;
         i -= acc;
         cur = child;
+        expect = child_size;
     }
     objinfo lo;
     if (leaf_open(h, cur, &lo, &p->leaf_count)) return -1;
+    if (p->height && p->leaf_count != expect)
+        return corrupt(cur, "holds %llu items, its parent 0x%llx says %llu",
+                       (unsigned long long)p->leaf_count, (unsigned long long)p->node[p->height - 1],
+                       (unsigned long long)expect);
     if (i > p->leaf_count || (i == p->leaf_count && !for_insert))
         return corrupt(cur, "holds %llu items, item %llu was expected",
                        (unsigned long long)p->leaf_count, (unsigned long long)i);
