@@ -5,11 +5,13 @@ most one live handle per address (Image keeps a weak cache), so ``is`` is the
 image's identity.  Handles compare and hash by identity, like the objects
 they stand for: compare contents with ``list(v) == [...]`` or ``dict(t) == {...}``.
 
-Every mutating method runs in the image's current transaction, or in one of
-its own that commits before the method returns (autocommit).  A handle whose
+The fields and the hottest protocols (len, v[i], t[key]) are C: the base
+types HandleBase, VectorBase and TableBase in native/objmem.c.  Every
+mutating method runs in the image's current transaction, or in one of its
+own that commits before the method returns (autocommit).  A handle whose
 object is gone (made in a transaction that rolled back, or its image closed)
-has its class switched to _Stale, whose every use raises StaleHandle: the
-check costs nothing on the normal path.
+has its class switched to a stale class, whose every use raises StaleHandle:
+the check costs nothing on the normal path.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 import zstandard
 
 from image._errors import CorruptObject, StaleHandle
+from native._fastpath import HandleBase, TableBase, VectorBase
 
 _MISSING = object()
 # Items fetched per native call when iterating: big enough to amortise the
@@ -26,10 +29,11 @@ _MISSING = object()
 _ITER_CHUNK = 256
 
 
-class Handle:
-    """An object in the image.  Subclasses speak the Python protocols."""
+class Handle(HandleBase):
+    """An object in the image.  Subclasses speak the Python protocols.  The
+    fields _img, _heap and _addr live in the C base (native/objmem.c)."""
 
-    __slots__ = ("_img", "_heap", "_addr", "__weakref__")
+    __slots__ = ()
 
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -62,18 +66,16 @@ def _mutator(method):
     return run
 
 
-class Vector(Handle, MutableSequence):
+class Vector(VectorBase, Handle, MutableSequence):
     """A growable vector (from a list): len, indexing, slicing, iteration,
-    append, insert, del, index, count, extend, pop, remove, clear."""
+    append, insert, del, index, count, extend, pop, remove, clear.  len(v)
+    and v[i] are VectorBase's, in C; a slice comes here."""
 
     __slots__ = ()
     __eq__ = Handle.__eq__
     __hash__ = Handle.__hash__
 
-    def __len__(self) -> int:
-        return self._heap.vec_len(self._addr)
-
-    def __getitem__(self, index):
+    def _subscript(self, index):
         if type(index) is slice:
             start, stop, step = index.indices(self._heap.vec_len(self._addr))
             if step == 1:
@@ -156,22 +158,14 @@ class Vector(Handle, MutableSequence):
         return f"<Vector len={len(self)} at {self._addr:#x}>"
 
 
-class Table(Handle, MutableMapping):
+class Table(TableBase, Handle, MutableMapping):
     """A persistent table (from a dict): a mutable mapping in insertion order,
-    whose keys are any hashable image values."""
+    whose keys are any hashable image values.  len(t) and t[key] are
+    TableBase's, in C."""
 
     __slots__ = ()
     __eq__ = Handle.__eq__
     __hash__ = Handle.__hash__
-
-    def __len__(self) -> int:
-        return self._heap.tab_len(self._addr)
-
-    def __getitem__(self, key):
-        value = self._heap.tab_get(self._addr, key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return value
 
     def get(self, key, default=None):
         return self._heap.tab_get(self._addr, key, default)
@@ -354,8 +348,10 @@ class Special:
         return f"Special({self.kind!r}, {self.value!r})"
 
 
-class _Stale(Handle):
-    """What a handle becomes when its object is gone: every use raises."""
+class _StaleMixin:
+    """What a handle becomes when its object is gone: every use raises.
+    There is one stale class per C base (CPython lets __class__ change only
+    between classes on the same base)."""
 
     __slots__ = ()
 
@@ -367,6 +363,12 @@ class _Stale(Handle):
     append = insert = extend = pop = remove = clear = index = count = _gone
     get = keys = values = items = update = setdefault = popitem = read = _gone
 
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return hash(self._addr)
+
     def __getattr__(self, name: str):
         self._gone()
 
@@ -374,7 +376,24 @@ class _Stale(Handle):
         return f"<stale handle at {self._addr:#x}>"
 
 
-def make_stale(handle: Handle) -> None:
+class _Stale(_StaleMixin, Handle):
+    __slots__ = ()
+
+
+class _StaleVector(_StaleMixin, VectorBase):
+    __slots__ = ()
+
+
+class _StaleTable(_StaleMixin, TableBase):
+    __slots__ = ()
+
+
+def is_stale(handle: HandleBase) -> bool:
+    return isinstance(handle, _StaleMixin)
+
+
+def make_stale(handle: HandleBase) -> None:
     """Turns a live handle into a stale one, in place."""
-    handle.__class__ = _Stale
+    handle.__class__ = (_StaleVector if isinstance(handle, VectorBase)
+                        else _StaleTable if isinstance(handle, TableBase) else _Stale)
     handle._heap = None   # so that storing it raises StaleHandle, not a dangling reference

@@ -10,7 +10,7 @@ from typing import Any
 import zstandard
 
 from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle
-from image._handles import Blob, Handle, Object, Special, Table, Vector, _Stale, make_stale
+from image._handles import Blob, Object, Special, Table, Vector, is_stale, make_stale
 from native import _fastpath
 from pager import CorruptImage, PageStore, PagerError
 
@@ -72,8 +72,8 @@ class Image:
         self._store = store
         self.readonly = store.readonly
         # The heap makes handles (one per address, cached weakly) in C.
-        self._heap = _fastpath.Heap(store.page_reader, self, Handle, _HANDLE_CLASSES, Object,
-                                    _make_special)
+        self._heap = _fastpath.Heap(store.page_reader, self, _fastpath.HandleBase,
+                                    _HANDLE_CLASSES, Object, _make_special)
         self._depth = 0          # transaction nesting; 0: autocommit, >1: savepoints
         self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
         if not self._heap.reload():
@@ -334,7 +334,7 @@ class Collection:
     def step(self) -> None:
         img, heap = self.img, self.img._heap
         if self.phase is Phase.ROOTS:
-            self.roots = [addr for addr, h in heap.live_handles().items() if type(h) is not _Stale]
+            self.roots = [addr for addr, h in heap.live_handles().items() if not is_stale(h)]
             self.phase = Phase.MARK
         elif self.phase is Phase.MARK:
             heap.mark(self.roots)

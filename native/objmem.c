@@ -3040,14 +3040,16 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
     PyObject *slot_names[3] = {S_img, S_heap, S_addr};
     Py_ssize_t *offs[3] = {&h->off_img, &h->off_heap, &h->off_addr};
     for (int i = 0; i < 3; i++) {   /* the slot descriptors of handle_type's __slots__ */
-        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)handle_type)->tp_dict, slot_names[i]);
-        if (!d || Py_TYPE(d) != &PyMemberDescr_Type
-            || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_TypeError, "the handle type needs a __slots__ entry %R", slot_names[i]);
+        PyObject *d = PyObject_GetAttr(handle_type, slot_names[i]);
+        int ok = d && Py_TYPE(d) == &PyMemberDescr_Type
+                 && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok) *offs[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+        if (!ok) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "the handle type needs a field %R", slot_names[i]);
             return -1;
         }
-        *offs[i] = ((PyMemberDescrObject *)d)->d_member->offset;
     }
     PyObject *ref = PyWeakref_NewRef(img, NULL);
     if (!ref) return -1;
@@ -3150,11 +3152,150 @@ static PyMethodDef objmem_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+
+/* -- handle base types --------------------------------------------------------------- */
+/*
+** HandleBase holds a handle's three fields (_img, _heap, _addr) and its weak
+** references; image/_handles.Handle derives from it.  VectorBase and
+** TableBase add the subscript and length slots in C, so that inbox[i] and
+** mail["subject"] run without a Python frame; slices and everything else
+** stay in Python (a slice calls the subclass's _slice method).
+*/
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *img;
+    PyObject *heap;
+    PyObject *addr;
+    PyObject *weakrefs;
+} HandleObject;
+
+static PyMemberDef handle_members[] = {
+    {"_img", T_OBJECT_EX, offsetof(HandleObject, img), 0, NULL},
+    {"_heap", T_OBJECT_EX, offsetof(HandleObject, heap), 0, NULL},
+    {"_addr", T_OBJECT_EX, offsetof(HandleObject, addr), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static void handle_dealloc(HandleObject *o) {
+    if (o->weakrefs) PyObject_ClearWeakRefs((PyObject *)o);
+    Py_CLEAR(o->img);
+    Py_CLEAR(o->heap);
+    Py_CLEAR(o->addr);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyTypeObject HandleBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native._fastpath.HandleBase",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The fields of a handle; see image/_handles.py.",
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_members = handle_members,
+    .tp_weaklistoffset = offsetof(HandleObject, weakrefs),
+};
+
+/* The handle's heap and address, or NULL with an exception (a stale or
+ * half-made handle goes through Python, which says why). */
+static Heap *handle_heap(HandleObject *o) {
+    if (!o->heap || Py_TYPE(o->heap) != &HeapType || !o->addr) return NULL;
+    return (Heap *)o->heap;
+}
+
+static Py_ssize_t vector_length(HandleObject *o) {
+    Heap *h = handle_heap(o);
+    if (!h) {
+        PyObject *r = PyObject_CallMethod((PyObject *)o, "_gone", NULL);
+        Py_XDECREF(r);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not a live handle");
+        return -1;
+    }
+    PyObject *n = m_vec_len(h, &o->addr, 1);
+    if (!n) return -1;
+    Py_ssize_t len = PyLong_AsSsize_t(n);
+    Py_DECREF(n);
+    return len;
+}
+
+static PyObject *vector_subscript(HandleObject *o, PyObject *index) {
+    Heap *h = handle_heap(o);
+    if (!h || !PyLong_Check(index)) return PyObject_CallMethod((PyObject *)o, "_subscript", "O", index);
+    PyObject *args[2] = {o->addr, index};
+    return m_vec_get(h, args, 2);
+}
+
+static Py_ssize_t table_length(HandleObject *o) {
+    Heap *h = handle_heap(o);
+    if (!h) {
+        PyObject *r = PyObject_CallMethod((PyObject *)o, "_gone", NULL);
+        Py_XDECREF(r);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not a live handle");
+        return -1;
+    }
+    PyObject *n = m_tab_len(h, &o->addr, 1);
+    if (!n) return -1;
+    Py_ssize_t len = PyLong_AsSsize_t(n);
+    Py_DECREF(n);
+    return len;
+}
+
+static PyObject *Missing;   /* a sentinel no table holds */
+
+static PyObject *table_subscript(HandleObject *o, PyObject *key) {
+    Heap *h = handle_heap(o);
+    if (!h) return PyObject_CallMethod((PyObject *)o, "_gone", NULL);
+    PyObject *args[3] = {o->addr, key, Missing};
+    PyObject *v = m_tab_get(h, args, 3);
+    if (v == Missing) {
+        Py_DECREF(v);
+        PyObject *err = PyTuple_Pack(1, key);   /* KeyError(key), as a dict raises it */
+        if (err) PyErr_SetObject(PyExc_KeyError, err);
+        Py_XDECREF(err);
+        return NULL;
+    }
+    return v;
+}
+
+static PyMappingMethods vector_mapping = {(lenfunc)vector_length, (binaryfunc)vector_subscript, NULL};
+static PySequenceMethods vector_sequence = {.sq_length = (lenfunc)vector_length};
+static PyMappingMethods table_mapping = {(lenfunc)table_length, (binaryfunc)table_subscript, NULL};
+static PySequenceMethods table_sequence = {.sq_length = (lenfunc)table_length};
+
+static PyTypeObject VectorBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native._fastpath.VectorBase",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "len(v) and v[i] of a vector handle, in C.",
+    .tp_base = &HandleBaseType,
+    .tp_as_mapping = &vector_mapping,
+    .tp_as_sequence = &vector_sequence,
+};
+
+static PyTypeObject TableBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native._fastpath.TableBase",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "len(t) and t[key] of a table handle, in C.",
+    .tp_base = &HandleBaseType,
+    .tp_as_mapping = &table_mapping,
+    .tp_as_sequence = &table_sequence,
+};
+
 int objmem_add_to_module(PyObject *m) {
     if (!(S_img = PyUnicode_InternFromString("_img")) || !(S_heap = PyUnicode_InternFromString("_heap"))
         || !(S_addr = PyUnicode_InternFromString("_addr")))
         return -1;
-    if (PyType_Ready(&HeapType) < 0) return -1;
-    if (PyModule_AddObjectRef(m, "Heap", (PyObject *)&HeapType) < 0) return -1;
+    if (PyType_Ready(&HeapType) < 0 || PyType_Ready(&HandleBaseType) < 0
+        || PyType_Ready(&VectorBaseType) < 0 || PyType_Ready(&TableBaseType) < 0)
+        return -1;
+    if (!(Missing = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type))) return -1;
+    if (PyModule_AddObjectRef(m, "Heap", (PyObject *)&HeapType) < 0
+        || PyModule_AddObjectRef(m, "HandleBase", (PyObject *)&HandleBaseType) < 0
+        || PyModule_AddObjectRef(m, "VectorBase", (PyObject *)&VectorBaseType) < 0
+        || PyModule_AddObjectRef(m, "TableBase", (PyObject *)&TableBaseType) < 0)
+        return -1;
     return PyModule_AddFunctions(m, objmem_functions);
 }
