@@ -103,6 +103,7 @@ from persistent.list import PersistentList  # noqa: E402
 from persistent.mapping import PersistentMapping  # noqa: E402
 from ZODB.FileStorage import FileStorage  # noqa: E402
 
+from _common import bytes_handed_to_write, load_average, num  # noqa: E402  (bench/)
 import image  # noqa: E402
 from pager import PageStore  # noqa: E402
 
@@ -137,31 +138,6 @@ MILLION = Config(n=1_000_000, batch=1000, singles=1000, single_block=100, reads=
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def bytes_handed_to_write() -> int | None:
-    """Bytes this process has passed to write()/pwrite() so far (/proc/self/io wchar)."""
-    try:
-        with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def load_average() -> str:
-    try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        return "load average n/a"
-
-
-def num(x: float | None, digits: int = 0) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:,.{digits}f}"
 
 
 def du(path: str) -> int:

@@ -3203,7 +3203,8 @@ static Heap *handle_heap(HandleObject *o) {
     return (Heap *)o->heap;
 }
 
-static Py_ssize_t vector_length(HandleObject *o) {
+/* len() of a vector or table handle, through the heap method `count`. */
+static Py_ssize_t handle_length(HandleObject *o, PyObject *(*count)(Heap *, PyObject *const *, Py_ssize_t)) {
     Heap *h = handle_heap(o);
     if (!h) {
         PyObject *r = PyObject_CallMethod((PyObject *)o, "_gone", NULL);
@@ -3211,33 +3212,21 @@ static Py_ssize_t vector_length(HandleObject *o) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not a live handle");
         return -1;
     }
-    PyObject *n = m_vec_len(h, &o->addr, 1);
+    PyObject *n = count(h, &o->addr, 1);
     if (!n) return -1;
     Py_ssize_t len = PyLong_AsSsize_t(n);
     Py_DECREF(n);
     return len;
 }
+
+static Py_ssize_t vector_length(HandleObject *o) { return handle_length(o, m_vec_len); }
+static Py_ssize_t table_length(HandleObject *o) { return handle_length(o, m_tab_len); }
 
 static PyObject *vector_subscript(HandleObject *o, PyObject *index) {
     Heap *h = handle_heap(o);
     if (!h || !PyLong_Check(index)) return PyObject_CallMethod((PyObject *)o, "_subscript", "O", index);
     PyObject *args[2] = {o->addr, index};
     return m_vec_get(h, args, 2);
-}
-
-static Py_ssize_t table_length(HandleObject *o) {
-    Heap *h = handle_heap(o);
-    if (!h) {
-        PyObject *r = PyObject_CallMethod((PyObject *)o, "_gone", NULL);
-        Py_XDECREF(r);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "not a live handle");
-        return -1;
-    }
-    PyObject *n = m_tab_len(h, &o->addr, 1);
-    if (!n) return -1;
-    Py_ssize_t len = PyLong_AsSsize_t(n);
-    Py_DECREF(n);
-    return len;
 }
 
 static PyObject *Missing;   /* a sentinel no table holds */
