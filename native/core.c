@@ -342,6 +342,10 @@ uint64_t ic_node_sum(ic_store *st, int level, const uint8_t *data) {
     return ic_hash(data, st->page_size, node_seed(st, level));
 }
 
+static inline uint32_t verified_tag(uint64_t sum, uint64_t seed) {
+    return (uint32_t)(((sum ^ seed) * GOLDEN) >> 32) | 1u;   /* never 0, which means "not verified" */
+}
+
 /* Return the verified bytes of a slot.  A slot remembers a tag of the
  * (checksum, seed) it passed with, so a second reference that names another
  * checksum or seed (a data page used as a node, two entries for one slot) is
@@ -353,8 +357,7 @@ static const uint8_t *verified_slot(ic_store *st, uint64_t loc, uint64_t sum, ui
     const uint8_t *p = slot_ptr(st, loc, &s);
     if (!p) return NULL;
     uint32_t slot = loc_slot(loc);
-    uint64_t mix = (sum ^ seed) * GOLDEN;
-    uint32_t tag = (uint32_t)(mix >> 32) | 1u;   /* never 0, which means "not verified" */
+    uint32_t tag = verified_tag(sum, seed);
     if (!force && s->verified[slot] == tag) return p;
     if (ic_hash(p, st->page_size, seed) != sum) { *mismatch = 1; return NULL; }
     s->verified[slot] = tag;
@@ -1264,8 +1267,23 @@ void ic_commit_undo(ic_tree *t, ic_commit *c) {
     free_undo(c);
 }
 
+/* The pages of a durable commit are the bytes this process hashed while
+ * building it: their slots are marked verified, so the next read of each
+ * does not hash it again (verified_slot's tags, invariant 1). */
+static void trust_written_pages(ic_store *st, const ic_commit *c) {
+    if (c->segno >= st->nsegs || !st->segs[c->segno].base) return;
+    ic_seg *s = &st->segs[c->segno];
+    const uint8_t *pairs = c->buf + REC_HEADER;
+    for (uint32_t i = 0; i < c->npages; i++) {
+        uint64_t slot = (uint64_t)c->slot + c->record_slots + i;
+        if (slot >= s->nslots) return;
+        s->verified[slot] = verified_tag(ld64(pairs + 16 * i + 8), page_seed(st, ld64(pairs + 16 * i)));
+    }
+}
+
 /* The commit is durable: finish it, and make c describe the commit after. */
 void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c) {
+    trust_written_pages(t->st, c);
     if (c->checkpoint) {
         uint64_t first = ((uint64_t)c->segno << 32) | (c->slot + c->record_slots + c->npages);
         ic_tree_adopt(t, c->root, c->depth, first, c->nnodes);

@@ -813,14 +813,37 @@ static int take_free(Heap *h, uint64_t words, uint64_t *out) {
 #define ACCT_WORDS (M_FREE_WORDS - M_TOP + 1)
 #define ACCT(m) ((m) - ACCT_FIRST)
 
+/* An object of exactly one page (a full vector leaf or node) gets a page of
+ * its own, so that writing one of its slots dirties one page, not two: the
+ * bump pointer moves to the next page boundary, and the gap becomes free
+ * chunks (a one-word gap, too small for a chunk, takes the page after it). */
+static int align_top_to_page(Heap *h, uint64_t *acct) {
+    uint64_t top = acct[ACCT(M_TOP)], gap = (h->page_size - (top & (h->page_size - 1))) % h->page_size / 8;
+    if (gap == 0) return 0;
+    if (gap == 1) gap += h->page_size / 8;
+    if (top + gap * 8 > h->max_heap) {
+        PyErr_SetString(PyExc_MemoryError, "the image's heap is full");
+        return -1;
+    }
+    uint64_t bins[N_BINS], chunks = 0;
+    if (read_bins(h, bins) || free_run(h, bins, top, gap, &chunks)
+        || add_meta(h, M_FREE_CHUNKS, (int64_t)chunks))
+        return -1;
+    acct[ACCT(M_TOP)] = top + gap * 8;
+    acct[ACCT(M_FREE_WORDS)] += gap;
+    return 0;
+}
+
 /* A new object of class cls: header written, payload left to the caller
  * (which must write every payload word). */
 static int alloc(Heap *h, uint64_t cls, unsigned fmt, uint64_t size, uint64_t *out) {
     uint64_t words = object_words(fmt, size), addr = 0, acct[ACCT_WORDS];
     if (size > h->max_heap) { PyErr_SetString(PyExc_MemoryError, "object too large"); return -1; }
-    int got = 0;
+    int got = 0, whole_page = words * 8 == h->page_size;
     if (rd(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;
-    if (acct[ACCT(M_FREE_WORDS)]) {
+    if (whole_page) {
+        if (align_top_to_page(h, acct)) return -1;
+    } else if (acct[ACCT(M_FREE_WORDS)]) {
         if ((got = take_free(h, words, &addr)) < 0) return -1;
         if (got && rd(h, ACCT_FIRST * 8, acct, sizeof acct)) return -1;   /* take_free changed them */
     }
@@ -1343,57 +1366,83 @@ static PyObject *decode(Heap *h, uint64_t w) { return decode_in(h, w, 0); }
 /* -- the chunked vector -------------------------------------------------------- */
 /*
 ** A growable vector is a counted B+tree: the VECTOR header (height, root)
-** never moves, so handles stay valid, and changes only when the root does;
-** the length is the root's count or the sum of its sizes, so that an append
-** does not dirty the header's page.  Leaves hold up to leaf_max items
-** after a count; interior nodes hold up to node_max (size, child) pairs,
-** size being the number of items under that child.  Appending writes one
-** leaf slot plus the sizes on the rightmost path; inserting or deleting in
-** the middle shifts items within one leaf only; growth splits a leaf or a
-** node and never copies the array.  A new vector's only leaf starts small and
-** doubles until it reaches leaf_max (a bounded copy).  Unused leaf and node
-** slots hold EMPTY, so the collector can trace every slot.
+** never moves, so handles stay valid, and changes only when the root does.
+** Leaves hold up to leaf_max items after a count; interior nodes hold up to
+** node_max (start, child) pairs after a count, start being the number of
+** items under the node that lie before that child (so entry 0 starts at 0,
+** and starts strictly increase).  A child's size is the next entry's start
+** minus its own; the last child's is what the node holds minus its start,
+** and what the root holds is found down the rightmost path.  So appending
+** writes one leaf slot and nothing else until the leaf fills (a durable
+** single append is one data page); inserting or deleting in the middle
+** shifts items within one leaf and the later starts of the nodes above it;
+** growth splits a leaf or a node and never copies the array.  A new
+** vector's only leaf starts small and doubles until it reaches leaf_max (a
+** bounded copy).  Unused leaf and node slots hold EMPTY, so the collector
+** can trace every slot.  Every descent checks the starts of each node it
+** passes and each leaf's count against what its parent says it holds.
 */
 
 typedef struct {
     uint64_t vaddr, len, root;
     int height;
     uint64_t node[MAX_HEIGHT];
-    uint64_t pos[MAX_HEIGHT];
+    uint64_t pos[MAX_HEIGHT];     /* the entry taken in node[lvl] */
+    uint64_t held[MAX_HEIGHT];    /* the items under node[lvl], before the change */
     uint64_t leaf, leaf_cap, leaf_count, off;
 } vpath;
 
 static int node_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count);
 static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count);
 
+static uint64_t item_addr(uint64_t leaf, uint64_t k) { return leaf + 16 + 8 * k; }
+static uint64_t entry_addr(uint64_t node, uint64_t k) { return node + 16 + 16 * k; }
+
+/* The entries of a node that is to hold `held` items: starts begin at 0,
+ * strictly increase and stay below held.  Returns them in place, or NULL. */
+static const uint64_t *node_entries(Heap *h, uint64_t node, uint64_t held, objinfo *o, uint64_t *count) {
+    if (node_open(h, node, o, count)) return NULL;
+    const uint64_t *e = view(h, o->body + 8, 2 * *count);
+    if (!e) return NULL;
+    for (uint64_t k = 0; k < *count; k++) {
+        uint64_t w = e[2 * k];
+        if (!IS_FIX(w) || UNFX(w) < 0 || (uint64_t)UNFX(w) >= held
+            || (k == 0 ? UNFX(w) != 0 : UNFX(w) <= UNFX(e[2 * k - 2]))) {
+            corrupt(node, "entry %llu starts at %s, not after its neighbour and below the %llu items "
+                    "the node holds", (unsigned long long)k, IS_FIX(w) ? "a bad item" : "no item",
+                    (unsigned long long)held);
+            return NULL;
+        }
+    }
+    return e;
+}
+
+/* The length, down the rightmost path: each last entry's start, then the
+ * last leaf's count. */
 static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
     objinfo o, r;
     int64_t height;
-    uint64_t count;
+    uint64_t count, base, top, n;
     if (obj_of_class(h, vaddr, C_VECTOR, &o) || fix_slot(h, &o, V_HEIGHT, 0, MAX_HEIGHT - 1, &height)
-        || slot(h, &o, V_ROOT, &p->root))
+        || slot(h, &o, V_ROOT, &p->root) || heap_bounds(h, &base, &top, &n))
         return -1;
+    uint64_t limit = (top - base) / 8, cur = p->root, len = 0;   /* every item is a word of the heap */
     p->vaddr = vaddr;
     p->height = (int)height;
-    if (height == 0) {
-        if (leaf_open(h, p->root, &r, &count)) return -1;
-        p->len = count;
-        return 0;
+    for (int lvl = 0; lvl < p->height; lvl++) {
+        if (node_open(h, cur, &r, &count)) return -1;
+        const uint64_t *e = view(h, r.body + 8 + 16 * (count - 1), 2);
+        if (!e) return -1;
+        if (!IS_FIX(e[0]) || UNFX(e[0]) < 0 || (uint64_t)UNFX(e[0]) > limit - len)
+            return corrupt(cur, "its last entry starts at no item, or past the heap");
+        len += (uint64_t)UNFX(e[0]);
+        cur = e[1];
     }
-    if (node_open(h, p->root, &r, &count)) return -1;
-    uint64_t base, top, n;
-    if (heap_bounds(h, &base, &top, &n)) return -1;
-    const uint64_t *e = view(h, r.body + 8, 2 * count);
-    if (!e) return -1;
-    p->len = 0;
-    for (uint64_t k = 0; k < count; k++) {   /* every item is a word of the heap */
-        if (!IS_FIX(e[2 * k]) || UNFX(e[2 * k]) < 0 || (uint64_t)UNFX(e[2 * k]) > (top - base) / 8)
-            return corrupt(p->root, "entry %llu has no size, or one past the heap", (unsigned long long)k);
-        p->len += (uint64_t)UNFX(e[2 * k]);
-    }
-    if (p->len > (top - base) / 8)
-        return corrupt(p->root, "its sizes add up to %llu items, more than the heap holds",
-                       (unsigned long long)p->len);
+    if (leaf_open(h, cur, &r, &count)) return -1;
+    if (p->height && count == 0) return corrupt(cur, "an empty leaf under a vector node");
+    p->len = len + count;
+    if (p->len > limit)
+        return corrupt(p->root, "it holds %llu items, more than the heap has words", (unsigned long long)p->len);
     return 0;
 }
 
@@ -1417,52 +1466,41 @@ static int leaf_open(Heap *h, uint64_t addr, objinfo *o, uint64_t *count) {
     return 0;
 }
 
+/* The last entry whose start is at most i (binary search: starts increase). */
+static uint64_t entry_before(const uint64_t *e, uint64_t count, uint64_t i) {
+    uint64_t lo = 0, hi = count;   /* e[0] starts at 0 <= i */
+    while (hi - lo > 1) {
+        uint64_t mid = (lo + hi) / 2;
+        if ((uint64_t)UNFX(e[2 * mid]) <= i) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
 /* Finds item i (or, for an insert, the place before item i; i may be len)
  * in a vector vec_open has read into p. */
 static int vec_descend(Heap *h, vpath *p, uint64_t i, int for_insert) {
-    uint64_t cur = p->root, expect = p->len;   /* the items the parent says lie below cur */
+    uint64_t cur = p->root, held = p->len;   /* the items the parent says lie below cur */
+    if (i > held || (i == held && !for_insert))
+        return corrupt(p->vaddr, "item %llu of %llu", (unsigned long long)i, (unsigned long long)held);
     for (int lvl = 0; lvl < p->height; lvl++) {
         objinfo o;
-        uint64_t count, acc = 0, k, child = 0, child_size = 0, found = 0, total = 0;
-        if (node_open(h, cur, &o, &count)) return -1;
-        const uint64_t *e = view(h, o.body + 8, 2 * count);
+        uint64_t count;
+        const uint64_t *e = node_entries(h, cur, held, &o, &count);
         if (!e) return -1;
-        for (k = 0; k < count; k++) {   /* all entries: their sum must be what the parent said */
-            uint64_t sz = e[2 * k];
-            if (!IS_FIX(sz) || UNFX(sz) < 0 || (uint64_t)UNFX(sz) > MAX_HEAP / 8)
-                return corrupt(cur, "entry %llu has no size", (unsigned long long)k);
-            if (!found && (i < acc + (uint64_t)UNFX(sz)
-                           || (for_insert && k == count - 1 && i <= acc + (uint64_t)UNFX(sz)))) {
-                found = 1;
-                child = e[2 * k + 1];
-                child_size = (uint64_t)UNFX(sz);
-                p->pos[lvl] = k;
-            } else if (!found) {
-                acc += (uint64_t)UNFX(sz);
-            }
-            total += (uint64_t)UNFX(sz);
-        }
-        /* A child that disagrees with its parent's entry: either may lie; the
-         * child is named, the message names the parent too. */
-        if (total != expect)
-            return corrupt(cur, "its sizes add up to %llu items, its parent 0x%llx says %llu",
-                           (unsigned long long)total, (unsigned long long)(lvl ? p->node[lvl - 1] : p->vaddr),
-                           (unsigned long long)expect);
-        if (!found) return corrupt(cur, "its sizes do not reach item %llu", (unsigned long long)i);
+        uint64_t k = entry_before(e, count, i), start = (uint64_t)UNFX(e[2 * k]);
         p->node[lvl] = cur;
-        i -= acc;
-        cur = child;
-        expect = child_size;
+        p->pos[lvl] = k;
+        p->held[lvl] = held;
+        held = (k + 1 < count ? (uint64_t)UNFX(e[2 * k + 2]) : held) - start;
+        i -= start;
+        cur = e[2 * k + 1];
     }
     objinfo lo;
     if (leaf_open(h, cur, &lo, &p->leaf_count)) return -1;
-    if (p->height && p->leaf_count != expect)
+    if (p->height && p->leaf_count != held)
         return corrupt(cur, "holds %llu items, its parent 0x%llx says %llu",
                        (unsigned long long)p->leaf_count, (unsigned long long)p->node[p->height - 1],
-                       (unsigned long long)expect);
-    if (i > p->leaf_count || (i == p->leaf_count && !for_insert))
-        return corrupt(cur, "holds %llu items, item %llu was expected",
-                       (unsigned long long)p->leaf_count, (unsigned long long)i);
+                       (unsigned long long)held);
     p->leaf = cur;
     p->leaf_cap = lo.size - 1;
     p->off = i;
@@ -1472,9 +1510,6 @@ static int vec_descend(Heap *h, vpath *p, uint64_t i, int for_insert) {
 static int vec_locate(Heap *h, uint64_t vaddr, uint64_t i, int for_insert, vpath *p) {
     return vec_open(h, vaddr, p) || vec_descend(h, p, i, for_insert) ? -1 : 0;
 }
-
-static uint64_t item_addr(uint64_t leaf, uint64_t k) { return leaf + 16 + 8 * k; }
-static uint64_t entry_addr(uint64_t node, uint64_t k) { return node + 16 + 16 * k; }
 
 static int check_index(PyObject *idx, uint64_t len, int for_insert, uint64_t *out) {
     Py_ssize_t i = PyNumber_AsSsize_t(idx, PyExc_IndexError);
@@ -1506,17 +1541,23 @@ static int new_leaf(Heap *h, uint64_t cap, const uint64_t *items, uint64_t n, ui
     return rc;
 }
 
-/* entries: n (size, child) pairs as raw words. */
+/* entries: n (start, child) pairs as raw words, rebased so the first starts at 0. */
 static int new_node(Heap *h, uint64_t cap, const uint64_t *entries, uint64_t n, uint64_t *out) {
     uint64_t *buf = PyMem_Calloc(2 * cap + 1, 8);
     if (!buf) { PyErr_NoMemory(); return -1; }
     buf[0] = FX(n);
-    memcpy(buf + 1, entries, n * 16);
+    int64_t first = UNFX(entries[0]);
+    for (uint64_t k = 0; k < n; k++) {
+        buf[1 + 2 * k] = FX(UNFX(entries[2 * k]) - first);
+        buf[2 + 2 * k] = entries[2 * k + 1];
+    }
     int rc = new_words(h, C_VNODE, FMT_POINTERS, buf, 2 * cap + 1, out);
     PyMem_Free(buf);
     return rc;
 }
 
+/* Full leaves, then levels of full nodes; level holds (start, child) pairs
+ * with starts counted from the vector's first item. */
 static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t n) {
     uint64_t root;
     if (n <= h->leaf_max) {
@@ -1529,17 +1570,16 @@ static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t
     int rc = 0, height = 0;
     for (uint64_t k = 0; k < nodes && !rc; k++) {
         uint64_t take = n - k * h->leaf_max < h->leaf_max ? n - k * h->leaf_max : h->leaf_max;
-        level[2 * k] = FX(take);
+        level[2 * k] = FX(k * h->leaf_max);
         rc = new_leaf(h, h->leaf_max, items + k * h->leaf_max, take, &level[2 * k + 1]);
     }
     while (!rc && nodes > 1) {
         uint64_t up = (nodes + h->node_max - 1) / h->node_max;
         for (uint64_t k = 0; k < up && !rc; k++) {
             uint64_t take = nodes - k * h->node_max < h->node_max ? nodes - k * h->node_max : h->node_max;
-            uint64_t sum = 0, addr;
-            for (uint64_t j = 0; j < take; j++) sum += (uint64_t)UNFX(level[2 * (k * h->node_max + j)]);
+            uint64_t first = level[2 * k * h->node_max], addr;
             rc = new_node(h, h->node_max, level + 2 * k * h->node_max, take, &addr);
-            level[2 * k] = FX(sum);
+            level[2 * k] = first;
             level[2 * k + 1] = addr;
         }
         nodes = up;
@@ -1551,19 +1591,30 @@ static int vector_build(Heap *h, uint64_t vaddr, const uint64_t *items, uint64_t
 }
 
 /* What an insert hands up a level: one more item below (PLUS), a leaf that
- * grew into a new object (REPLACE), or a split into two (SPLIT). */
+ * grew into a new object (REPLACE), or a split into two (SPLIT) of lsize
+ * and rsize items. */
 enum carry_kind { CARRY_PLUS, CARRY_REPLACE, CARRY_SPLIT };
 typedef struct { enum carry_kind kind; uint64_t addr, lsize, rsize; } carry;
 
-static int add_size(Heap *h, uint64_t node, uint64_t k, int64_t delta) {
-    uint64_t w;
-    if (rd64(h, entry_addr(node, k), &w)) return -1;
-    if (!IS_FIX(w) || UNFX(w) + delta < 0) return corrupt(node, "entry %llu has a bad size", (unsigned long long)k);
-    return wr64(h, entry_addr(node, k), FX(UNFX(w) + delta));
+/* Moves the starts of entries from..count-1 of node by delta items (one
+ * item came or went under an entry before them). */
+static int shift_starts(Heap *h, uint64_t node, uint64_t from, int64_t delta) {
+    objinfo o;
+    uint64_t count;
+    if (node_open(h, node, &o, &count)) return -1;
+    for (uint64_t k = from; k < count; k++) {
+        uint64_t w;
+        if (rd64(h, entry_addr(node, k), &w)) return -1;
+        if (!IS_FIX(w) || UNFX(w) + delta < 1)
+            return corrupt(node, "entry %llu has a bad start", (unsigned long long)k);
+        if (wr64(h, entry_addr(node, k), FX(UNFX(w) + delta))) return -1;
+    }
+    return 0;
 }
 
-/* Inserts (rsize, right) after entry k of node, whose entry k now has lsize. */
-static int node_insert(Heap *h, uint64_t node, uint64_t k, const carry *in, carry *out) {
+/* Child k of node (which held `held` items) split into lsize and rsize
+ * items: the right part becomes entry k+1.  A full node splits in turn. */
+static int node_insert(Heap *h, uint64_t node, uint64_t k, uint64_t held, const carry *in, carry *out) {
     objinfo o;
     uint64_t count;
     if (node_open(h, node, &o, &count)) return -1;
@@ -1573,16 +1624,16 @@ static int node_insert(Heap *h, uint64_t node, uint64_t k, const carry *in, carr
     int rc = rd(h, entry_addr(node, 0), e, count * 16);
     if (!rc) {
         memmove(e + 2 * (k + 2), e + 2 * (k + 1), (count - k - 1) * 16);
-        e[2 * k] = FX(in->lsize);
-        e[2 * (k + 1)] = FX(in->rsize);
+        e[2 * (k + 1)] = FX(UNFX(e[2 * k]) + (int64_t)in->lsize);
         e[2 * (k + 1) + 1] = in->addr;
+        for (uint64_t j = k + 2; j <= count; j++) e[2 * j] = FX(UNFX(e[2 * j]) + 1);
         count++;
         if (count <= cap) {
-            rc = wr(h, entry_addr(node, k), e + 2 * k, (count - k) * 16) || wr64(h, node + 8, FX(count));
+            rc = wr(h, entry_addr(node, k + 1), e + 2 * (k + 1), (count - k - 1) * 16)
+                 || wr64(h, node + 8, FX(count));
             out->kind = CARRY_PLUS;
         } else {
-            uint64_t half = count / 2, lsum = 0, rsum = 0, right;
-            for (uint64_t j = 0; j < count; j++) *(j < half ? &lsum : &rsum) += (uint64_t)UNFX(e[2 * j]);
+            uint64_t half = count / 2, right, lsize = (uint64_t)UNFX(e[2 * half]);
             uint64_t *zeros = PyMem_Calloc(count - half, 16);
             rc = !zeros;
             if (rc) PyErr_NoMemory();
@@ -1591,7 +1642,7 @@ static int node_insert(Heap *h, uint64_t node, uint64_t k, const carry *in, carr
                           || wr(h, entry_addr(node, half), zeros, (count - 1 - half) * 16)
                           || wr64(h, node + 8, FX(half));
             PyMem_Free(zeros);
-            *out = (carry){CARRY_SPLIT, right, lsum, rsum};
+            *out = (carry){CARRY_SPLIT, right, lsize, held + 1 - lsize};
         }
     }
     PyMem_Free(e);
@@ -1601,16 +1652,23 @@ static int node_insert(Heap *h, uint64_t node, uint64_t k, const carry *in, carr
 /* The leaf step of an insert: room in the leaf, a bigger leaf, or a split. */
 static int leaf_insert(Heap *h, const vpath *p, uint64_t w, carry *out) {
     uint64_t c = p->leaf_count, cap = p->leaf_cap, off = p->off;
+    if (c < cap) {   /* the common case, an append above all: write from off on */
+        uint64_t *items = PyMem_Malloc((c - off + 1) * 8);
+        if (!items) { PyErr_NoMemory(); return -1; }
+        items[0] = w;
+        int rc = rd(h, item_addr(p->leaf, off), items + 1, (c - off) * 8)
+                 || wr(h, item_addr(p->leaf, off), items, (c + 1 - off) * 8) || wr64(h, p->leaf + 8, FX(c + 1));
+        PyMem_Free(items);
+        out->kind = CARRY_PLUS;
+        return rc ? -1 : 0;
+    }
     uint64_t *items = PyMem_Malloc((c + 1) * 8);
     if (!items) { PyErr_NoMemory(); return -1; }
     int rc = rd(h, item_addr(p->leaf, 0), items, c * 8);
     if (!rc) {
         memmove(items + off + 1, items + off, (c - off) * 8);
         items[off] = w;
-        if (c < cap) {
-            rc = wr(h, item_addr(p->leaf, off), items + off, (c + 1 - off) * 8) || wr64(h, p->leaf + 8, FX(c + 1));
-            out->kind = CARRY_PLUS;
-        } else if (cap < h->leaf_max) {
+        if (cap < h->leaf_max) {
             uint64_t bigger = cap * 2 < LEAF_SMALL ? LEAF_SMALL : cap * 2;
             if (bigger > h->leaf_max) bigger = h->leaf_max;
             out->kind = CARRY_REPLACE;
@@ -1647,13 +1705,13 @@ static int vec_insert_word(Heap *h, vpath *opened, uint64_t i, uint64_t w) {
     for (int lvl = p.height - 1; lvl >= 0; lvl--) {
         uint64_t node = p.node[lvl], k = p.pos[lvl];
         if (c.kind == CARRY_PLUS) {
-            if (add_size(h, node, k, 1)) return -1;
+            if (shift_starts(h, node, k + 1, 1)) return -1;
         } else if (c.kind == CARRY_REPLACE) {
-            if (wr64(h, entry_addr(node, k) + 8, c.addr) || add_size(h, node, k, 1)) return -1;
+            if (wr64(h, entry_addr(node, k) + 8, c.addr) || shift_starts(h, node, k + 1, 1)) return -1;
             c.kind = CARRY_PLUS;
         } else {
             carry up;
-            if (node_insert(h, node, k, &c, &up)) return -1;
+            if (node_insert(h, node, k, p.held[lvl], &c, &up)) return -1;
             c = up;
         }
         child = node;
@@ -1663,11 +1721,26 @@ static int vec_insert_word(Heap *h, vpath *opened, uint64_t i, uint64_t w) {
     if (c.kind == CARRY_REPLACE) root = c.addr;
     if (c.kind == CARRY_SPLIT) {
         if (height + 1 >= MAX_HEIGHT) { PyErr_SetString(PyExc_MemoryError, "vector too deep"); return -1; }
-        uint64_t e[4] = {FX(c.lsize), child, FX(c.rsize), c.addr};
+        uint64_t e[4] = {FX(0), child, FX(c.lsize), c.addr};
         if (new_node(h, h->node_max, e, 2, &root)) return -1;
         height++;
     }
     return root == p.root && height == p.height ? 0 : vec_header_set(h, vaddr, height, root);
+}
+
+/* Drops entry k (its child emptied) from a node of count entries. */
+static int drop_entry(Heap *h, uint64_t node, uint64_t k, uint64_t count) {
+    uint64_t *e = PyMem_Calloc(count, 16);
+    if (!e) { PyErr_NoMemory(); return -1; }
+    int rc = rd(h, entry_addr(node, k + 1), e, (count - k - 1) * 16);
+    for (uint64_t j = 0; !rc && j + k + 1 < count; j++) {
+        if (!IS_FIX(e[2 * j]) || UNFX(e[2 * j]) < 1) rc = corrupt(node, "entry %llu has a bad start",
+                                                                  (unsigned long long)(j + k + 1));
+        else e[2 * j] = FX(UNFX(e[2 * j]) - 1);
+    }
+    if (!rc) rc = wr(h, entry_addr(node, k), e, (count - k) * 16);
+    PyMem_Free(e);
+    return rc || (count > 1 && wr64(h, node + 8, FX(count - 1))) ? -1 : 0;
 }
 
 static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
@@ -1686,17 +1759,10 @@ static int vec_delete_at(Heap *h, uint64_t vaddr, uint64_t i) {
         uint64_t node = p.node[lvl], k = p.pos[lvl], count;
         objinfo o;
         if (!empty) {
-            if (add_size(h, node, k, -1)) return -1;
+            if (shift_starts(h, node, k + 1, -1)) return -1;
             continue;
         }
-        if (node_open(h, node, &o, &count)) return -1;   /* drop entry k */
-        uint64_t *e = PyMem_Calloc(count, 16);
-        if (!e) { PyErr_NoMemory(); return -1; }
-        rc = rd(h, entry_addr(node, k + 1), e, (count - k - 1) * 16)
-             || wr(h, entry_addr(node, k), e, (count - k) * 16);
-        PyMem_Free(e);
-        if (rc) return -1;
-        if (count > 1 && wr64(h, node + 8, FX(count - 1))) return -1;
+        if (node_open(h, node, &o, &count) || drop_entry(h, node, k, count)) return -1;
         empty = count == 1;   /* a node with no entries is dropped from its parent in turn */
     }
     uint64_t root = p.root, len = p.len - 1;
@@ -2267,12 +2333,13 @@ static int verify_subtree(Heap *h, verify_state *v, uint64_t holder, uint64_t k,
     int rc = rd(h, entry_addr(addr, 0), e, (o.size - 1) * 8);
     for (uint64_t j = 2 * count; !rc && j < o.size - 1; j++)
         if (e[j] != W_EMPTY) rc = corrupt(addr, "node slot %llu past its count is not empty", (unsigned long long)(j + 1));
-    for (uint64_t j = 0; !rc && j < count; j++) {
-        uint64_t sub;
-        rc = verify_subtree(h, v, addr, j, e[2 * j + 1], height - 1, &sub);
-        if (!rc && (!IS_FIX(e[2 * j]) || (uint64_t)UNFX(e[2 * j]) != sub))
-            rc = corrupt(addr, "entry %llu says %lld items, its subtree holds %llu", (unsigned long long)j,
-                         (long long)UNFX(e[2 * j]), (unsigned long long)sub);
+    for (uint64_t j = 0; !rc && j < count; j++) {   /* each start is the items before it */
+        uint64_t sub = 0;
+        if (!IS_FIX(e[2 * j]) || UNFX(e[2 * j]) < 0 || (uint64_t)UNFX(e[2 * j]) != sum)
+            rc = corrupt(addr, "entry %llu starts at item %lld, its siblings before it hold %llu",
+                         (unsigned long long)j, (long long)UNFX(e[2 * j]), (unsigned long long)sum);
+        if (!rc) rc = verify_subtree(h, v, addr, j, e[2 * j + 1], height - 1, &sub);
+        if (!rc && sub == 0) rc = corrupt(e[2 * j + 1], "an empty subtree under a vector node");
         sum += sub;
     }
     PyMem_Free(e);

@@ -506,35 +506,36 @@ def tuple_slot_dangling(store, m):
     return m.tags
 
 
-def last_entry_size_at(store, m) -> int:
-    """The address of the size of the inbox root node's last entry (the length is their sum)."""
+def last_entry_start_at(store, m) -> int:
+    """The address of the start of the inbox root node's last entry (the length is it plus the
+    last leaf's count)."""
     node = header(store, m.inbox_node)
     return node.slot_addr(1 + 2 * (unfx(node.slot(store, 0)) - 1))
 
 
 @damage
 def vector_length_plus_one(store, m):
-    at = last_entry_size_at(store, m)
+    at = last_entry_start_at(store, m)
     store.write_word(at, fx(unfx(store.read_word(at)) + 1))
     return m.inbox_node
 
 
 @damage
 def vector_length_absurd(store, m):
-    store.write_word(last_entry_size_at(store, m), fx(10**12))
+    store.write_word(last_entry_start_at(store, m), fx(10**12))
     return m.inbox_node
 
 
 @damage
 def vector_length_not_fixnum(store, m):
-    store.write_word(last_entry_size_at(store, m), short_word(3, b"48"))
+    store.write_word(last_entry_start_at(store, m), short_word(3, b"48"))
     return m.inbox_node
 
 
 @damage
-def node_entry_size_lie(store, m):
+def node_entry_start_lie(store, m):
     node = header(store, m.inbox_node)
-    store.write_word(node.slot_addr(1), fx(unfx(node.slot(store, 1)) - 1))
+    store.write_word(node.slot_addr(3), fx(unfx(node.slot(store, 3)) - 1))
     return m.inbox_node
 
 
@@ -902,18 +903,20 @@ class TestValueWords:
 
 class TestVectors:
     def test_length_disagrees_with_the_leaves(self, path, model):
-        """A root entry's size one more than its leaf holds is named by check(); every item
-        under that entry is refused (the descent compares the leaf's count with its entry)."""
+        """The root's last entry starting one item late is named by check(); every item under
+        the entry before it is refused (the descent compares that leaf's count with the
+        entries' starts), and the items under the last entry still read."""
         addr = apply(path, model, vector_length_plus_one)
         assert_check_names(path, addr)
         with opened(path) as img:
             inbox = img.root["inbox"]
             assert len(inbox) == 301
             assert isinstance(inbox[0], image.Table)
-            corrupt_on_access(lambda: inbox[299], model.inbox_node, model.inbox_leaves[-1])
-            corrupt_on_access(lambda: inbox[300], model.inbox_node, model.inbox_leaves[-1])
-            corrupt_on_access(lambda: list(inbox), model.inbox_node, model.inbox_leaves[-1])
-            corrupt_on_access(lambda: inbox.append(1), model.inbox_node, model.inbox_leaves[-1])
+            corrupt_on_access(lambda: inbox[LEAF_MAX], model.inbox_leaves[-2])
+            corrupt_on_access(lambda: inbox[2 * LEAF_MAX - 1], model.inbox_leaves[-2])
+            corrupt_on_access(lambda: list(inbox), model.inbox_leaves[-2])
+            corrupt_on_access(lambda: inbox.insert(LEAF_MAX + 1, 1), model.inbox_leaves[-2])
+            assert isinstance(inbox[300], image.Table)
 
     def test_absurd_length_is_found_by_check(self, path, model):
         """A root entry's size of 10**12 (a length of about 10**12) is named by check()."""
@@ -944,13 +947,13 @@ class TestVectors:
         with opened(path) as img:
             corrupt_on_access(lambda: len(img.root["inbox"]), addr)
 
-    def test_node_entry_size_lie(self, path, model):
-        """An interior entry's size one short of its subtree is named by check(); reads do not crash."""
-        addr = apply(path, model, node_entry_size_lie)
+    def test_node_entry_start_lie(self, path, model):
+        """An interior entry starting one item early is named by check(); reads do not crash."""
+        addr = apply(path, model, node_entry_start_lie)
         assert_check_names(path, addr)
         with opened(path) as img:
             inbox = img.root["inbox"]
-            assert len(inbox) == 299    # the length is the sum of the root's sizes
+            assert len(inbox) == 300    # the length is found down the rightmost path
             # The descent finds a leaf that disagrees with its entry and names the leaf.
             clean_or_corrupt(lambda: list(inbox), addr, *model.inbox_leaves)
             clean_or_corrupt(lambda: inbox.insert(200, 1), addr, *model.inbox_leaves)
@@ -1466,7 +1469,7 @@ class TestAccountsAndBounds:
         with damaged(path) as store:
             set_meta(store, L["M_TOP"], 1 << 45)
             store.write_word((1 << 45) - 8, 0x1234)
-            store.write_word(last_entry_size_at(store, model), fx(1 << 40))
+            store.write_word(last_entry_start_at(store, model), fx(1 << 40))
         proc = run_child("""
             import resource, image, os
             if "asan" not in os.environ.get("LD_PRELOAD", ""):
@@ -1517,7 +1520,7 @@ def test_messages_name_the_address(path, model, name):
 MESSAGE_HINTS = {
     "class_beyond_table": "class 40", "size_past_heap_end": "past the end of the heap",
     "string_not_utf8": "UTF-8", "free_list_cycle": "cycle", "objects_count_lie": "the image counts",
-    "vector_length_plus_one": "49 items", "vector_length_not_fixnum": "no size",
+    "vector_length_plus_one": "its siblings before it hold", "vector_length_not_fixnum": "no item",
 }
 
 
