@@ -132,13 +132,13 @@ def cmd_commits(args, out) -> int:
         commits = store.commits()
     if args.json:
         json.dump([{"number": c.number, "parent": c.parent, "time": c.time,
-                    "meta": c.meta.decode("utf-8", "replace"), "pages": len(c.pages)}
+                    "meta": image.commit_note(c.meta).decode("utf-8", "replace"), "pages": len(c.pages)}
                    for c in commits], out)
         print(file=out)
         return 0
     for c in commits:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time))
-        meta = c.meta.decode("utf-8", "replace")
+        meta = image.commit_note(c.meta).decode("utf-8", "replace")
         print(f"{c.number:>8}  {when}  {len(c.pages):>6} pages  {meta}", file=out)
     return 0
 

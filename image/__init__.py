@@ -87,8 +87,8 @@ stop-the-world pass over the heap).
 """
 from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle
 from image._handles import Blob, Handle, Object, Special, Table, Vector
-from image._image import LAYOUT, Collection, Image, Phase, open
+from image._image import LAYOUT, Collection, Image, Phase, commit_note, open
 
 __all__ = ["Blob", "Collection", "CorruptObject", "Handle", "Image", "ImageError", "LAYOUT",
            "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table", "Vector",
-           "open"]
+           "commit_note", "open"]

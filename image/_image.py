@@ -44,6 +44,24 @@ def _make_special(kind: str, value: int) -> Special:
     return Special(kind, value)
 
 
+_META_BYTES = LAYOUT["META_WORDS"] * 8
+_META_MAGIC = b"imagoOM1"   # the first meta word (objmem.c's OM_MAGIC), as bytes
+
+
+def _carries_meta(record_meta: bytes) -> bool:
+    return len(record_meta) >= _META_BYTES and record_meta.startswith(_META_MAGIC)
+
+
+def meta_block_of(record_meta: bytes) -> bytes:
+    """The meta words a commit record carries (b"" when it carries none)."""
+    return record_meta[:_META_BYTES] if _carries_meta(record_meta) else b""
+
+
+def commit_note(record_meta: bytes) -> bytes:
+    """The transaction's note, which a commit record carries after the meta words."""
+    return record_meta[_META_BYTES:] if _carries_meta(record_meta) else record_meta
+
+
 class _Transaction:
     """The context manager of Image.transaction(): begin, then commit or roll back."""
 
@@ -76,10 +94,11 @@ class Image:
                                     _HANDLE_CLASSES, Object, _make_special)
         self._depth = 0          # transaction nesting; 0: autocommit, >1: savepoints
         self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
+        self._load_meta()
         if not self._heap.reload():
             if self.readonly or store.head > 0:
                 raise CorruptImage(f"{store.path if hasattr(store, 'path') else 'the image'} "
-                                   "holds no object memory (page 0 has no imago header)")
+                                   "holds no object memory (its newest commit carries no imago meta words)")
             self._format()
         self._blob_key = b"".join(self._heap.meta(LAYOUT["M_BLOB_KEY"] + i).to_bytes(8, "little")
                                   for i in range(_BLOB_KEY_WORDS))
@@ -96,7 +115,7 @@ class Image:
         for slot, value in (("M_ROOT", {}), ("M_CLASSES", classes), ("M_SYMBOLS", {}),
                             ("M_BLOBS", {})):
             heap.set_meta(LAYOUT[slot], heap.encode(value))
-        self._store.commit(b"image: formatted")
+        self._commit(b"image: formatted")
 
     # -- handles -------------------------------------------------------------
 
@@ -147,11 +166,23 @@ class Image:
                 raise
             self._depth -= 1
         try:
-            self._store.commit(note)
+            self._commit(note)
         except BaseException:
             self._rollback()
             raise
         self._heap.txn_end()
+
+    def _commit(self, note: bytes) -> None:
+        """One durable commit; its record carries the meta words (objmem.c,
+        "the meta page") ahead of the note."""
+        self._store.commit(self._heap.meta_block() + note)
+
+    def _load_meta(self) -> None:
+        """The meta words of the commit the store shows.  Every commit of an
+        object memory carries them; a store whose newest commit does not (a
+        new store, or one a tool committed to beneath the image) holds none,
+        and reload() says so."""
+        self._heap.load_meta(meta_block_of(self._store.head_meta))
 
     def _abort(self) -> None:
         self._depth -= 1
@@ -178,6 +209,7 @@ class Image:
             make_stale(handle)
         try:
             self._store.rollback()
+            self._load_meta()
             self._heap.reload()
         except PagerError:
             pass   # the store failed (terminal): nothing is left to roll back
@@ -266,6 +298,7 @@ class Image:
     def refresh(self) -> int:
         """A read-only image moves to the newest commit; returns its number."""
         head = self._store.refresh()
+        self._load_meta()
         self._heap.reload()
         return head
 

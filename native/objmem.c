@@ -338,6 +338,10 @@ typedef struct {
     uint64_t generation;      /* the reader's generation the cache belongs to */
     int bounds_ok;            /* base, top and nclasses below are page 0's */
     uint64_t base, top, nclasses;
+    /* Page 0, the meta words, lives here and not in the store: it travels in
+     * each commit's record (meta_block / load_meta), so an allocation does
+     * not dirty a page of its own (see "the meta page" below). */
+    uint8_t *meta_page;
 } Heap;
 
 static PyObject *CorruptObject;   /* image.CorruptObject, set by set_errors() */
@@ -437,6 +441,7 @@ static void pc_drop(Heap *h, uint64_t addr, uint64_t len) {
 
 /* The bytes of page p (NULL when the core refuses: unbound, damaged, range). */
 static const uint8_t *page_bytes(Heap *h, uint64_t p) {
+    if (p == 0) return h->meta_page;
     if (h->generation != h->r->generation) {
         pc_clear(h);
         h->generation = h->r->generation;
@@ -496,9 +501,21 @@ static int log_old(Heap *h, uint64_t addr, uint64_t len) {
     return 0;
 }
 
+/* A write into page 0 changes the in-memory meta page (savepoints log it
+ * like any write); no object lies there, so a write never spans into it. */
+static int meta_write(Heap *h, uint64_t addr, const void *src, uint64_t len) {
+    if (addr + len > META_WORDS * 8) return corrupt(addr, "a write of %llu bytes runs past the meta words",
+                                                    (unsigned long long)len);
+    if (h->n_sp && log_old(h, addr, len)) return -1;
+    h->bounds_ok = 0;
+    memcpy(h->meta_page + addr, src, len);
+    return 0;
+}
+
 static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, len);
+    if (addr < h->page_size) return meta_write(h, addr, src, len);
     if (h->n_sp && log_old(h, addr, len)) return -1;
     pc_drop(h, addr, len);
     if (core_write(r->tree, r->dirty, addr, src, len)) return store_error(h, "read_bytes", addr, len);
@@ -508,6 +525,7 @@ static int wr(Heap *h, uint64_t addr, const void *src, uint64_t len) {
 static int wr64(Heap *h, uint64_t addr, uint64_t value) {
     PageReader *r = h->r;
     if (!r->tree || !r->dirty) return store_error(h, "write", addr, 8);
+    if (addr < h->page_size) return meta_write(h, addr, &value, 8);
     if (h->n_sp && log_old(h, addr, 8)) return -1;
     pc_drop(h, addr, 8);
     if (core_write_u64(r->tree, r->dirty, addr, value))
@@ -2640,6 +2658,42 @@ static PyObject *m_format(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* -- the meta page --------------------------------------------------------------
+** The meta words (page 0) are the root of everything: heap bounds, the
+** allocator's accounting and free lists, the roots.  An allocation changes
+** them, so if they lived in a store page every allocating commit would write
+** that page too.  Instead, as LMDB's meta pages are the root of its tree,
+** they travel in the commit record: the image passes meta_block() with every
+** commit, and after open, refresh or rollback hands the newest record's block
+** back with load_meta().  So the newest record always holds them, a view of
+** an old commit finds them in that commit's record, and page 0 is never a
+** store page.
+*/
+
+/* meta_block() -> the META_WORDS meta words, as the next commit carries them. */
+static PyObject *m_meta_block(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "meta_block()");
+    (void)args;
+    return PyBytes_FromStringAndSize((const char *)h->meta_page, META_WORDS * 8);
+}
+
+/* load_meta(block): the meta words of a commit (b"" for a store holding no
+ * object memory yet: all zero, which reload() reads as unformatted). */
+static PyObject *m_load_meta(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "load_meta(block)");
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE)) return NULL;
+    int ok = b.len == 0 || b.len == META_WORDS * 8;
+    if (ok) {
+        memset(h->meta_page, 0, h->page_size);
+        memcpy(h->meta_page, b.buf, (size_t)b.len);
+        h->bounds_ok = 0;
+    }
+    PyBuffer_Release(&b);
+    if (!ok) return PyErr_Format(PyExc_ValueError, "a meta block is %d bytes", META_WORDS * 8), NULL;
+    Py_RETURN_NONE;
+}
+
 /* reload(): reads the fixed meta words after open, refresh or rollback. */
 static PyObject *m_reload(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(0, "reload()");
@@ -2725,6 +2779,10 @@ static PyObject *m_rollback_savepoint(Heap *h, PyObject *const *args, Py_ssize_t
         uint64_t padded = (len + 7) & ~(uint64_t)7;
         h->undo_len -= padded + 16;
         pc_drop(h, addr, len);
+        if (addr < h->page_size && addr + len <= META_WORDS * 8) {   /* n_sp is lowered: no logging */
+            memcpy(h->meta_page + addr, h->undo + h->undo_len, len);
+            continue;
+        }
         if (!r->tree || !r->dirty || core_write(r->tree, r->dirty, addr, h->undo + h->undo_len, len))
             return store_error(h, "write", addr, len), NULL;
     }
@@ -3066,6 +3124,8 @@ static PyMethodDef heap_methods[] = {
     M(set_meta, "set_meta(i, value)"),
     M(format, "format(seed): write the meta words of an empty heap"),
     M(reload, "reload() -> False if page 0 holds no object memory"),
+    M(meta_block, "meta_block() -> the meta words, as the next commit carries them"),
+    M(load_meta, "load_meta(block): the meta words of the commit the store now shows"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
     M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
     M(savepoint, "savepoint(): begin a nested transaction"),
@@ -3140,11 +3200,15 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
     /* A leaf or node fills one page: a full leaf is one page write away. */
     h->leaf_max = h->page_size / 8 - 2;
     h->node_max = (h->page_size / 8 - 2) / 2;
+    PyMem_Free(h->meta_page);
+    h->meta_page = PyMem_Calloc(h->page_size, 1);
+    if (!h->meta_page) { PyErr_NoMemory(); return -1; }
     pc_clear(h);
     return 0;
 }
 
 static void heap_dealloc(Heap *h) {
+    PyMem_Free(h->meta_page);
     Py_XDECREF(h->r);
     Py_XDECREF(h->img_ref);
     Py_XDECREF(h->handle_classes);

@@ -52,11 +52,13 @@ class CommitInfo(NamedTuple):
 
 
 class PageView:
-    """A read-only view of one commit, in the process that opened it."""
+    """A read-only view of one commit, in the process that opened it; meta is
+    that commit's caller metadata."""
 
-    def __init__(self, tree: Tree, commit: int, page_size: int) -> None:
+    def __init__(self, tree: Tree, commit: int, page_size: int, meta: bytes = b"") -> None:
         self._tree: Tree | None = tree
         self.commit = commit
+        self.meta = meta
         self.page_size = page_size
         self._reader = _make_reader(self, page_size)
         self._reader.rebind(_address(tree.ptr), 0, tree)
@@ -224,6 +226,7 @@ class PageStore:
         self.readonly = readonly
         self.recovery_notes: list[str] = []
         self.appended_bytes = 0     # bytes this process appended: pages, nodes and records
+        self.head_meta = b""        # the caller metadata of the head commit
         self._vfs = vfs
         self._state = _CLOSED
         self._lock_fd = -1
@@ -375,6 +378,7 @@ class PageStore:
         self.head = tail.seq
         self._records_since_ckpt = len(records) - index - 1
         self._tree = tree
+        self.head_meta = records[-1].meta
 
     def _note_damage(self, tail: _Tail) -> None:
         if not self._image.slot_dirty(tail.segno, tail.slot) or self._writer_active():
@@ -607,6 +611,7 @@ class PageStore:
             self._bind_reader()
             raise
         self._finish(c)
+        self.head_meta = meta
         return self.head
 
     def _start_log(self, tail: _Tail, zero_from: int, seg_slots: int | None = None) -> None:
@@ -762,7 +767,8 @@ class PageStore:
         if not records or records[-1].seq != commit_no:
             raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
                                f"does not reach commit {commit_no}")
-        return PageView(self._image.tree_from(ckpt, records[1:]), commit_no, self.page_size)
+        return PageView(self._image.tree_from(ckpt, records[1:]), commit_no, self.page_size,
+                        records[-1].meta)
 
     def refresh(self) -> int:
         """A reader moves to the newest commit; returns the new head."""
@@ -812,6 +818,7 @@ class PageStore:
                 self._tree = tree
                 self._records_since_ckpt += len(records)
                 self._tail, self.head = tail, tail.seq
+                self.head_meta = records[-1].meta
         finally:
             self._bind_reader()
         if self._tree is not old_tree:

@@ -34,7 +34,7 @@ class TestSubcommands:
         assert main(["create", path, "--page-size", "1024"]) == 0
         with PageStore.open(path) as s:   # a page past the heap: the objects stay valid
             s.write(1000, b"x")
-            s.commit(b"hello")
+            s.commit(s.head_meta[:1024] + b"hello")   # an object memory's commit carries its meta words
         capsys.readouterr()
         assert main(["info", path]) == 0
         assert "commit 2" in capsys.readouterr().out
@@ -82,7 +82,7 @@ class TestErrors:
             addr = img.root["v"].address
         with PageStore.open(path) as s:
             s.write_word(addr, s.read_word(addr) ^ (1 << 40))
-            s.commit()
+            s.commit(s.head_meta)   # the meta words travel with every commit
         result = run("check", path)
         assert result.returncode == 1, result.stdout
         assert f"object at {addr:#x}" in result.stderr

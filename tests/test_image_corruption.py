@@ -3,7 +3,8 @@
 The pager's checksums stop flipped bytes before the C code meets them
 (tests/test_pager_corruption.py).  Here every change is written through the
 page store itself (PageStore.write_word, then commit), so its pages are signed
-as any commit signs them and the damage reaches native/objmem.c: a buggy
+as any commit signs them (the meta words, which travel in each commit record,
+through MetaStore) and the damage reaches native/objmem.c: a buggy
 writer, or a forger, leaves an image like this.
 
 Each test copies a small image built once per module (1 KiB pages, so that
@@ -248,7 +249,7 @@ def read_model(path: str) -> Model:
         m.mail, m.thread = mail.address, mail["thread"].address
     finally:
         img.close()
-    with PageStore.open(path, readonly=True) as store:
+    with open_store(path, readonly=True) as store:
         m.base, m.top = meta(store, L["M_BASE"]), meta(store, L["M_TOP"])
         v = header(store, m.inbox)
         assert v.size == 2 and unfx(v.slot(store, V_HEIGHT)) == 1, \
@@ -273,7 +274,7 @@ def read_model(path: str) -> Model:
 
 def header_ok(path: str, m: Model) -> bool:
     """The model's objects are what it says (a guard against a changed template)."""
-    with PageStore.open(path, readonly=True) as store:
+    with open_store(path, readonly=True) as store:
         want = {m.inbox: VECTOR, m.inbox_node: NODE, m.mail: TABLE, m.mail_store: TSTORE,
                 m.from_str: STRING, m.body: BYTES, m.tags: TUPLE, m.numbers: VECTOR,
                 m.blob: BLOB, m.small: TABLE, m.small_store: TSTORE}
@@ -307,15 +308,59 @@ def model(template) -> Model:
     return template[1]
 
 
+class MetaStore:
+    """A page store as the object memory sees it: addresses below the meta
+    words' end are the meta words, which live in the newest commit record that
+    carries them (native/objmem.c, "the meta page"), not in a store page.  A
+    commit carries them again, so damage to them is signed like any other."""
+
+    META_BYTES = L["META_WORDS"] * 8
+
+    def __init__(self, store: PageStore) -> None:
+        self.store = store
+        self.meta = bytearray(image._image.meta_block_of(store.head_meta))
+
+    def read_word(self, addr: int) -> int:
+        return int.from_bytes(self.read_bytes(addr, 8), "little")
+
+    def read_bytes(self, addr: int, length: int) -> bytes:
+        if addr < self.META_BYTES:
+            assert addr + length <= self.META_BYTES
+            return bytes(self.meta[addr:addr + length])
+        return self.store.read_bytes(addr, length)
+
+    def write_word(self, addr: int, value: int) -> None:
+        self.write_bytes(addr, value.to_bytes(8, "little"))
+
+    def write_bytes(self, addr: int, data: bytes) -> None:
+        if addr < self.META_BYTES:
+            assert addr + len(data) <= self.META_BYTES
+            self.meta[addr:addr + len(data)] = data
+        else:
+            self.store.write_bytes(addr, data)
+
+    def commit(self, note: bytes) -> int:
+        return self.store.commit(bytes(self.meta) + note)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@contextlib.contextmanager
+def open_store(path: str, readonly: bool = False):
+    store = PageStore.open(path, readonly=readonly)
+    try:
+        yield MetaStore(store)
+    finally:
+        store.close()
+
+
 @contextlib.contextmanager
 def damaged(path: str):
     """The page store of path; what is written in the block is committed (and so signed)."""
-    store = PageStore.open(path)
-    try:
+    with open_store(path) as store:
         yield store
         store.commit(b"damage")
-    finally:
-        store.close()
 
 
 @contextlib.contextmanager
@@ -1305,7 +1350,7 @@ class TestFreeLists:
             corrupt_on_access(img.gc)
             for i in range(40):   # allocations that would reuse the chunk
                 clean_or_corrupt(lambda: img.root.__setitem__(f"fill{i}", "x" * (8 * words + i)))
-        with PageStore.open(path, readonly=True) as store:
+        with open_store(path, readonly=True) as store:
             assert store.read_bytes(after.body, after.size) == live, "gc freed a live object"
 
     def test_cycle(self, path, model):
@@ -1340,7 +1385,7 @@ class TestFreeLists:
             move_head(store, model, big - 2)
         with opened(path) as img:
             clean_or_corrupt(lambda: fill_with(img, big, 1), addr)
-        with PageStore.open(path, readonly=True) as store:
+        with open_store(path, readonly=True) as store:
             after = header(store, addr + 8 * words)
             assert after.hd >> 32 & 0xFFF == check_bits(addr + 8 * words), \
                 "the object after the chunk was overwritten"
@@ -1385,7 +1430,7 @@ class TestAccountsAndBounds:
     def test_class_count_too_small(self, path, model):
         """M_NCLASSES below the classes in use is found by check() at the first object past it."""
         apply(path, model, nclasses_too_small)
-        with PageStore.open(path, readonly=True) as store:
+        with open_store(path, readonly=True) as store:
             first = next(o.addr for o in heap_objects(store) if o.cls >= TSTORE)
         assert_check_names(path, first)
 

@@ -97,7 +97,7 @@ class Template:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with PageStore.open(path, readonly=True) as store:
+        with corruption.open_store(path, readonly=True) as store:
             self.objects = list(heap_objects(store))
             self.top, self.base = meta(store, L["M_TOP"]), meta(store, L["M_BASE"])
         self.by_class = collections.defaultdict(list)
