@@ -46,7 +46,8 @@ TRANSACTIONS, and the state of an Image:
  2. A transaction commits once, at the end of its outermost `with`.  An
     exception rolls back everything since it began: the dirty pages are
     dropped, handles of objects made in it go stale (StaleHandle on use), and
-    the native state is reloaded from the restored page 0.
+    the meta words are reloaded from the last commit's record (each commit
+    record carries them; see native/objmem.c, "the meta page").
  3. A nested transaction is a savepoint.  An exception that leaves it rolls
     back only what it did (the heap keeps an undo log of the bytes each
     write replaces while a savepoint is open, and writes them back), and

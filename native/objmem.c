@@ -45,7 +45,10 @@
 **     44..63    | class index into the class table
 **
 ** PAGE 0 holds the image's meta words (M_*): the heap bounds, the roots,
-** accounting and the free-list bins.  The heap is [M_BASE, M_TOP).
+** accounting and the free-list bins.  The heap is [M_BASE, M_TOP).  Page 0
+** is not a store page: it lives in the Heap and travels in every commit
+** record ("the meta page", below), so an allocation dirties no page of its
+** own.
 **
 ** INVARIANTS (verified by heap_check, which the tests run after every
 ** collection):
@@ -3123,7 +3126,7 @@ static PyMethodDef heap_methods[] = {
     M(meta, "meta(i) -> page-0 word i"),
     M(set_meta, "set_meta(i, value)"),
     M(format, "format(seed): write the meta words of an empty heap"),
-    M(reload, "reload() -> False if page 0 holds no object memory"),
+    M(reload, "reload() -> False if the meta words hold no object memory"),
     M(meta_block, "meta_block() -> the meta words, as the next commit carries them"),
     M(load_meta, "load_meta(block): the meta words of the commit the store now shows"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),

@@ -12,6 +12,7 @@ Public API::
     store.read / write / free / commit / rollback / head / commits / view
     store.refresh (readers) / check / close
     store.read_bytes / write_bytes / read_word / write_word   (logical addresses)
+    store.head_meta, view.meta: the caller metadata of the head / viewed commit
     errors: PagerError > CorruptImage, ImageLocked, StoreFailed, CommitFailed,
             ReadOnlyStore; RecoveryWarning when opening dropped a record
 
