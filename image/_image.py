@@ -40,8 +40,23 @@ def open(path: str | os.PathLike, readonly: bool = False, *,  # noqa: A001 - the
         raise
 
 
-def _make_special(kind: str, value: int) -> Special:
-    return Special(kind, value)
+# How the layer above (vm: Scheme) reads its own values back: its handle
+# classes for its object classes (pair, mutable string, closure, ...), and a
+# maker for each of its immediates (char, nil, eof) and for symbols.
+_SPECIAL_MAKERS: dict[str, Any] = {}
+
+
+def register_values(handle_classes: dict[int, type], specials: dict[str, Any]) -> None:
+    """Installs the layer above's readers: handle classes by class index (each
+    a subclass of the C handle base) and makers by special kind ("char",
+    "nil", "eof", "symbol").  Process-wide: one Scheme per process."""
+    _HANDLE_CLASSES.update(handle_classes)
+    _SPECIAL_MAKERS.update(specials)
+
+
+def _make_special(kind: str, value: Any) -> Any:
+    maker = _SPECIAL_MAKERS.get(kind)
+    return maker(value) if maker is not None else Special(kind, value)
 
 
 _META_BYTES = LAYOUT["META_WORDS"] * 8
@@ -118,6 +133,27 @@ class Image:
         self._commit(b"image: formatted")
 
     # -- handles -------------------------------------------------------------
+
+    @property
+    def system(self) -> Table:
+        """The layers' own table (the Scheme layer's sources, journal and
+        history), beside the root; made on first use."""
+        w = self._heap.meta(LAYOUT["M_SYSTEM"])
+        if not w:
+            if self.readonly:
+                return {}
+            with self.transaction():
+                w = self._heap.encode({})
+                self._heap.set_meta(LAYOUT["M_SYSTEM"], w)
+        return self._heap.decode(w)
+
+    def set_encode_hook(self, hook) -> None:
+        """How values of the layer above are stored (native/objmem.c, "the encode hook")."""
+        self._heap.set_encode_hook(hook)
+
+    def adopt(self, value: Any, address: int) -> None:
+        """value (of a handle class, fields unset) becomes the handle of address."""
+        self._heap.adopt(value, address)
 
     @property
     def root(self) -> Table:

@@ -147,6 +147,7 @@ enum {
     M_MAGIC = 0, M_VERSION, M_BASE, M_TOP, M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_SEED,
     M_NCLASSES, M_OBJECTS, M_OBJ_WORDS, M_FREE_WORDS, M_FREE_CHUNKS, M_GCS, M_ACTORS,
     M_BLOB_KEY = 16,          /* four words: the per-image key of blob hashes */
+    M_SYSTEM = 20,            /* a table of the layers above (Scheme's sources, journal); 0: none yet */
     M_BINS = 32,              /* N_BINS words: heads of the free lists */
     N_BINS = 64,
     META_WORDS = 128          /* 1 KiB: fits the smallest page (1 KiB) */
@@ -341,6 +342,7 @@ typedef struct {
     uint64_t generation;      /* the reader's generation the cache belongs to */
     int bounds_ok;            /* base, top and nclasses below are page 0's */
     uint64_t base, top, nclasses;
+    PyObject *encode_hook;    /* describes the layer above's values (see "the encode hook") */
     /* Page 0, the meta words, lives here and not in the store: it travels in
      * each commit's record (meta_block / load_meta), so an allocation does
      * not dirty a page of its own (see "the meta page" below). */
@@ -951,8 +953,11 @@ static uint64_t short_word(unsigned tag, const char *s, size_t n) {
     return w | ((uint64_t)n << 3) | tag;
 }
 
+/* A handle, as opposed to a value of the layer above that shares the handle
+ * type so that it can become one (adopt): such a value's fields are unset. */
 static int is_handle(Heap *h, PyObject *v) {
-    return h->handle_type && PyObject_TypeCheck(v, (PyTypeObject *)h->handle_type);
+    return h->handle_type && PyObject_TypeCheck(v, (PyTypeObject *)h->handle_type)
+           && *(PyObject **)((char *)v + h->off_heap) != NULL;
 }
 
 /* The word of a handle of this heap. */
@@ -1130,6 +1135,144 @@ static int encode_list(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
     return rc;
 }
 
+/* -- values of the layers above: the encode hook -----------------------------
+** A type this file does not know (the Scheme layer's pairs, symbols,
+** characters, mutable strings, records, procedures) is described by the
+** encode hook the layer above installs: hook(v) returns a tuple
+**
+**     ("char", code point)        the character immediate
+**     ("nil",) / ("eof",)         the empty list / the end-of-file object
+**     ("symbol", name)            the image's one symbol of that name (M_SYMBOLS)
+**     ("same", value)             store value instead (a dict for a hash table)
+**     ("object", class, [slots])  a new pointer object of a Scheme class
+**     ("pair", car, cdr)          a pair; a chain of cdrs is built in a loop,
+**                                 so a long list costs no C stack
+**
+** and raises TypeError for what cannot be stored.  Objects are memoised by
+** identity, so sharing and cycles survive; the hook's results are kept alive
+** in the memo until the store is done (memo keys are addresses).
+*/
+
+static int memo_keep(PyObject **memo, PyObject *v) {
+    if (!*memo && !(*memo = PyDict_New())) return -1;
+    PyObject *keep = PyDict_GetItemWithError(*memo, Py_None);
+    if (!keep) {
+        if (PyErr_Occurred() || !(keep = PyList_New(0))) return -1;
+        int rc = PyDict_SetItem(*memo, Py_None, keep);
+        Py_DECREF(keep);
+        if (rc) return -1;
+    }
+    return PyList_Append(keep, v);
+}
+
+static int is_scheme_class(uint64_t cls) {
+    return cls == C_PAIR || cls == C_MSTRING || cls == C_RECORD || cls == C_CLOSURE || cls >= N_SYSTEM_CLASSES;
+}
+
+static PyObject *call_hook(Heap *h, PyObject *v, PyObject **memo) {
+    PyObject *t = PyObject_CallOneArg(h->encode_hook, v);
+    pc_clear(h);   /* Python code ran */
+    if (!t) return NULL;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(t, 0))) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_TypeError, "the encode hook must return a (kind, ...) tuple");
+        return NULL;
+    }
+    if (memo_keep(memo, t)) { Py_DECREF(t); return NULL; }
+    Py_DECREF(t);   /* the memo holds it */
+    return t;
+}
+
+static int hook_args(PyObject *t, Py_ssize_t n, const char *kind) {
+    if (PyTuple_GET_SIZE(t) == n) return 0;
+    PyErr_Format(PyExc_TypeError, "the encode hook's %s takes %zd values", kind, n - 1);
+    return -1;
+}
+
+static int symbol_word(Heap *h, PyObject *name, uint64_t *out);
+
+/* ("object", class, [slots]): the object first (memoised), then its slots. */
+static int encode_scheme_object(Heap *h, PyObject *v, PyObject *t, PyObject **memo, uint64_t *out) {
+    if (hook_args(t, 3, "object")) return -1;
+    uint64_t cls, nclasses, w;
+    PyObject *slots = PyTuple_GET_ITEM(t, 2);
+    if (as_u64(PyTuple_GET_ITEM(t, 1), &cls) || meta(h, M_NCLASSES, &nclasses)) return -1;
+    if (!is_scheme_class(cls) || cls >= nclasses || !PyList_Check(slots)) {
+        PyErr_SetString(PyExc_TypeError, "the encode hook's object needs a Scheme or user class and a list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(slots);
+    if (new_empty(h, cls, (uint64_t)n, out) || memo_put(memo, v, *out)) return -1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (encode(h, PyList_GET_ITEM(slots, i), memo, &w) || wr64(h, body_of(*out, (uint64_t)n) + 8 * (uint64_t)i, w))
+            return -1;
+    return 0;
+}
+
+/* A word for v when it needs no hook (immediate, seen, or a Python type);
+ * 1 when found, 0 when v is foreign and not yet stored. */
+static int plain_word(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    int imm = immediate_of(h, v, out);
+    if (imm) return imm;
+    int seen = memo_get(*memo, v, out);
+    if (seen) return seen;
+    if (PyLong_Check(v) || PyFloat_Check(v) || PyUnicode_Check(v) || PyBytes_Check(v) || PyByteArray_Check(v)
+        || PyTuple_Check(v) || PyList_Check(v) || PyDict_Check(v))
+        return encode(h, v, memo, out) ? -1 : 1;
+    return 0;
+}
+
+static int encode_hooked(Heap *h, PyObject *v, PyObject *t, PyObject **memo, uint64_t *out);
+
+/* ("pair", car, cdr), and the pairs down its cdr, in a loop. */
+static int encode_pairs(Heap *h, PyObject *v, PyObject *t, PyObject **memo, uint64_t *out) {
+    uint64_t link = 0, w;
+    for (;;) {
+        if (hook_args(t, 3, "pair")) return -1;
+        uint64_t pair;
+        if (new_empty(h, C_PAIR, 2, &pair) || memo_put(memo, v, pair)) return -1;
+        if (link ? wr64(h, link, pair) : (*out = pair, 0)) return -1;
+        if (encode(h, PyTuple_GET_ITEM(t, 1), memo, &w) || wr64(h, body_of(pair, 2), w)) return -1;
+        link = body_of(pair, 2) + 8;
+        v = PyTuple_GET_ITEM(t, 2);   /* the cdr: kept alive by t, which the memo keeps */
+        int got = plain_word(h, v, memo, &w);
+        if (got < 0) return -1;
+        if (got) return wr64(h, link, w);
+        if (Py_EnterRecursiveCall(" while storing a list in the image")) return -1;
+        t = call_hook(h, v, memo);
+        Py_LeaveRecursiveCall();
+        if (!t) return -1;
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(t, 0), "pair") != 0)
+            return encode_hooked(h, v, t, memo, &w) || wr64(h, link, w) ? -1 : 0;
+    }
+}
+
+static int encode_hooked(Heap *h, PyObject *v, PyObject *t, PyObject **memo, uint64_t *out) {
+    PyObject *kind = PyTuple_GET_ITEM(t, 0);
+    if (PyUnicode_CompareWithASCIIString(kind, "pair") == 0) return encode_pairs(h, v, t, memo, out);
+    if (PyUnicode_CompareWithASCIIString(kind, "object") == 0) return encode_scheme_object(h, v, t, memo, out);
+    if (PyUnicode_CompareWithASCIIString(kind, "same") == 0)
+        return hook_args(t, 2, "same") || encode(h, PyTuple_GET_ITEM(t, 1), memo, out) ? -1 : 0;
+    if (PyUnicode_CompareWithASCIIString(kind, "symbol") == 0)
+        return hook_args(t, 2, "symbol") || symbol_word(h, PyTuple_GET_ITEM(t, 1), out) ? -1 : 0;
+    if (PyUnicode_CompareWithASCIIString(kind, "nil") == 0) { *out = W_NIL; return 0; }
+    if (PyUnicode_CompareWithASCIIString(kind, "eof") == 0) { *out = W_EOF; return 0; }
+    if (PyUnicode_CompareWithASCIIString(kind, "char") == 0) {
+        uint64_t cp;
+        if (hook_args(t, 2, "char") || as_u64(PyTuple_GET_ITEM(t, 1), &cp)) return -1;
+        if (cp > 0x10FFFF) { PyErr_SetString(PyExc_ValueError, "a character past U+10FFFF"); return -1; }
+        *out = (cp << 3) | TAG_CHAR;
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "the encode hook returned an unknown kind %R", kind);
+    return -1;
+}
+
+static int encode_foreign(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
+    PyObject *t = call_hook(h, v, memo);
+    return t ? encode_hooked(h, v, t, memo, out) : -1;
+}
+
 static int encode_object(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
     if (PyLong_Check(v)) return encode_bigint(h, v, out);
     if (PyFloat_Check(v)) {
@@ -1161,6 +1304,7 @@ static int encode_object(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
         unbuilt(h, *out, C_TABLE);
         return -1;
     }
+    if (h->encode_hook) return encode_foreign(h, v, memo, out);
     PyErr_Format(PyExc_TypeError,
                  "cannot store a '%.100s' in the image: it holds None, bool, int, float, str, "
                  "bytes, list, tuple, dict, blobs and handles", Py_TYPE(v)->tp_name);
@@ -1346,6 +1490,21 @@ static PyObject *decode_object(Heap *h, uint64_t addr) {
     case C_VLEAF: case C_VNODE: case C_TSTORE:
         corrupt(addr, "a reference to the inside of a vector or table");
         return NULL;
+    case C_SYMBOL: {   /* the layer above's one symbol of that name */
+        uint64_t w;
+        if (o.size != 1) { corrupt(addr, "a symbol of %llu slots", (unsigned long long)o.size); return NULL; }
+        if (slot(h, &o, 0, &w)) return NULL;
+        PyObject *name = decode_in(h, w, addr);
+        if (name && !PyUnicode_Check(name)) {
+            Py_DECREF(name);
+            corrupt(addr, "a symbol whose name is not a string");
+            return NULL;
+        }
+        PyObject *v = name ? PyObject_CallFunction(h->make_special, "sO", "symbol", name) : NULL;
+        Py_XDECREF(name);
+        pc_clear(h);
+        return v;
+    }
     default:
         return make_handle(h, o.cls, addr);
     }
@@ -2030,12 +2189,20 @@ static int tab_rebuild(Heap *h, const tab *t) {
     return rc;
 }
 
+static int tab_set_word(Heap *h, uint64_t taddr, PyObject *k, uint64_t vw);
+
 static int tab_set(Heap *h, uint64_t taddr, PyObject *k, PyObject *v) {
+    uint64_t vw;
+    return encode_top(h, v, &vw) || tab_set_word(h, taddr, k, vw) ? -1 : 0;
+}
+
+/* Binds key k to the value word vw (already encoded). */
+static int tab_set_word(Heap *h, uint64_t taddr, PyObject *k, uint64_t vw) {
     tab t;
-    uint64_t hash, kimm = 0, e, j = 0, kw, vw;
+    uint64_t hash, kimm = 0, e, j = 0, kw;
     if (tab_open(h, taddr, &t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
     int found = tab_find(h, &t, k, hash, kimm, &e, &j);
-    if (found < 0 || encode_top(h, v, &vw)) return -1;
+    if (found < 0) return -1;
     if (found) return wr64(h, ent(&t, e) + 16, vw);
     if (encode_top(h, k, &kw)) return -1;
     if (t.used == t.E) {
@@ -2054,6 +2221,20 @@ static int tab_lookup(Heap *h, uint64_t taddr, PyObject *k, tab *t, uint64_t *en
     uint64_t hash, kimm = 0, j;
     if (tab_open(h, taddr, t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
     return tab_find(h, t, k, hash, kimm, entry, &j);
+}
+
+/* The image's one symbol of this name, made and interned on first use. */
+static int symbol_word(Heap *h, PyObject *name, uint64_t *out) {
+    uint64_t table, e;
+    tab tb;
+    if (!PyUnicode_Check(name)) { PyErr_SetString(PyExc_TypeError, "a symbol's name is a str"); return -1; }
+    if (meta(h, M_SYMBOLS, &table)) return -1;
+    int found = tab_lookup(h, table, name, &tb, &e);
+    if (found < 0) return -1;
+    if (found) return rd64(h, ent(&tb, e) + 16, out);
+    uint64_t nw;
+    if (encode_top(h, name, &nw) || new_words(h, C_SYMBOL, FMT_POINTERS, &nw, 1, out)) return -1;
+    return tab_set_word(h, table, name, *out);
 }
 
 static int tab_remove_entry(Heap *h, const tab *t, uint64_t e) {
@@ -2142,7 +2323,7 @@ static int clear_weak(Heap *h, uint64_t taddr, uint64_t nclasses) {
     return cleared ? wr64(h, taddr + 8, FX(t.count - cleared)) : 0;
 }
 
-static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS};
+static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS, M_SYSTEM};
 
 /* The class each meta root must be; M_ACTORS may also be 0 (none yet).  A
  * collection that skipped a damaged root would free everything only it
@@ -2150,7 +2331,7 @@ static const int meta_roots[] = {M_ROOT, M_CLASSES, M_SYMBOLS, M_BLOBS, M_ACTORS
 static int check_meta_root(Heap *h, int index, uint64_t w) {
     static const struct { int index; uint64_t cls; int optional; } want[] = {
         {M_ROOT, C_TABLE, 0}, {M_CLASSES, C_VECTOR, 0}, {M_SYMBOLS, C_TABLE, 0},
-        {M_BLOBS, C_TABLE, 0}, {M_ACTORS, C_TABLE, 1}};
+        {M_BLOBS, C_TABLE, 0}, {M_ACTORS, C_TABLE, 1}, {M_SYSTEM, C_TABLE, 1}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         if (want[i].index != index) continue;
         objinfo o;
@@ -2531,7 +2712,7 @@ static int verify_accounts(Heap *h, verify_state *v) {
     }
     static const struct { int index; uint64_t cls; int optional; } roots[] = {
         {M_ROOT, C_TABLE, 0}, {M_CLASSES, C_VECTOR, 0}, {M_SYMBOLS, C_TABLE, 0}, {M_BLOBS, C_TABLE, 0},
-        {M_ACTORS, C_TABLE, 1}};
+        {M_ACTORS, C_TABLE, 1}, {M_SYSTEM, C_TABLE, 1}};
     for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
         uint64_t w;
         objinfo o;
@@ -2642,6 +2823,44 @@ static PyObject *m_set_meta(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     U64(1, v);
     if (i >= META_WORDS) { PyErr_SetString(PyExc_IndexError, "meta index"); return NULL; }
     if (set_meta(h, (int)i, v)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* set_encode_hook(fn or None): see "the encode hook". */
+static PyObject *m_set_encode_hook(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(1, "set_encode_hook(fn)");
+    if (args[0] != Py_None && !PyCallable_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "the encode hook must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(h->encode_hook, args[0] == Py_None ? NULL : Py_NewRef(args[0]));
+    Py_RETURN_NONE;
+}
+
+/* adopt(obj, addr): obj (an instance of a handle class, its fields unset:
+ * a transient value the layer above just stored at addr and switched to
+ * that class) becomes the one handle of addr (Smalltalk's become:). */
+static PyObject *m_adopt(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(2, "adopt(obj, addr)");
+    U64(1, addr);
+    PyObject *obj = args[0], *img = PyWeakref_GetObject(h->img_ref);
+    if (!PyObject_TypeCheck(obj, (PyTypeObject *)h->handle_type) || !img || img == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "adopt() needs a handle-class instance and a live image");
+        return NULL;
+    }
+    PyObject **fields[3] = {(PyObject **)((char *)obj + h->off_img), (PyObject **)((char *)obj + h->off_heap),
+                            (PyObject **)((char *)obj + h->off_addr)};
+    PyObject *key = PyLong_FromUnsignedLongLong(addr), *ref = key ? PyWeakref_NewRef(obj, NULL) : NULL;
+    if (!ref || PyDict_SetItem(h->handles, key, ref)
+        || (h->in_txn && made_in_txn(h, addr) && PyList_Append(h->txn_made, ref))) {
+        Py_XDECREF(key);
+        Py_XDECREF(ref);
+        return NULL;
+    }
+    Py_DECREF(ref);
+    Py_XSETREF(*fields[0], Py_NewRef(img));
+    Py_XSETREF(*fields[1], Py_NewRef((PyObject *)h));
+    Py_XSETREF(*fields[2], key);
     Py_RETURN_NONE;
 }
 
@@ -2889,7 +3108,7 @@ static PyObject *m_set_slot(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     objinfo o;
     uint64_t w;
     if (obj(h, a, &o)) return NULL;
-    if (o.fmt != FMT_POINTERS || o.cls < N_SYSTEM_CLASSES) {
+    if (o.fmt != FMT_POINTERS || !is_scheme_class(o.cls)) {
         PyErr_Format(PyExc_TypeError, "the slots of a %s are not set directly",
                      o.cls < N_SYSTEM_CLASSES ? system_classes[o.cls].name : "byte object");
         return NULL;
@@ -3128,6 +3347,8 @@ static PyMethodDef heap_methods[] = {
     M(format, "format(seed): write the meta words of an empty heap"),
     M(reload, "reload() -> False if the meta words hold no object memory"),
     M(meta_block, "meta_block() -> the meta words, as the next commit carries them"),
+    M(set_encode_hook, "set_encode_hook(fn): how values of the layer above are stored"),
+    M(adopt, "adopt(obj, addr): obj becomes the handle of addr"),
     M(load_meta, "load_meta(block): the meta words of the commit the store now shows"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
     M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
@@ -3212,6 +3433,7 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
 
 static void heap_dealloc(Heap *h) {
     PyMem_Free(h->meta_page);
+    Py_XDECREF(h->encode_hook);
     Py_XDECREF(h->r);
     Py_XDECREF(h->img_ref);
     Py_XDECREF(h->handle_classes);
@@ -3267,7 +3489,7 @@ static PyObject *layout(PyObject *mod, PyObject *noargs) {
         {"M_ROOT", M_ROOT}, {"M_CLASSES", M_CLASSES}, {"M_SYMBOLS", M_SYMBOLS}, {"M_BLOBS", M_BLOBS},
         {"M_NCLASSES", M_NCLASSES}, {"M_OBJECTS", M_OBJECTS}, {"M_OBJ_WORDS", M_OBJ_WORDS},
         {"M_FREE_WORDS", M_FREE_WORDS}, {"M_FREE_CHUNKS", M_FREE_CHUNKS}, {"M_GCS", M_GCS},
-        {"M_ACTORS", M_ACTORS}, {"M_BLOB_KEY", M_BLOB_KEY}, {"M_TOP", M_TOP}, {"M_BASE", M_BASE},
+        {"M_ACTORS", M_ACTORS}, {"M_SYSTEM", M_SYSTEM}, {"M_BLOB_KEY", M_BLOB_KEY}, {"M_TOP", M_TOP}, {"M_BASE", M_BASE},
         {"META_WORDS", META_WORDS}};
     PyObject *d = PyDict_New();
     if (!d || PyDict_SetItemString(d, "classes", classes)) { Py_XDECREF(d); Py_DECREF(classes); return NULL; }
@@ -3324,6 +3546,9 @@ static PyTypeObject HandleBaseType = {
     .tp_name = "native._fastpath.HandleBase",
     .tp_basicsize = sizeof(HandleObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    /* Instances made from Python have no fields: values of the layer above
+     * that may become handles (adopt); every use of the fields checks them. */
+    .tp_new = PyType_GenericNew,
     .tp_doc = "The fields of a handle; see image/_handles.py.",
     .tp_dealloc = (destructor)handle_dealloc,
     .tp_members = handle_members,
