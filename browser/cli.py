@@ -1,10 +1,9 @@
 """The ``imago`` command.
 
-What it does grows issue by issue: today it manages images (the page store
-and the object memory in it); the Scheme issue makes a bare ``imago`` boot
-the default image into the REPL.
-
-    imago                          open the default image (created on first use) and report on it
+    imago                          boot the default image (created on first use) into the REPL
+    imago boot IMAGE               boot IMAGE into the REPL (created if missing)
+    imago eval IMAGE 'FORMS'       evaluate, print the value of each form, exit (1 on error)
+    imago load IMAGE FILE.scm      evaluate a file, one transaction per top-level form
     imago create IMAGE [--page-size N]
     imago info IMAGE               head, page size, size on disk, objects, root names
     imago check IMAGE              verify every record, page and page-table node, then the heap
@@ -92,14 +91,56 @@ def cmd_default(args, out) -> int:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         image.open(path).close()
-        print(f"created a new image at {path}", file=out)
-    with PageStore.open(path, readonly=True) as store:
-        _print_info(store, out)
-    _print_objects(path, out)
-    pages, heap = _check_all(path)
-    print(f"check      ok: {pages['commits']} commits, {pages['pages']} pages, "
-          f"{heap['objects']:,} objects verified", file=out)
-    print("(the Scheme REPL arrives with the next issues; see README.md)", file=out)
+        print(f";; created a new image at {path}", file=out)
+    args.image = path
+    return cmd_boot(args, out)
+
+
+def _interpreter(path: str, create: bool = True):
+    """An image and its interpreter; the image is created when missing and create is set."""
+    import vm
+    if not create and not os.path.exists(path):
+        raise FileNotFoundError(f"no image at {path}")
+    img = image.open(path)
+    try:
+        return img, vm.Interpreter(img)
+    except BaseException:
+        img.close()
+        raise
+
+
+def cmd_boot(args, out) -> int:
+    """The REPL; when stdin is not a terminal, the forms it holds, each printed."""
+    from browser.repl import Repl, run_script
+    img, interp = _interpreter(args.image)
+    with img:
+        if not sys.stdin.isatty():
+            return run_script(interp, sys.stdin.read(), lambda text: print(text, file=out),
+                              lambda text: print(text, file=sys.stderr))
+        Repl(interp, lambda text: print(text, file=out, flush=True)).run()
+    return 0
+
+
+def cmd_eval(args, out) -> int:
+    from browser.repl import run_script
+    img, interp = _interpreter(args.image)
+    with img:
+        return run_script(interp, args.forms, lambda text: print(text, file=out),
+                          lambda text: print(text, file=sys.stderr), "<eval>")
+
+
+def cmd_load(args, out) -> int:
+    import vm
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    img, interp = _interpreter(args.image)
+    with img:
+        try:
+            interp.eval(text, args.file)
+        except vm.SchemeFailure as exc:
+            print(f"imago: error: {exc} (that form was rolled back; the forms before it are kept)",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -146,6 +187,17 @@ def cmd_commits(args, out) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imago", description="A persistent object image.")
     sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("boot", help="boot an image into the REPL (created if missing)")
+    p.add_argument("image")
+    p.set_defaults(run=cmd_boot)
+    p = sub.add_parser("eval", help="evaluate forms and print each value")
+    p.add_argument("image")
+    p.add_argument("forms")
+    p.set_defaults(run=cmd_eval)
+    p = sub.add_parser("load", help="evaluate a file, one transaction per top-level form")
+    p.add_argument("image")
+    p.add_argument("file")
+    p.set_defaults(run=cmd_load)
     p = sub.add_parser("create", help="make a new, empty image")
     p.add_argument("image")
     p.add_argument("--page-size", type=int, default=4096)

@@ -394,6 +394,9 @@ def is_stale(handle: HandleBase) -> bool:
 
 def make_stale(handle: HandleBase) -> None:
     """Turns a live handle into a stale one, in place."""
-    handle.__class__ = (_StaleVector if isinstance(handle, VectorBase)
-                        else _StaleTable if isinstance(handle, TableBase) else _Stale)
+    # A handle class of the layer above names its own stale class (it may add
+    # slots, and CPython switches only between classes of one layout).
+    handle.__class__ = (getattr(type(handle), "stale_class", None)
+                        or (_StaleVector if isinstance(handle, VectorBase)
+                            else _StaleTable if isinstance(handle, TableBase) else _Stale))
     handle._heap = None   # so that storing it raises StaleHandle, not a dangling reference

@@ -147,6 +147,16 @@ class Image:
                 self._heap.set_meta(LAYOUT["M_SYSTEM"], w)
         return self._heap.decode(w)
 
+    @property
+    def changed(self) -> bool:
+        """Whether the running transaction has changed anything yet."""
+        return bool(self._store.dirty_pages) or self._heap.meta_block() != self._committed_meta
+
+    @property
+    def head(self) -> int:
+        """The newest commit's number."""
+        return self._store.head
+
     def set_encode_hook(self, hook) -> None:
         """How values of the layer above are stored (native/objmem.c, "the encode hook")."""
         self._heap.set_encode_hook(hook)
@@ -210,15 +220,21 @@ class Image:
 
     def _commit(self, note: bytes) -> None:
         """One durable commit; its record carries the meta words (objmem.c,
-        "the meta page") ahead of the note."""
-        self._store.commit(self._heap.meta_block() + note)
+        "the meta page") ahead of the note.  A transaction that changed
+        nothing makes no commit (an expression typed at the REPL costs no sync)."""
+        block = self._heap.meta_block()
+        if block == self._committed_meta and not self._store.dirty_pages:
+            return
+        self._store.commit(block + note)
+        self._committed_meta = block
 
     def _load_meta(self) -> None:
         """The meta words of the commit the store shows.  Every commit of an
         object memory carries them; a store whose newest commit does not (a
         new store, or one a tool committed to beneath the image) holds none,
         and reload() says so."""
-        self._heap.load_meta(meta_block_of(self._store.head_meta))
+        self._committed_meta = meta_block_of(self._store.head_meta)
+        self._heap.load_meta(self._committed_meta)
 
     def _abort(self) -> None:
         self._depth -= 1

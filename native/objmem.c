@@ -3484,7 +3484,7 @@ static PyObject *layout(PyObject *mod, PyObject *noargs) {
     if (!classes) return NULL;
     static const struct { const char *name; int value; } names[] = {
         {"C_VECTOR", C_VECTOR}, {"C_TABLE", C_TABLE}, {"C_BLOB", C_BLOB}, {"C_TUPLE", C_TUPLE},
-        {"C_PAIR", C_PAIR}, {"C_SYMBOL", C_SYMBOL}, {"C_RECORD", C_RECORD},
+        {"C_PAIR", C_PAIR}, {"C_SYMBOL", C_SYMBOL}, {"C_RECORD", C_RECORD}, {"C_MSTRING", C_MSTRING}, {"C_CLOSURE", C_CLOSURE},
         {"N_SYSTEM_CLASSES", N_SYSTEM_CLASSES},
         {"M_ROOT", M_ROOT}, {"M_CLASSES", M_CLASSES}, {"M_SYMBOLS", M_SYMBOLS}, {"M_BLOBS", M_BLOBS},
         {"M_NCLASSES", M_NCLASSES}, {"M_OBJECTS", M_OBJECTS}, {"M_OBJ_WORDS", M_OBJ_WORDS},

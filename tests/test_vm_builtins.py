@@ -13,12 +13,13 @@ from fractions import Fraction
 
 import pytest
 
-from vm._builtins import (CURRENT_INPUT, CURRENT_OUTPUT, PRIMITIVES, HashTable, Parameter,
-                          SchemeExit, TextInputPort, TextOutputPort, set_command_line)
+import image
+from vm._builtins import (CURRENT_INPUT, CURRENT_OUTPUT, HASH_TABLE_TYPES, PRIMITIVES, HashTable,
+                          Parameter, SchemeExit, TextInputPort, TextOutputPort, set_command_line)
 from vm._printer import write
 from vm._reader import read_one
-from vm._types import (EOF, NIL, Bytevector, MString, Pair, SchemeError, SchemeRaise, SVector,
-                       Symbol, Values, from_iterable, intern, to_list)
+from vm._types import (EOF, NIL, Bytevector, ImageTable, ImageVector, MString, Pair, SchemeError,
+                       SchemeRaise, SVector, Symbol, Values, char, from_iterable, intern, to_list)
 
 
 class Err:
@@ -99,12 +100,19 @@ def check(source: str, expected, **bindings) -> None:
 # -- equivalence (R7RS 6.1) ------------------------------------------------------------------------
 
 EQUIVALENCE = [
-    ("(eq? 'a 'a)", "#t"), ("(eq? '() '())", "#t"), ("(eq? 2 2)", "#t"), ("(eq? #\\λ #\\λ)", "#t"),
-    ("(eq? (expt 10 30) (expt 10 30))", "#t"), ('(eq? "" "")', "#f"),
-    ("(eq? (list 1) (list 1))", "#f"), ("(eq? car car)", "#t"), ("(eq? 1.5 1.5)", "#f"),
+    ("(eq? 'a 'a)", "#t"), ("(eq? '() '())", "#t"), ("(eq? #\\λ #\\λ)", "#t"),
+    ("(eq? #\\a (string-ref \"abc\" 0))", "#t"), ("(eq? (integer->char 955) #\\λ)", "#t"),
+    ("(eq? (string->symbol \"ab\") 'ab)", "#t"), ("(eq? (make-string 1) (make-string 1))", "#f"),
+    ("(let ((s (string #\\a))) (eq? s s))", "#t"), ("(eq? (list 1) (list 1))", "#f"),
+    ("(eq? car car)", "#t"), ("(eq? (expt 10 30) (expt 10 30))", "#f"),
+    ("(let ((n (expt 10 30))) (eq? n n))", "#t"), ("(eq? 1 1.0)", "#f"),
     ("(eqv? 1 1.0)", "#f"), ("(eqv? 1.0 1.0)", "#t"), ("(eqv? 0.0 -0.0)", "#f"),
-    ("(eqv? +nan.0 +nan.0)", "#t"), ("(eqv? 1/2 (/ 2 4))", "#t"), ('(eqv? "a" "a")', "#f"),
-    ("(eqv? #\\a #\\a)", "#t"), ('(equal? "a" "a")', "#t"),
+    ("(eqv? (expt 10 30) (expt 10 30))", "#t"),
+    ("(eqv? +nan.0 +nan.0)", "#t"), ("(eqv? 1/2 (/ 2 4))", "#t"),
+    ("(eqv? (string #\\a) (string #\\a))", "#f"), ("(eqv? #\\a #\\a)", "#t"),
+    ("(eqv? #\\a #\\b)", "#f"), ('(equal? "a" "a")', "#t"), ('(equal? "a" (string #\\a))', "#t"),
+    ('(equal? "ab" (string #\\a))', "#f"), ('(equal? "a" #\\a)', "#f"),
+    ('(equal? (list "x" #("y")) (list (string #\\x) (vector (string-copy "y"))))', "#t"),
     ("(equal? '(1 #(2 \"x\")) (list 1 (vector 2 \"x\")))", "#t"),
     ("(equal? #u8(1 2) (bytevector 1 2))", "#t"), ("(equal? 2 2.0)", "#f"),
     ("(equal? '#0=(1 . #0#) '#1=(1 1 . #1#))", "#t"), ("(equal? '(1 2) '(1 2 3))", "#f"),
@@ -114,7 +122,7 @@ EQUIVALENCE = [
 
 @pytest.mark.parametrize("source, expected", EQUIVALENCE)
 def test_equivalence_r7rs_6_1(source, expected):
-    """R7RS 6.1: eq? (ints and chars by value), eqv? (exactness, -0.0, NaN), equal? (cycles)."""
+    """R7RS 6.1: eq? is identity (Chars, Symbols interned), eqv? exactness/NaN, equal? kinds."""
     check(source, expected)
 
 
@@ -285,7 +293,8 @@ EXACTNESS = [
     ("(inexact (expt 10 400))", "+inf.0"), ("(inexact (- (expt 10 400)))", "-inf.0"),
     ("(inexact 7)", "7.0"), ("(exact->inexact 1/4)", "0.25"), ("(inexact->exact 0.25)", "1/4"),
     ("(inexact #\\a)", Err("inexact: expected a number")), ("(make-rectangular 1 2)", "1.0+2.0i"),
-    ("(make-rectangular 1.5 0)", "1.5"), ("(make-polar 2 0)", "2"), ("(real-part 1+2i)", "1.0"),
+    ("(make-rectangular 1.5 0)", "1.5"), ("(make-polar 2 0)", "2"),
+    ("(make-polar 1 +inf.0)", "+nan.0+nan.0i"), ("(real-part 1+2i)", "1.0"),
     ("(imag-part 1+2i)", "2.0"), ("(real-part 5)", "5"), ("(imag-part 5)", "0"),
     ("(magnitude -5)", "5"), ("(magnitude 3+4i)", "5.0"), ("(angle 1)", "0"),
     ("(angle -1)", "3.141592653589793"), ("(angle -1.0)", "3.141592653589793"),
@@ -469,6 +478,87 @@ STRINGS = [
 def test_strings_r7rs_6_7(source, expected):
     """R7RS 6.7: make, access, mutate, compare (-ci folds fully), case, copy, ranges."""
     check(source, expected)
+
+
+IMMUTABLE_STRINGS = [
+    ('(string-set! "abc" 0 #\\x)', Err("string-set!: the string is immutable")),
+    ('(string-fill! "abc" #\\x)', Err("string-fill!: the string is immutable")),
+    ('(string-copy! "abc" 0 "x")', Err("string-copy!: the string is immutable")),
+    ("(string-set! (symbol->string 'abc) 0 #\\x)", Err("string-set!: the string is immutable")),
+    ("(string-set! 'abc 0 #\\x)", Err("string-set!: expected a string, got abc")),
+    ('(let ((s (string-copy "abc"))) (string-set! s 0 #\\x) s)', '"xbc"'),
+    ('(let ((s (string-append "ab" "c"))) (string-fill! s #\\z 2) s)', '"abz"'),
+    ('(let ((s (make-string 3 #\\-))) (string-copy! s 0 (string #\\a #\\b)) s)', '"ab-"'),
+    ('(let ((s (substring "hello" 0 2))) (string-set! s 1 #\\a) s)', '"ha"'),
+    ('(let ((s (list->string (string->list "ab")))) (string-set! s 0 #\\b) s)', '"bb"'),
+    ('(let ((s (number->string 42))) (string-set! s 0 #\\9) s)', '"92"'),
+    ('(let ((s (string-upcase "ab"))) (string-set! s 0 #\\x) s)', '"xB"'),
+    ('(let ((s (read-line (open-input-string "ab")))) (string-set! s 0 #\\x) s)', '"xb"'),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMMUTABLE_STRINGS)
+def test_literal_strings_are_immutable_r7rs_6_7(source, expected):
+    """R7RS 6.7, 3.4: mutators refuse literals and symbol names (str), not new strings."""
+    check(source, expected)
+
+
+MIXED_STRINGS = [
+    ('(string-append "a" (string #\\b) "c")', '"abc"'),
+    ('(string=? "ab" (string #\\a #\\b))', "#t"),
+    ('(string<? (string #\\a) "b")', "#t"), ('(string-ci=? (string-copy "AB") "ab")', "#t"),
+    ('(string-length (string-copy "λx"))', "2"), ('(string-ref (string-copy "xy") 1)', "#\\y"),
+    ('(string->symbol (string #\\a))', "a"), ('(string->number (string #\\1 #\\2))', "12"),
+    ('(substring (string-copy "hello") 1 3)', '"el"'),
+    ('(string-map char-upcase (string-copy "ab"))', '"AB"'),
+    ('(string->utf8 (string #\\λ))', "#u8(206 187)"),
+    ('(read (open-input-string (string #\\4 #\\2)))', "42"),
+]
+
+
+@pytest.mark.parametrize("source, expected", MIXED_STRINGS)
+def test_procedures_take_both_kinds_of_string_r7rs_6_7(source, expected):
+    """vm/_types: every procedure that takes a string takes a str or an MString alike."""
+    check(source, expected)
+
+
+def test_string_and_character_results_have_scheme_types():
+    """Invariant 2: new strings are MString, characters Char, symbol names str."""
+    for source in ('(make-string 1)', '(string #\\a)', '(string-copy "a")',
+                   '(string-append "a")', '(substring "ab" 0 1)', "(list->string '(#\\a))",
+                   '(string-map char-upcase "a")', "(number->string 1)", '(utf8->string #u8(97))',
+                   '(string-upcase "a")', '(string-downcase "A")', '(string-foldcase "A")',
+                   "(vector->string #(#\\a))", '(read-line (open-input-string "a"))',
+                   '(read-string 1 (open-input-string "a"))',
+                   "(let ((p (open-output-string))) (write 1 p) (get-output-string p))"):
+        assert type(ev(source)) is MString, source
+    assert type(ev("(symbol->string 'a)")) is str
+    chars = [('(string-ref "ab" 0)', "a"), ('(car (string->list "ab"))', "a"),
+             ('(vector-ref (string->vector "a") 0)', "a"), ("(integer->char 97)", "a"),
+             ("(char-upcase #\\a)", "A"), ("(char-downcase #\\A)", "a"),
+             ("(char-foldcase #\\A)", "a"), ('(read-char (open-input-string "a"))', "a"),
+             ('(peek-char (open-input-string "a"))', "a")]
+    for source, expected in chars:
+        assert ev(source) is char(ord(expected)), source
+
+
+IMMUTABLE_BYTEVECTORS = [
+    ("(bytevector? b)", "#t"), ("(bytevector-length b)", "2"), ("(bytevector-u8-ref b 1)", "98"),
+    ("(utf8->string b)", '"ab"'), ("(bytevector-copy b 1)", "#u8(98)"),
+    ("(bytevector-append b #u8(1))", "#u8(97 98 1)"), ("(equal? b (bytevector 97 98))", "#t"),
+    ("(let ((c (make-bytevector 3 0))) (bytevector-copy! c 1 b) c)", "#u8(0 97 98)"),
+    ("(read-u8 (open-input-bytevector b))", "97"),
+    ("(bytevector-u8-set! b 0 1)", Err("bytevector-u8-set!: the bytevector is immutable")),
+    ("(bytevector-copy! b 0 #u8(1))", Err("bytevector-copy!: the bytevector is immutable")),
+    ("(read-bytevector! b (open-input-bytevector #u8(1)))",
+     Err("read-bytevector!: the bytevector is immutable")),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMMUTABLE_BYTEVECTORS)
+def test_python_bytes_is_an_immutable_bytevector_r7rs_6_9(source, expected):
+    """R7RS 6.9: a Python bytes is a bytevector every procedure reads and mutators refuse."""
+    check(source, expected, b=b"ab")
 
 
 # -- vectors and bytevectors (R7RS 6.8, 6.9) -------------------------------------------------------
@@ -786,7 +876,7 @@ def test_process_context_r7rs_6_14(monkeypatch):
     monkeypatch.setenv("IMAGO_TEST_VAR", "λ value")
     check('(get-environment-variable "IMAGO_TEST_VAR")', '"λ value"')
     check('(get-environment-variable "IMAGO_NO_SUCH_VARIABLE")', "#f")
-    assert ev('(assoc "IMAGO_TEST_VAR" (get-environment-variables))').cdr.s == "λ value"
+    assert ev('(assoc "IMAGO_TEST_VAR" (get-environment-variables))').cdr == "λ value"
     exits = [("(exit)", 0, False), ("(exit #t)", 0, False), ("(exit #f)", 1, False),
              ("(exit 3)", 3, False), ("(exit 'x)", 1, False), ("(emergency-exit 4)", 4, True)]
     for source, code, emergency in exits:
@@ -810,13 +900,26 @@ HASH_TABLES = [
      '2) (hash-table-set! t "a" 3) (list (hash-table-ref t "a") (hash-table-ref/default t (list '
      '1 (vector 2)) 0) (hash-table-ref/default t (list 1 3) 0) (hash-table-size t)))',
      "(3 2 0 2)"),
-    ('(let ((t (make-hash-table eq?))) (hash-table-set! t "a" 1) (hash-table-ref/default t "a" '
-     '\'none))',
+    ('(let ((t (make-hash-table eq?))) (hash-table-set! t (string #\\a) 1) (hash-table-ref/default '
+     't (string #\\a) \'none))',
      "none"),
-    ("(let ((t (make-hash-table eq?))) (hash-table-set! t 'a 1) (hash-table-set! t "
-     "100000000000000000000 2) (list (hash-table-ref t 'a) (hash-table-ref t "
-     "100000000000000000000)))",
-     "(1 2)"),
+    ("(let ((t (make-hash-table eq?)) (n (expt 10 20))) (hash-table-set! t 'a 1) "
+     "(hash-table-set! t n 2) (hash-table-set! t #\\a 3) (list (hash-table-ref t 'a) "
+     "(hash-table-ref t n) (hash-table-ref t (integer->char 97)) "
+     "(hash-table-ref/default t (expt 10 20) 'other-bignum)))",
+     "(1 2 3 other-bignum)"),
+    ("(let ((t (make-hash-table eqv?))) (hash-table-set! t (expt 10 20) 2) "
+     "(hash-table-ref t 100000000000000000000))",
+     "2"),
+    ('(let ((t (make-hash-table))) (hash-table-set! t "k" 1) (hash-table-set! t (string #\\k) 2) '
+     '(list (hash-table-ref t "k") (hash-table-size t)))',
+     "(2 1)"),
+    ('(let ((t (make-hash-table string=?))) (hash-table-set! t (string #\\k) 1) '
+     '(hash-table-ref t "k"))',
+     "1"),
+    ("(let ((t (make-hash-table char=?))) (hash-table-set! t #\\a 1) (hash-table-ref t "
+     "(string-ref \"a\" 0)))",
+     "1"),
     ('(let ((t (make-hash-table string=?))) (hash-table-set! t "k" 1) (hash-table-ref t (string '
      '#\\k)))',
      "1"),
@@ -885,7 +988,8 @@ HASH_TABLES = [
     ("(hash-table-set! '() 1 2)", Err("hash-table-set!: expected a hash table, got ()")),
     ("(make-hash-table 5)", Err("expected a procedure")),
     ("(alist->hash-table '(1))", Err("expected an association list")),
-    ("(make-hash-table)", "#<hash-table 0>"),
+    ("(make-hash-table)", "#<hash-table 0 entries>"),
+    ("(alist->hash-table '((a . 1)))", "#<hash-table 1 entry>"),
     ('(= (hash (list 1 "a" #(2))) (hash (list 1 (string #\\a) (vector 2))))', "#t"),
     ("(< (hash '#0=(1 . #0#) 100) 100)", "#t"),
     ('(= (string-hash "abc") (string-hash (string #\\a #\\b #\\c)))', "#t"),
@@ -911,6 +1015,252 @@ def test_hash_table_with_many_keys_and_mutation_during_walk():
         assert table.get(from_iterable([i, MString(str(i))]), None) == i
     ev("(hash-table-walk t (lambda (k v) (hash-table-delete! t k)))", t=table)
     assert len(table) == 0 and isinstance(table, HashTable)
+
+
+# -- the image's values (vm/_types: persistent objects are Scheme values) --------------------------
+
+MAILS = [
+    {"subject": "Hello", "from": "ann", "size": 120, "raw": b"Subject: Hello"},
+    {"subject": "Re: Hello", "from": "bob", "size": 80, "raw": b"Subject: Re: Hello"},
+    {"subject": "Straße", "from": "ann", "size": 7, "raw": b""},
+]
+
+
+def _fill(img) -> None:
+    """Python data in the image's root: a list of dicts of str, int and bytes values."""
+    img.root["mails"] = MAILS
+    img.root["counts"] = {"ann": 2, "bob": 1}
+
+
+@pytest.fixture(scope="module")
+def shared_image(tmp_path_factory):
+    """One image for the module (creating one takes a few hundred milliseconds)."""
+    img = image.open(str(tmp_path_factory.mktemp("image") / "t.image"))
+    yield img
+    img.close()
+
+
+@pytest.fixture
+def mailbox(shared_image):
+    """The shared image, with fresh mails and counts (tests may change them)."""
+    _fill(shared_image)
+    return shared_image
+
+
+@pytest.fixture
+def own_mailbox(tmp_path):
+    """(image, path): an image of the test's own, for tests that close or reopen it."""
+    path = str(tmp_path / "t.image")
+    img = image.open(path)
+    _fill(img)
+    yield img, path
+    if not img.closed:
+        img.close()
+
+
+def ev_image(source: str, img, **bindings):
+    """ev with mails and counts bound to the image's Vector and Table."""
+    return ev(source, mails=img.root["mails"], counts=img.root["counts"], **bindings)
+
+
+IMAGE_VECTORS = [
+    ("(vector? mails)", "#t"), ("(vector-length mails)", "3"),
+    ('(hash-table-ref (vector-ref mails 1) "from")', '"bob"'),
+    ('(map (lambda (m) (hash-table-ref m "size")) (vector->list mails))', "(120 80 7)"),
+    ('(vector->list mails 2)', "(#<hash-table 4 entries>)"),
+    ('(vector-map (lambda (m) (hash-table-ref m "from")) mails)', '#("ann" "bob" "ann")'),
+    ("(let ((box (vector 0))) (vector-for-each (lambda (m) (vector-set! box 0 (+ (vector-ref "
+     "box 0) (hash-table-ref m \"size\")))) mails) box)", "#(207)"),
+    ("(vector-length (vector-copy mails 1))", "2"),
+    ("(vector? (vector-copy mails))", "#t"),
+    ("(vector-length (vector-append mails #(1)))", "4"),
+    ("(equal? (vector-ref mails 0) (vector-ref mails 0))", "#t"),
+    ("(eq? (vector-ref mails 0) (vector-ref mails 0))", "#t"),
+    ("(vector-ref mails 3)", Err("vector-ref: index 3 is out of range for a vector of length 3")),
+    ("(vector->list mails 4)", Err("vector->list: range 4 to 3")),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_VECTORS)
+def test_image_vectors_are_vectors_r7rs_6_8(mailbox, source, expected):
+    """R7RS 6.8: an image Vector is a vector to every vector procedure (read in place)."""
+    assert type(mailbox.root["mails"]) is ImageVector
+    check(source, expected, mails=mailbox.root["mails"], counts=mailbox.root["counts"])
+
+
+def test_vectors_made_from_image_vectors_are_transient(mailbox):
+    """R7RS 6.8: what vector-map, vector-copy and vector-append make is a new SVector."""
+    for source in ("(vector-map (lambda (m) 1) mails)", "(vector-copy mails)",
+                   "(vector-append mails)", "(list->vector (vector->list mails))"):
+        made = ev_image(source, mailbox)
+        assert type(made) is SVector and len(made) == 3, source
+    assert ev_image("(vector-ref (vector-copy mails) 0)", mailbox) is mailbox.root["mails"][0]
+
+
+IMAGE_STRINGS = [
+    ('(string? s)', "#t"), ('(string-length s)', "6"), ('(string-upcase s)', '"STRASSE"'),
+    ('(string-ref s 4)', "#\\ß"), ('(substring s 0 3)', '"Str"'),
+    ('(string->list s 4)', "(#\\ß #\\e)"), ('(string-append s "!")', '"Straße!"'),
+    ('(string=? s (string-copy "Straße"))', "#t"), ('(equal? s (string-copy "Straße"))', "#t"),
+    ('(equal? (string-copy "Straße") s)', "#t"), ('(string-ci=? s "STRASSE")', "#t"),
+    ('(string->symbol s)', "Straße"),
+    ('(string-set! s 0 #\\s)', Err("string-set!: the string is immutable")),
+    ('(string-fill! s #\\x)', Err("string-fill!: the string is immutable")),
+    ('(let ((c (string-copy s))) (string-set! c 0 #\\s) (list c s))', '("straße" "Straße")'),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_STRINGS)
+def test_strings_from_the_image_are_immutable_strings_r7rs_6_7(mailbox, source, expected):
+    """R7RS 6.7: an image str is a string to every procedure, equal? to an MString, immutable."""
+    s = ev_image('(hash-table-ref (vector-ref mails 2) "subject")', mailbox)
+    assert type(s) is str
+    check(source, expected, s=s)
+
+
+IMAGE_TABLES = [
+    ("(hash-table? counts)", "#t"), ('(hash-table-ref counts "ann")', "2"),
+    ('(hash-table-ref counts (string #\\b #\\o #\\b))', "1"),
+    ('(hash-table-ref counts (string-copy "bob"))', "1"),
+    ('(hash-table-ref/default counts "eve" 0)', "0"),
+    ('(hash-table-ref counts "eve" (lambda () \'none))', "none"),
+    ('(hash-table-ref counts "ann" (lambda () 0) (lambda (n) (* n 10)))', "20"),
+    ('(hash-table-exists? counts "ann")', "#t"), ('(hash-table-contains? counts "eve")', "#f"),
+    ("(hash-table-size counts)", "2"), ("(hash-table-keys counts)", '("ann" "bob")'),
+    ("(hash-table-values counts)", "(2 1)"),
+    ("(hash-table->alist counts)", '(("ann" . 2) ("bob" . 1))'),
+    ("(hash-table-fold counts (lambda (k v acc) (+ v acc)) 0)", "3"),
+    ("(hash-table-fold (lambda (k v acc) (cons k acc)) '() counts)", '("bob" "ann")'),
+    ('(begin (hash-table-set! counts (string-copy "eve") 5) (hash-table-ref counts "eve"))', "5"),
+    ('(begin (hash-table-update! counts "ann" (lambda (n) (+ n 1))) (hash-table-ref counts "ann"))',
+     "3"),
+    ('(begin (hash-table-update!/default counts "zed" (lambda (n) (+ n 1)) 0) '
+     '(hash-table-ref counts "zed"))', "1"),
+    ('(begin (hash-table-delete! counts (string-copy "bob")) (hash-table-keys counts))', '("ann")'),
+    ("(let ((c (hash-table-copy counts))) (hash-table-set! c 'x 1) "
+     "(list (hash-table-size c) (hash-table-size counts)"
+     " (hash-table-ref c (string-copy \"ann\"))))",
+     "(3 2 2)"),
+    ("(begin (hash-table-merge! counts (alist->hash-table (list (cons \"ann\" 9) (cons "
+     "(string-copy \"cy\") 4)))) (hash-table->alist counts))",
+     '(("ann" . 9) ("bob" . 1) ("cy" . 4))'),
+    ("(begin (hash-table-clear! counts) (hash-table-size counts))", "0"),
+    ("(let ((v (vector '()))) (hash-table-walk counts (lambda (k n) (vector-set! v 0 (cons k "
+     "(vector-ref v 0))))) v)", '#(("bob" "ann"))'),
+    ("(eq? (hash-table-equivalence-function counts) equal?)", "#t"),
+    ("(eq? (hash-table-hash-function counts) hash)", "#t"),
+    ("counts", "#<hash-table 2 entries>"),
+    ("(hash-table-ref counts #\\a)",
+     Err("hash-table-ref: cannot use a character as a key of a persistent table")),
+    ("(hash-table-set! counts #\\a 1)",
+     Err("hash-table-set!: cannot use a character as a key of a persistent table")),
+    ("(hash-table-set! counts (list 1) 1)",
+     Err("hash-table-set!: cannot use a pair as a key of a persistent table")),
+    ("(hash-table-exists? counts (vector 1))",
+     Err("hash-table-exists?: cannot use a vector as a key of a persistent table")),
+    ('(hash-table-set! counts "ann" (string-copy "x"))',
+     Err('hash-table-set!: the image cannot hold "x"')),
+    ('(hash-table-set! counts "ann" #\\x)', Err("hash-table-set!: the image cannot hold #\\x")),
+    ("(hash-table-set! counts 'sym 1)",
+     Err("hash-table-set!: cannot use sym as a key of a persistent table")),
+    ("(hash-table-ref/default counts 1/2 0)",
+     Err("hash-table-ref/default: cannot use 1/2 as a key of a persistent table")),
+    ("(hash-table-delete! counts (list 1))",
+     Err("hash-table-delete!: cannot use a pair as a key of a persistent table")),
+    ("(begin (hash-table-set! counts (bytevector 1 2) 3) (list (hash-table-ref counts #u8(1 2))"
+     " (hash-table-keys counts)))", '(3 ("ann" "bob" #u8(1 2)))'),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_TABLES)
+def test_image_tables_are_hash_tables_srfi_69(mailbox, source, expected):
+    """SRFI 69: an image Table is a hash table (MString keys by text; bad keys refused)."""
+    check(source, expected, mails=mailbox.root["mails"], counts=mailbox.root["counts"])
+
+
+def test_hash_table_types_export():
+    """HASH_TABLE_TYPES names the transient and the persistent hash table."""
+    assert HASH_TABLE_TYPES == (HashTable, ImageTable)
+
+
+IMAGE_WRITES = [
+    ("(vector-set! v 0 'sym)", Err("vector-set!: the image cannot hold sym")),
+    ("(vector-set! v 0 #\\a)", Err("vector-set!: the image cannot hold #\\a")),
+    ("(vector-set! v 0 (string-copy \"s\"))", Err('vector-set!: the image cannot hold "s"')),
+    ("(vector-set! v 0 (list 1))", Err("vector-set!: the image cannot hold (1)")),
+    ("(vector-set! v 0 1/2)", Err("vector-set!: the image cannot hold 1/2")),
+    ("(vector-set! v 0 (make-hash-table))",
+     Err("vector-set!: the image cannot hold #<hash-table 0 entries>")),
+    ("(vector-fill! v (cons 1 2))", Err("vector-fill!: the image cannot hold (1 . 2)")),
+    ("(vector-fill! v #\\a 1)", Err("vector-fill!: the image cannot hold #\\a")),
+    ("(vector-copy! v 0 (vector 7 #\\a))",
+     Err("vector-copy!: the image cannot hold an item of #(7 #\\a)")),
+    ("(vector-set! v 9 1)", Err("vector-set!: index 9 is out of range")),
+]
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_WRITES)
+def test_what_the_image_cannot_hold_is_refused(mailbox, source, expected):
+    """Invariant 7: what the image refuses is a Scheme error naming it, and nothing is written."""
+    mailbox.root["v"] = [0, 1, 2]
+    check(source, expected, v=mailbox.root["v"])
+    assert list(mailbox.root["v"]) == [0, 1, 2]
+
+
+def test_transient_containers_are_copied_into_the_image(mailbox):
+    """The image copies a vector or bytevector in: the image's copy, not the transient, is kept."""
+    mailbox.root["v"] = [0, 1]
+    v = mailbox.root["v"]
+    transient = ev("(vector 1 2)")
+    ev("(begin (vector-set! v 0 x) (vector-set! v 1 (bytevector 9)))", v=v, x=transient)
+    ev("(vector-set! x 0 'changed)", x=transient)
+    check("(list (vector-ref v 0) (vector-ref v 1) (eq? (vector-ref v 0) x))",
+          "(#(1 2) #u8(9) #f)", v=v, x=transient)
+    assert type(v[0]) is ImageVector and type(v[1]) is bytes
+
+
+def test_vector_set_on_an_image_vector_persists(own_mailbox):
+    """R7RS 6.8: writes into an image Vector or Table persist across close and reopen."""
+    img, path = own_mailbox
+    img.root["v"] = [0, 1, 2, 3, 4]
+    ev('(vector-set! v 0 "zero")', v=img.root["v"])
+    ev("(vector-fill! v #t 3)", v=img.root["v"])
+    ev("(vector-copy! v 1 (vector 1.5 b))", v=img.root["v"], b=b"\t")
+    ev('(hash-table-set! (vector-ref mails 0) "read" #t)', mails=img.root["mails"])
+    img.close()
+    reopened = image.open(path)
+    try:
+        assert list(reopened.root["v"]) == ["zero", 1.5, b"\t", True, True]
+        assert reopened.root["mails"][0]["read"] is True
+        assert write(ev("(vector-ref v 0)", v=reopened.root["v"])) == '"zero"'
+    finally:
+        reopened.close()
+
+
+def test_bytes_from_the_image_are_immutable_bytevectors(mailbox):
+    """R7RS 6.9: bytes read from the image are bytevectors; mutators refuse them."""
+    raw = ev_image('(hash-table-ref (vector-ref mails 0) "raw")', mailbox)
+    check("(utf8->string b 0 7)", '"Subject"', b=raw)
+    check("(bytevector-u8-set! b 0 0)", Err("the bytevector is immutable"), b=raw)
+
+
+def test_closed_and_read_only_images_give_scheme_errors(own_mailbox):
+    """Stale handles and read-only images give Scheme errors naming the procedure."""
+    img, path = own_mailbox
+    mails, counts = img.root["mails"], img.root["counts"]
+    img.close()
+    check("(vector-ref m 0)", Err("vector-ref: expected a vector, got #<stale handle at"), m=mails)
+    check("(hash-table-ref t 1)", Err("hash-table-ref: expected a hash table, got #<stale"),
+          t=counts)
+    reader = image.open(path, readonly=True)
+    try:
+        check("(vector-set! m 0 1)", Err("vector-set!: this image was opened read-only"),
+              m=reader.root["mails"])
+        check('(hash-table-set! t "k" 1)', Err("hash-table-set!: this image was opened read-only"),
+              t=reader.root["counts"])
+        check('(hash-table-ref t "ann")', "2", t=reader.root["counts"])
+    finally:
+        reader.close()
 
 
 # -- the table of primitives -----------------------------------------------------------------------
@@ -978,16 +1328,21 @@ def test_every_primitive_knows_its_scheme_name():
 
 # -- no Python exception for bad arguments (invariant 1) -------------------------------------------
 
-def _fuzz_pool():
+def _fuzz_pool(img):
+    """Arguments of every kind.  Its procedures take any number of arguments: calling a
+    procedure argument with the wrong count is a TypeError by design (the runtime's)."""
     cyclic = from_iterable([1, 2])
     cyclic.cdr.cdr = cyclic
     string_port = TextInputPort("(a) b", "fuzz")
+    img.root["fuzz"] = {"vector": [1, "a", b"b", (1, 2)], "table": {"a": 1, 2: "b"}}
+    persistent = img.root["fuzz"]
     return [0, -1, 7, 2 ** 100, 1.5, -0.0, math.nan, math.inf, Fraction(1, 3), complex(1, 2),
-            True, False, "a", "λ", MString("abc"), MString(""), intern("sym"), NIL,
-            from_iterable([1, 2]), from_iterable([Pair(1, 2)]), cyclic, Pair(1, 2),
-            SVector([1, "a"]), SVector(), Bytevector(b"ab"), None, EOF, Values((1, 2)),
-            lambda *args: 0, PRIMITIVES["eq?"], string_port, TextOutputPort("fuzz"),
-            ev("(make-hash-table)")]
+            True, False, char(ord("a")), char(ord("λ")), "a", "λx", "", MString("abc"),
+            MString(""), intern("sym"), NIL, from_iterable([1, 2]), from_iterable([Pair(1, 2)]),
+            cyclic, Pair(1, 2), SVector([1, "a"]), SVector(), Bytevector(b"ab"), b"\xff",
+            None, EOF, Values((1, 2)), (1, "t"), lambda *args: 0, PRIMITIVES["list"],
+            string_port, TextOutputPort("fuzz"), ev("(make-hash-table)"),
+            persistent["vector"], persistent["table"], persistent]
 
 
 # Procedures left out: they end the process, touch files or wait for the console.
@@ -996,10 +1351,10 @@ _UNFUZZED = {"exit", "emergency-exit", "delete-file", "open-input-file", "open-o
              "call-with-output-file", "with-input-from-file", "with-output-to-file", "file-exists?"}
 
 
-def test_bad_arguments_raise_scheme_errors_only():
-    """Invariant 1: seeded random arguments give a value or a SchemeError, nothing else."""
+def test_bad_arguments_raise_scheme_errors_only(shared_image):
+    """Invariant 1: seeded random arguments (image handles too) give a value or a SchemeError."""
     rng = random.Random(2024)
-    pool = _fuzz_pool()
+    pool = _fuzz_pool(shared_image)
     saved = CURRENT_INPUT.value, CURRENT_OUTPUT.value
     CURRENT_INPUT.value = TextInputPort("x", "fuzz-stdin")
     CURRENT_OUTPUT.value = TextOutputPort("fuzz-stdout")

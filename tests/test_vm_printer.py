@@ -7,11 +7,13 @@ from fractions import Fraction
 
 import pytest
 
+import image
+import vm._printer as printer_module
 from vm._printer import (display, number_to_string, pretty, register_printer, write,
                          write_abbreviated, write_shared, write_simple)
 from vm._reader import read_all
 from vm._types import (EOF, NIL, Bytevector, ErrorObject, MString, Pair, RecordType, SVector,
-                       Values, equal, from_iterable, gensym, intern)
+                       Values, char, equal, from_iterable, gensym, intern)
 
 
 def read1(text: str):
@@ -63,12 +65,13 @@ CHARACTERS = [
 ]
 
 
-@pytest.mark.parametrize("char, expected", CHARACTERS)
-def test_write_characters_r7rs_6_6(char, expected):
-    """R7RS 6.6: characters write as #\\c, a name, or #\\x<hex>; display shows them raw."""
-    assert write(char) == expected
-    assert read1(expected) == char
-    assert display(char) == char
+@pytest.mark.parametrize("text, expected", CHARACTERS)
+def test_write_characters_r7rs_6_6(text, expected):
+    """R7RS 6.6: characters (Char) write as #\\c, a name, or #\\x<hex>; display shows them raw."""
+    c = char(ord(text))
+    assert write(c) == expected
+    assert read1(expected) is c
+    assert display(c) == text
 
 
 STRINGS = [
@@ -80,10 +83,18 @@ STRINGS = [
 
 @pytest.mark.parametrize("text, expected", STRINGS)
 def test_write_strings_r7rs_6_7(text, expected):
-    """R7RS 6.7: write escapes strings so that they read back; display shows them raw."""
-    assert write(MString(text)) == expected
-    assert read1(expected).s == text
-    assert display(MString(text)) == text
+    """R7RS 6.7: write escapes str and MString alike so that they read back; display is raw."""
+    for string in (text, MString(text)):
+        assert write(string) == expected
+        assert display(string) == text
+    assert read1(expected) == text
+
+
+def test_one_character_str_is_a_string_not_a_character():
+    """vm/_types: a str is always a string, even of one character; a character is a Char."""
+    assert write("a") == '"a"' and write(char(ord("a"))) == "#\\a"
+    assert write(from_iterable(["a", char(ord("a")), MString("a")])) == '("a" #\\a "a")'
+    assert display(from_iterable(["a", char(ord("a")), MString("a")])) == "(a a a)"
 
 
 NUMBER_TO_STRING = [
@@ -184,8 +195,9 @@ def test_round_trip_of_random_data():
     """Invariant 2: seeded random data (with sharing and cycles) write and read back equal."""
     rng = random.Random(7)
     atoms = [0, -5, 10 ** 40, Fraction(2, 3), 1.5, -0.0, math.inf, True, False, NIL,
-             "a", " ", "\n", "λ", intern("sym"), intern("a b"), intern(""), intern("1"),
-             MString('q"\\\n'), Bytevector(b"\x00\xff")]
+             char(ord("a")), char(ord(" ")), char(ord("\n")), char(ord("λ")), intern("sym"),
+             intern("a b"), intern(""), intern("1"), MString('q"\\\n'), "imm\tutable", "",
+             Bytevector(b"\x00\xff"), b"\x01"]
 
     def build(depth):
         if depth == 0 or rng.random() < 0.3:
@@ -239,14 +251,19 @@ def test_errors_values_procedures_and_unknown_objects():
     assert write(lambda: 0) == "#<procedure>"
     assert write(object()) == "#<python object>"
     assert write({1: 2}) == "#<python dict>"
-    assert write(b"ab") == "#<python bytes>"
     assert write(gensym("loop")).startswith("loop.")
 
 
 def test_python_sequences_print_as_vectors():
-    """Any object with __len__ and __getitem__ (a persistent vector) prints as a vector."""
+    """Other indexable objects (tuples read from the image, lists) print as vectors."""
     assert write([1, [MString("a")]]) == '#(1 #("a"))'
     assert write((1, 2)) == "#(1 2)"
+
+
+def test_bytes_print_as_bytevectors_r7rs_6_9():
+    """R7RS 6.9: a Python bytes (the image's immutable bytevector) prints like a Bytevector."""
+    assert write(b"ab") == "#u8(97 98)" == write(Bytevector(b"ab"))
+    assert write(SVector([b"", bytearray(b"\xff")])) == "#(#u8() #u8(255))"
 
 
 def test_register_printer_takes_precedence_and_covers_subclasses():
@@ -330,3 +347,69 @@ def test_pretty_of_cycles_and_atoms():
     assert pretty(read1("#0=(a . #0#)")) == "#0=(a . #0#)"
     assert pretty(MString("x")) == '"x"'
     assert pretty(MString("x"), displaying=True) == "x"
+
+
+# -- the image's values (vm/_types: persistent objects are Scheme values) ----------------------
+
+@pytest.fixture
+def img(tmp_path):
+    """A fresh image, closed after the test."""
+    opened = image.open(str(tmp_path / "t.image"))
+    yield opened
+    if not opened.closed:
+        opened.close()
+
+
+def test_image_values_print_as_scheme_data(img):
+    """Image values print as Scheme data: Vector as #(...), Table, Blob, Object as #<...>."""
+    point = img.define_class("point", ("x", "y"))
+    obj = img.new(point, [1, 2])
+    img.root["v"] = [1, "s\n", b"ab", (1, "t"), {"a": 1, "b": 2}, {"k": 0}, [2.5, None],
+                     obj, img.blob(b"xyz")]
+    v = img.root["v"]
+    assert write(v) == ('#(1 "s\\n" #u8(97 98) #(1 "t") #<hash-table 2 entries>'
+                        ' #<hash-table 1 entry> #(2.5 #<unspecified>)'
+                        f' #<object of class {point} at {obj.address:#x}> #<blob 3 bytes>)')
+    assert display(v).startswith("#(1 s\n #u8(97 98) #(1 t) ")
+    assert write(img.root["v"][4]) == "#<hash-table 2 entries>"
+
+
+def test_image_vector_cycles_are_labelled(img):
+    """Invariant 1: an image Vector that holds itself prints with a datum label."""
+    img.root["v"] = [1]
+    v = img.root["v"]
+    v.append(v)
+    assert write(v) == "#0=#(1 #0#)"
+    assert write_shared(SVector([v, v])) == "#(#0=#(1 #0#) #0#)"
+
+
+def test_stale_handles_print_rather_than_raise(img):
+    """A handle whose image is closed prints as #<stale handle at 0x...>, never raises."""
+    img.root["v"] = [1]
+    img.root["t"] = {"a": 1}
+    v, t = img.root["v"], img.root["t"]
+    blob = img.blob(b"x")
+    img.close()
+    for handle in (v, t, blob):
+        assert write(handle) == f"#<stale handle at {handle._addr:#x}>"
+
+
+def test_huge_image_vectors_are_cut_by_write(img, monkeypatch):
+    """Invariant 5: an image Vector past the limit prints its head and "... (N items)"."""
+    monkeypatch.setattr(printer_module, "_IMAGE_VECTOR_WHOLE", 5)
+    monkeypatch.setattr(printer_module, "_IMAGE_VECTOR_HEAD", 3)
+    img.root["long"] = list(range(6))
+    img.root["short"] = list(range(5))
+    assert write(img.root["long"]) == "#(0 1 2 ... (6 items))"
+    assert display(SVector([img.root["long"]])) == "#(#(0 1 2 ... (6 items)))"
+    assert write(img.root["short"]) == "#(0 1 2 3 4)"
+    assert write(SVector(range(6))) == "#(0 1 2 3 4 5)"
+    assert write_abbreviated(img.root["long"], length=2) == "#(0 1 ... (4 more))"
+
+
+def test_write_of_ten_million_image_items_does_not_hang(img):
+    """Invariant 5: writing a 10-million-item image Vector reads its first 100 items only."""
+    img.root["big"] = [7] * 10_000_000
+    big = img.root["big"]
+    assert write(big) == "#(" + "7 " * 100 + "... (10000000 items))"
+    assert pretty(big, length=3) == "#(7 7 7 ... (9999997 more))"

@@ -9,7 +9,8 @@ import pytest
 import vm._reader as reader_module
 from vm._printer import write
 from vm._reader import Incomplete, Reader, ReadError, parse_number, read_all, read_one
-from vm._types import EOF, NIL, Bytevector, MString, Pair, SVector, Symbol, intern, to_list
+from vm._types import (EOF, NIL, Bytevector, Char, MString, Pair, SVector, Symbol, char, intern,
+                       to_list)
 
 
 def read1(text: str):
@@ -129,13 +130,21 @@ CHARACTERS = [
 
 @pytest.mark.parametrize("text, expected", CHARACTERS)
 def test_characters_r7rs_6_6(text, expected):
-    """R7RS 6.6: #\\c, every named character and #\\x<hex>."""
-    assert read1(text) == expected
+    """R7RS 6.6: #\\c, every named character and #\\x<hex> read as the interned Char."""
+    value = read1(text)
+    assert type(value) is Char and value.cp == ord(expected) and value is char(ord(expected))
+
+
+def test_characters_are_interned_so_eq_holds_r7rs_6_1():
+    """R7RS 6.1: two reads of one character are one object (eq?), whatever the spelling."""
+    a, b, c = read_all(r"#\A #\x41 #\A")
+    assert a is b is c is char(65)
+    assert read1(r"#\space") is read1(r"#\ ")
 
 
 def test_characters_are_delimited():
     """R7RS 6.6: a character ends at a delimiter: #\\a) closes the list."""
-    assert to_list(read1(r"(#\a #\) #\b)")) == ["a", ")", "b"]
+    assert to_list(read1(r"(#\a #\) #\b)")) == [char(ord("a")), char(ord(")")), char(ord("b"))]
     with pytest.raises(ReadError):
         read_all(r"#\)#\b")        # not delimited: the name ")#\b" is unknown
 
@@ -150,15 +159,17 @@ STRINGS = [
 
 @pytest.mark.parametrize("text, expected", STRINGS)
 def test_strings_r7rs_6_7(text, expected):
-    """R7RS 6.7: strings with every escape and line continuations read as fresh MStrings."""
+    """R7RS 6.7: strings with every escape and line continuations read as (immutable) str."""
     value = read1(text)
-    assert type(value) is MString and value.s == expected
+    assert type(value) is str and value == expected
 
 
-def test_each_string_read_is_a_new_object():
-    """R7RS 6.7: two reads of a string make two (mutable) strings."""
-    a, b = read_all('"x" "x"')
-    assert a is not b and a == b
+def test_string_literals_are_immutable_str_r7rs_4_1_2():
+    """R7RS 4.1.2, 6.7: string literals read as immutable str, also nested; \"a\" is no Char."""
+    items = to_list(read1('("a" #("bc") #\\a)'))
+    assert type(items[0]) is str and items[0] == "a"
+    assert type(items[1][0]) is str and items[1][0] == "bc"
+    assert type(items[2]) is Char
 
 
 # -- compound data (R7RS 6.4, 6.8, 6.9, 4.1.2, 4.2.8) ----------------------------------------------

@@ -34,4 +34,6 @@ define-record-type, dynamic-wind users) expand into applications of runtime
 procedures embedded as constants, ((quote <procedure>) ...), so no user
 binding can capture them.
 """
-__all__: list[str] = []
+from vm._interp import Interpreter, SchemeFailure
+
+__all__ = ["Interpreter", "SchemeFailure"]

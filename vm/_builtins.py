@@ -7,7 +7,8 @@ WHAT IT OWNS
                     is that name (the printer shows #<procedure car>)
     Parameter       the parameter objects of the current ports (below)
     CURRENT_INPUT, CURRENT_OUTPUT, CURRENT_ERROR
-    Port and its subclasses, HashTable, SchemeExit, set_command_line
+    Port and its subclasses, HashTable, HASH_TABLE_TYPES, SchemeExit,
+    set_command_line
 
 Not here (vm/_runtime): apply, call/cc, values, call-with-values,
 dynamic-wind, raise, error, with-exception-handler, error-object?,
@@ -22,22 +23,56 @@ INVARIANTS
     procedure.  No other Python exception escapes for bad arguments (a wrong
     argument count is a TypeError, which the runtime turns into an error).
  2. Values follow vm/_types: exact integers stay int (bool is never a
-    number), exact rationals are normalised Fractions, strings MString,
-    vectors SVector.  Results are fresh objects wherever R7RS says "newly
-    allocated".
+    number), exact rationals are normalised Fractions, characters Char.
+    Every procedure that takes a string takes both kinds (str, immutable,
+    and MString, mutable); every one that takes a vector takes an SVector
+    or an image Vector; every one that takes a bytevector takes a
+    bytearray or a bytes (immutable); every SRFI 69 procedure takes a
+    HashTable or an image Table (HASH_TABLE_TYPES).  What R7RS calls newly
+    allocated is a fresh MString, SVector or Bytevector, whatever the kind
+    of the arguments.
  3. Procedure arguments are called through _types.call (tail calls resolved).
  4. List walks detect cycles (Floyd): a circular list is an error where a
     proper list is required, never a hang.  ``map`` and ``for-each`` stop at
     the shortest list and accept circular lists as long as one is finite.
  5. Containers are reached only through the protocol of vm/_types (x.car,
-    s.s, v[i], len(v), slices), so the image's persistent subclasses work.
+    s.s, v[i], len(v), slices, slice assignment), so the image's persistent
+    subclasses and handles work.
+ 6. Mutators refuse the immutable kinds with "<name>: the string is
+    immutable" (a str), "... the bytevector is immutable" (a bytes).
+ 7. A write into an image object (vector-set! on an image Vector,
+    hash-table-set! on an image Table...) goes through _image_call, and
+    table keys through _image_key: what the image refuses is a
+    SchemeError naming the procedure and the value, never a TypeError.
 
 DESIGN DECISIONS
 
- - eq? is identity, except that characters and exact integers compare by
-   value (they are immediates in most Schemes; in CPython two equal ints or
-   chars may be distinct objects).  Compiled code that inlines eq? must do
-   the same.
+ - eq? is identity (``is``), the same test the compiler inlines.  R7RS 6.1
+   leaves eq? on numbers unspecified, and two equal bignums (or floats) are
+   two objects here; characters are interned Chars and symbols interned
+   Symbols, so eq? on them is what R7RS asks.  CPython happens to share
+   small integers and strs of one character: nothing may rely on it.
+ - Strings.  Literals and strings from the image or Python are str; the
+   procedures that make strings make MString (symbol->string returns the
+   symbol's name, a str: R7RS 6.5 makes mutating it an error, and here that
+   error is reported).  The strings of the world outside are str too:
+   command-line and get-environment-variable(s) return str.
+ - The image's containers.  An image Vector is a vector and an image Table
+   a hash table to every procedure, read and written in place (each write
+   is its own transaction unless one is open; vector-fill! and vector-copy!
+   write with one slice assignment, so one transaction).  A value goes in
+   as it is: what the image makes of it is the image's business (by
+   itself it holds #t/#f, exact integers, floats, str, bytes, tuples and
+   handles, and copies in lists (so SVectors) and bytearrays; with
+   vm/_persist's encode hook installed, also characters, symbols, pairs
+   and strings, promoted).  What it refuses is a Scheme error.
+ - An image Table compares keys the Python way: a str and an MString of
+   the same text are one key (an MString is looked up by its text, a
+   bytearray by its bytes), and so are equal numbers of either exactness --
+   and #t and 1, #f and 0 (Python hashes bool as int).  Its equivalence
+   function is reported as equal? and its hash function as hash, which is
+   what it is closest to.  A character cannot be its key yet (the image
+   cannot hash one), nor can a pair or a transient vector.
  - Numbers: (/ 1 0) is an error; division of or by an inexact zero follows
    IEEE (+inf.0, -inf.0, +nan.0).  Overflow to float gives +-inf.0, never an
    exception.  sqrt, exact-integer-sqrt and expt give exact results whenever
@@ -73,11 +108,18 @@ DESIGN DECISIONS
    agree with it.  hash (equal-hash) looks at most _HASH_BUDGET nodes of a
    key, so it is bounded for long and cyclic keys.  hash-table-fold takes
    its arguments in either the SRFI 69 or the SRFI 125 order.
-   hash-table-copy always makes a mutable copy (no immutable tables).
+   hash-table-copy always makes a mutable transient copy (no immutable
+   tables), also of an image Table.  Under equal? (and string=?) a str and
+   an MString of the same text are one key of a transient table.
 
 OPEN QUESTIONS
 
- - Literal constants are not immutable: (string-set! "abc" 0 #\\x) works.
+ - Characters, pairs and transient vectors as keys of an image Table wait
+   for the image to hash them; _image_key is the one place to change.
+ - Literal vectors and bytevectors are still mutable: (vector-set! '#(1) 0 2)
+   works.  Only string literals are immutable (str).
+ - A tuple read from the image (a fixed vector) is not in VECTOR_TYPES, so
+   it is no vector here (vector? is #f), though the printer shows #(...).
  - emergency-exit's cleanup policy belongs to the REPL/CLI.
  - vm/_runtime defines exit too (it must run dynamic-wind afters); the
    environment takes the runtime's, which raises this module's SchemeExit.
@@ -95,15 +137,18 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import Any, NoReturn
 
-from vm._printer import (display, number_to_string, register_printer, write, write_abbreviated,
-                         write_shared, write_simple)
+from image import ImageError
+from vm._printer import (display, hash_table_text, number_to_string, register_printer, write,
+                         write_abbreviated, write_shared, write_simple)
 from vm._reader import Reader, parse_number, to_float
-from vm._types import (EOF, NIL, Bytevector, MString, Pair, SchemeError, SVector, Symbol, Values,
-                       call, equal, eqv, from_iterable, intern, to_list)
+from vm._types import (BYTEVECTOR_TYPES, EOF, NIL, VECTOR_TYPES, Bytevector, Char, ImageTable,
+                       ImageVector, MString, Pair, SchemeError, SVector, Symbol, Values, call,
+                       char, equal, eqv, from_iterable, intern, to_list)
+from vm._types import is_string as _is_string
 
 __all__ = [
-    "CURRENT_ERROR", "CURRENT_INPUT", "CURRENT_OUTPUT", "HashTable", "PRIMITIVES", "Parameter",
-    "Port", "SchemeExit", "set_command_line",
+    "CURRENT_ERROR", "CURRENT_INPUT", "CURRENT_OUTPUT", "HASH_TABLE_TYPES", "HashTable",
+    "PRIMITIVES", "Parameter", "Port", "SchemeExit", "set_command_line",
 ]
 
 PRIMITIVES: dict[str, Callable] = {}
@@ -219,28 +264,107 @@ def _pair(who: str, x: Any) -> Pair:
     return x
 
 
-def _char(who: str, x: Any) -> str:
-    if type(x) is not str:
+def _char(who: str, x: Any) -> Char:
+    if type(x) is not Char:
         raise _type_error(who, "a character", x)
     return x
 
 
-def _string(who: str, x: Any) -> MString:
-    if not isinstance(x, MString):
-        raise _type_error(who, "a string", x)
-    return x
+def _text(who: str, x: Any) -> str:
+    """The Python str of a string argument of either kind."""
+    if type(x) is str:
+        return x
+    if isinstance(x, MString):
+        return x.s
+    raise _type_error(who, "a string", x)
 
 
-def _vector(who: str, x: Any) -> SVector:
-    if not isinstance(x, SVector):
+def _mutable_string(who: str, x: Any) -> MString:
+    if isinstance(x, MString):
+        return x
+    if type(x) is str:
+        _fail(who, "the string is immutable")
+    raise _type_error(who, "a string", x)
+
+
+def _vector(who: str, x: Any) -> Any:
+    """A vector argument: an SVector or an image Vector."""
+    if not isinstance(x, VECTOR_TYPES):
         raise _type_error(who, "a vector", x)
     return x
 
 
-def _bytevector(who: str, x: Any) -> Bytevector:
-    if not isinstance(x, Bytevector):
+def _bytevector(who: str, x: Any) -> Any:
+    """A bytevector argument: a bytearray (Bytevector) or a bytes (immutable)."""
+    if not isinstance(x, BYTEVECTOR_TYPES):
         raise _type_error(who, "a bytevector", x)
     return x
+
+
+def _mutable_bytevector(who: str, x: Any) -> bytearray:
+    if isinstance(x, bytearray):
+        return x
+    if isinstance(x, bytes):
+        _fail(who, "the bytevector is immutable")
+    raise _type_error(who, "a bytevector", x)
+
+
+def _char_of(c: str) -> Char:
+    """The Char of a one-character str."""
+    return char(ord(c))
+
+
+def _chars_text(who: str, items: Any) -> str:
+    """The text of a sequence of Chars (each checked)."""
+    out = []
+    for c in items:
+        if type(c) is not Char:
+            raise _type_error(who, "a character", c)
+        out.append(chr(c.cp))
+    return "".join(out)
+
+
+# -- values into the image (invariant 7) ------------------------------------------
+
+def _image_key(who: str, key: Any) -> Any:
+    """key as a key of an image Table.  An MString is its text and a
+    bytearray its bytes: the image compares keys as Python does, which is
+    equal? for them.  A character, a pair or a transient vector is refused
+    (the image cannot hash them yet); anything else goes to the image as it
+    is, and _image_call reports what the image refuses."""
+    if isinstance(key, MString):
+        return key.s
+    if isinstance(key, bytearray):
+        return bytes(key)
+    if type(key) is Char:
+        _fail(who, "cannot use a character as a key of a persistent table")
+    if isinstance(key, (Pair, SVector)):
+        _fail(who, _bad_key("a pair" if isinstance(key, Pair) else "a vector"))
+    return key
+
+
+def _bad_key(what: str) -> str:
+    return f"cannot use {what} as a key of a persistent table"
+
+
+def _cannot_hold(items: list) -> str:
+    """What a refused write into the image says about its values."""
+    if all(x is items[0] for x in items):
+        return f"the image cannot hold {write_abbreviated(items[0])}"
+    return f"the image cannot hold an item of {write_abbreviated(SVector(items))}"
+
+
+def _image_call(who: str, action: Callable[[], Any], refused: Callable[[], str]) -> Any:
+    """Runs an operation on an image object.  What the image refuses becomes
+    a Scheme error naming who: a value it cannot hold or a key it cannot
+    hash (a TypeError; refused() says which), a read-only image or a
+    failed commit (an ImageError, whose message says so)."""
+    try:
+        return action()
+    except TypeError:
+        raise SchemeError(f"{who}: {refused()}") from None
+    except ImageError as exc:
+        raise SchemeError(f"{who}: {exc}") from None
 
 
 def _byte(who: str, x: Any) -> int:
@@ -285,10 +409,7 @@ def _pairs(who: str, lst: Any):
 
 @primitive("eq?")
 def eq(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    t = type(a)
-    return (t is int or t is str) and type(b) is t and a == b
+    return a is b
 
 
 @primitive("eqv?")
@@ -910,7 +1031,10 @@ def make_polar(magnitude: Any, angle: Any) -> Any:
     _real("make-polar", magnitude)
     if type(_real("make-polar", angle)) is int and angle == 0:
         return magnitude
-    return cmath.rect(_inexact(magnitude), _inexact(angle))
+    try:
+        return cmath.rect(_inexact(magnitude), _inexact(angle))
+    except ValueError:          # an infinite angle: no direction at all
+        return complex(math.nan, math.nan)
 
 
 @primitive("real-part")
@@ -953,11 +1077,11 @@ def number_to_string_(z: Any, radix: Any = 10) -> MString:
 
 @primitive("string->number")
 def string_to_number(s: Any, radix: Any = 10) -> Any:
-    _string("string->number", s)
+    digits = _text("string->number", s)
     if radix not in _RADIXES or type(radix) is not int:
         raise _type_error("string->number", "a radix of 2, 8, 10 or 16", radix)
     try:
-        number = parse_number(s.s, radix)
+        number = parse_number(digits, radix)
     except ValueError:
         return False
     return False if number is None else number
@@ -1230,19 +1354,19 @@ def symbol_eq(a: Any, b: Any, *rest: Any) -> bool:
 
 
 @primitive("symbol->string")
-def symbol_to_string(sym: Any) -> MString:
-    return MString(_symbol("symbol->string", sym).name)
+def symbol_to_string(sym: Any) -> str:
+    return _symbol("symbol->string", sym).name     # immutable: see DESIGN DECISIONS
 
 
 @primitive("string->symbol")
 def string_to_symbol(s: Any) -> Symbol:
-    return intern(_string("string->symbol", s).s)
+    return intern(_text("string->symbol", s))
 
 
 # -- characters (R7RS 6.6, (scheme char)) --------------------------------------------------
 
-def _fold_char(c: str) -> str:
-    """Simple case folding: one character to one character."""
+def _fold_text(c: str) -> str:
+    """Simple case folding of a one-character str: one character to one character."""
     folded = c.casefold()
     if len(folded) == 1:
         return folded
@@ -1250,15 +1374,18 @@ def _fold_char(c: str) -> str:
     return lower if len(lower) == 1 else c
 
 
-def _char_comparison(name: str, holds: Callable[[str, str], bool],
-                     key: Callable[[str], str] | None) -> Callable:
+def _fold_char(c: Char) -> Char:
+    folded = _fold_text(chr(c.cp))
+    return c if ord(folded) == c.cp else char(ord(folded))
+
+
+def _char_comparison(name: str, holds: Callable[[int, int], bool], fold: bool) -> Callable:
     def compare(first: Any, second: Any, *rest: Any) -> bool:
         args = (first, second, *rest)
         for c in args:
             _char(name, c)
-        if key is not None:
-            args = tuple(key(c) for c in args)
-        return all(holds(a, b) for a, b in pairwise(args))
+        points = [_fold_char(c).cp if fold else c.cp for c in args]
+        return all(holds(a, b) for a, b in pairwise(points))
     compare.__name__ = compare.__qualname__ = name
     return primitive(name)(compare)
 
@@ -1266,23 +1393,28 @@ def _char_comparison(name: str, holds: Callable[[str, str], bool],
 _ORDERINGS = (("=?", lambda a, b: a == b), ("<?", lambda a, b: a < b), (">?", lambda a, b: a > b),
               ("<=?", lambda a, b: a <= b), (">=?", lambda a, b: a >= b))
 for _suffix, _holds in _ORDERINGS:
-    _char_comparison("char" + _suffix, _holds, None)
-    _char_comparison("char-ci" + _suffix, _holds, _fold_char)
+    _char_comparison("char" + _suffix, _holds, False)
+    _char_comparison("char-ci" + _suffix, _holds, True)
 
 
 @primitive("char?")
 def is_char(x: Any) -> bool:
-    return type(x) is str
+    return type(x) is Char
+
+
+def _char_text(who: str, c: Any) -> str:
+    """The one-character str of a character argument."""
+    return chr(_char(who, c).cp)
 
 
 @primitive("char-alphabetic?")
 def is_char_alphabetic(c: Any) -> bool:
-    return _char("char-alphabetic?", c).isalpha()
+    return _char_text("char-alphabetic?", c).isalpha()
 
 
 @primitive("char-numeric?")
 def is_char_numeric(c: Any) -> bool:
-    return unicodedata.category(_char("char-numeric?", c)) == "Nd"
+    return unicodedata.category(_char_text("char-numeric?", c)) == "Nd"
 
 
 # Python's isspace counts the information separators U+001C..U+001F, which
@@ -1292,99 +1424,102 @@ _NOT_WHITESPACE = frozenset("\x1c\x1d\x1e\x1f")
 
 @primitive("char-whitespace?")
 def is_char_whitespace(c: Any) -> bool:
-    return _char("char-whitespace?", c).isspace() and c not in _NOT_WHITESPACE
+    text = _char_text("char-whitespace?", c)
+    return text.isspace() and text not in _NOT_WHITESPACE
 
 
 @primitive("char-upper-case?")
 def is_char_upper_case(c: Any) -> bool:
-    return _char("char-upper-case?", c).isupper()
+    return _char_text("char-upper-case?", c).isupper()
 
 
 @primitive("char-lower-case?")
 def is_char_lower_case(c: Any) -> bool:
-    return _char("char-lower-case?", c).islower()
+    return _char_text("char-lower-case?", c).islower()
 
 
 @primitive("digit-value")
 def digit_value(c: Any) -> Any:
-    value = unicodedata.decimal(_char("digit-value", c), None)
+    value = unicodedata.decimal(_char_text("digit-value", c), None)
     return False if value is None else value
 
 
 @primitive("char->integer")
 def char_to_integer(c: Any) -> int:
-    return ord(_char("char->integer", c))
+    return _char("char->integer", c).cp
 
 
 @primitive("integer->char")
-def integer_to_char(n: Any) -> str:
+def integer_to_char(n: Any) -> Char:
     _exact_integer("integer->char", n)
     if not (0 <= n <= 0x10FFFF) or 0xD800 <= n <= 0xDFFF:
         _fail("integer->char", f"{n} is not a Unicode scalar value")
-    return chr(n)
+    return char(n)
+
+
+def _simple_case(who: str, c: Any, convert: Callable[[str], str]) -> Char:
+    """c converted by a one-to-one case mapping; c itself where the mapping
+    gives several characters (char-upcase of ß is ß)."""
+    converted = convert(_char_text(who, c))
+    return _char_of(converted) if len(converted) == 1 else c
 
 
 @primitive("char-upcase")
-def char_upcase(c: Any) -> str:
-    upper = _char("char-upcase", c).upper()
-    return upper if len(upper) == 1 else c
+def char_upcase(c: Any) -> Char:
+    return _simple_case("char-upcase", c, str.upper)
 
 
 @primitive("char-downcase")
-def char_downcase(c: Any) -> str:
-    lower = _char("char-downcase", c).lower()
-    return lower if len(lower) == 1 else c
+def char_downcase(c: Any) -> Char:
+    return _simple_case("char-downcase", c, str.lower)
 
 
 @primitive("char-foldcase")
-def char_foldcase(c: Any) -> str:
+def char_foldcase(c: Any) -> Char:
     return _fold_char(_char("char-foldcase", c))
 
 
 # -- strings (R7RS 6.7) --------------------------------------------------------------------
 
-def _chars(who: str, items: Any) -> str:
-    for c in items:
-        _char(who, c)
-    return "".join(items)
+_SPACE = char(ord(" "))
 
 
 @primitive("string?")
 def is_string(x: Any) -> bool:
-    return isinstance(x, MString)
+    return _is_string(x)
 
 
 @primitive("make-string")
-def make_string(k: Any, fill: Any = " ") -> MString:
-    return MString(_char("make-string", fill) * _size("make-string", k))
+def make_string(k: Any, fill: Any = _SPACE) -> MString:
+    return MString(_char_text("make-string", fill) * _size("make-string", k))
 
 
 @primitive("string")
 def string(*chars: Any) -> MString:
-    return MString(_chars("string", chars))
+    return MString(_chars_text("string", chars))
 
 
 @primitive("string-length")
 def string_length(s: Any) -> int:
-    return len(_string("string-length", s).s)
+    return len(_text("string-length", s))
 
 
 @primitive("string-ref")
-def string_ref(s: Any, k: Any) -> str:
-    text = _string("string-ref", s).s
-    return text[_index("string-ref", k, len(text), "string")]
+def string_ref(s: Any, k: Any) -> Char:
+    text = _text("string-ref", s)
+    return _char_of(text[_index("string-ref", k, len(text), "string")])
 
 
 @primitive("string-set!")
 def string_set(s: Any, k: Any, c: Any) -> None:
-    text = _string("string-set!", s).s
+    text = _mutable_string("string-set!", s).s
     _index("string-set!", k, len(text), "string")
-    s.s = text[:k] + _char("string-set!", c) + text[k + 1:]
+    s.s = text[:k] + _char_text("string-set!", c) + text[k + 1:]
 
 
 def _string_comparison(name: str, holds: Callable[[str, str], bool], fold: bool) -> Callable:
     def compare(first: Any, second: Any, *rest: Any) -> bool:
-        texts = [_string(name, s).s for s in (first, second, *rest)]
+        texts = [_text(name, s) for s in (first, second, *rest)]
         if fold:
             texts = [t.casefold() for t in texts]
         return all(holds(a, b) for a, b in pairwise(texts))
@@ -1399,42 +1534,42 @@ for _suffix, _holds in _ORDERINGS:
 
 @primitive("string-upcase")
 def string_upcase(s: Any) -> MString:
-    return MString(_string("string-upcase", s).s.upper())
+    return MString(_text("string-upcase", s).upper())
 
 
 @primitive("string-downcase")
 def string_downcase(s: Any) -> MString:
-    return MString(_string("string-downcase", s).s.lower())
+    return MString(_text("string-downcase", s).lower())
 
 
 @primitive("string-foldcase")
 def string_foldcase(s: Any) -> MString:
-    return MString(_string("string-foldcase", s).s.casefold())
+    return MString(_text("string-foldcase", s).casefold())
 
 
 @primitive("substring")
 def substring(s: Any, start: Any, end: Any) -> MString:
-    text = _string("substring", s).s
+    text = _text("substring", s)
     start, end = _range("substring", len(text), start, end)
     return MString(text[start:end])
 
 
 @primitive("string-append")
 def string_append(*strings: Any) -> MString:
-    return MString("".join(_string("string-append", s).s for s in strings))
+    return MString("".join([_text("string-append", s) for s in strings]))
 
 
 @primitive("string-copy")
 def string_copy(s: Any, start: Any = 0, end: Any = _ABSENT) -> MString:
-    text = _string("string-copy", s).s
+    text = _text("string-copy", s)
     start, end = _range("string-copy", len(text), start, end)
     return MString(text[start:end])
 
 
 @primitive("string-copy!")
 def string_copy_to(to: Any, at: Any, source: Any, start: Any = 0, end: Any = _ABSENT) -> None:
-    target = _string("string-copy!", to).s
-    text = _string("string-copy!", source).s
+    target = _mutable_string("string-copy!", to).s
+    text = _text("string-copy!", source)
     start, end = _range("string-copy!", len(text), start, end)
     _count("string-copy!", at)
     if at + (end - start) > len(target):
@@ -1445,43 +1580,43 @@ def string_copy_to(to: Any, at: Any, source: Any, start: Any = 0, end: Any = _AB
 
 @primitive("string-fill!")
 def string_fill(s: Any, c: Any, start: Any = 0, end: Any = _ABSENT) -> None:
-    text = _string("string-fill!", s).s
-    _char("string-fill!", c)
+    text = _mutable_string("string-fill!", s).s
+    fill = _char_text("string-fill!", c)
     start, end = _range("string-fill!", len(text), start, end)
-    s.s = text[:start] + c * (end - start) + text[end:]
+    s.s = text[:start] + fill * (end - start) + text[end:]
 
 
 @primitive("string->list")
 def string_to_list(s: Any, start: Any = 0, end: Any = _ABSENT) -> Any:
-    text = _string("string->list", s).s
+    text = _text("string->list", s)
     start, end = _range("string->list", len(text), start, end)
-    return from_iterable(text[start:end])
+    return from_iterable(map(_char_of, text[start:end]))
 
 
 @primitive("list->string")
 def list_to_string(lst: Any) -> MString:
-    return MString(_chars("list->string", _list_items("list->string", lst)))
+    return MString(_chars_text("list->string", _list_items("list->string", lst)))
 
 
 @primitive("string->vector")
 def string_to_vector(s: Any, start: Any = 0, end: Any = _ABSENT) -> SVector:
-    text = _string("string->vector", s).s
+    text = _text("string->vector", s)
     start, end = _range("string->vector", len(text), start, end)
-    return SVector(text[start:end])
+    return SVector(map(_char_of, text[start:end]))
 
 
 @primitive("vector->string")
 def vector_to_string(v: Any, start: Any = 0, end: Any = _ABSENT) -> MString:
     _vector("vector->string", v)
     start, end = _range("vector->string", len(v), start, end)
-    return MString(_chars("vector->string", v[start:end]))
+    return MString(_chars_text("vector->string", v[start:end]))
 
 
 # -- vectors (R7RS 6.8) ----------------------------------------------------------------------
 
 @primitive("vector?")
 def is_vector(x: Any) -> bool:
-    return isinstance(x, SVector)
+    return isinstance(x, VECTOR_TYPES)
 
 
 @primitive("make-vector")
@@ -1505,10 +1640,31 @@ def vector_ref(v: Any, k: Any) -> Any:
     return v[_index("vector-ref", k, len(v), "vector")]
 
 
+def _store(who: str, v: Any, start: int, items: list) -> None:
+    """v[start:start + len(items)] = items.  An image Vector gets its items
+    checked (invariant 7) and written by one slice assignment: one
+    transaction, rather than one commit per item."""
+    if not isinstance(v, ImageVector):
+        for i, x in enumerate(items):
+            v[start + i] = x
+        return
+
+    def write_items() -> None:
+        v[start:start + len(items)] = items
+    _image_call(who, write_items, lambda: _cannot_hold(items))
+
+
 @primitive("vector-set!")
 def vector_set(v: Any, k: Any, x: Any) -> None:
     _vector("vector-set!", v)
-    v[_index("vector-set!", k, len(v), "vector")] = x
+    k = _index("vector-set!", k, len(v), "vector")
+    if not isinstance(v, ImageVector):
+        v[k] = x
+        return
+
+    def write_item() -> None:
+        v[k] = x
+    _image_call("vector-set!", write_item, lambda: _cannot_hold([x]))
 
 
 @primitive("vector->list")
@@ -1539,8 +1695,7 @@ def vector_copy_to(to: Any, at: Any, source: Any, start: Any = 0, end: Any = _AB
     if at + (end - start) > len(to):
         _fail("vector-copy!", f"{end - start} elements do not fit at {at}"
                               f" in a vector of length {len(to)}")
-    for i, x in enumerate(source[start:end]):     # a copy first: the two may overlap
-        to[at + i] = x
+    _store("vector-copy!", to, at, source[start:end])   # a copy first: the two may overlap
 
 
 @primitive("vector-append")
@@ -1555,15 +1710,14 @@ def vector_append(*vectors: Any) -> SVector:
 def vector_fill(v: Any, x: Any, start: Any = 0, end: Any = _ABSENT) -> None:
     _vector("vector-fill!", v)
     start, end = _range("vector-fill!", len(v), start, end)
-    for i in range(start, end):
-        v[i] = x
+    _store("vector-fill!", v, start, [x] * (end - start))
 
 
 # -- bytevectors (R7RS 6.9) ------------------------------------------------------------------
 
 @primitive("bytevector?")
 def is_bytevector(x: Any) -> bool:
-    return isinstance(x, Bytevector)
+    return isinstance(x, BYTEVECTOR_TYPES)
 
 
 @primitive("make-bytevector")
@@ -1591,7 +1745,7 @@ def bytevector_u8_ref(bv: Any, k: Any) -> int:
 
 @primitive("bytevector-u8-set!")
 def bytevector_u8_set(bv: Any, k: Any, b: Any) -> None:
-    _bytevector("bytevector-u8-set!", bv)
+    _mutable_bytevector("bytevector-u8-set!", bv)
     bv[_index("bytevector-u8-set!", k, len(bv), "bytevector")] = _byte("bytevector-u8-set!", b)
 
 
@@ -1605,7 +1759,7 @@ def bytevector_copy(bv: Any, start: Any = 0, end: Any = _ABSENT) -> Bytevector:
 @primitive("bytevector-copy!")
 def bytevector_copy_to(to: Any, at: Any, source: Any, start: Any = 0,
                        end: Any = _ABSENT) -> None:
-    _bytevector("bytevector-copy!", to)
+    _mutable_bytevector("bytevector-copy!", to)
     _bytevector("bytevector-copy!", source)
     start, end = _range("bytevector-copy!", len(source), start, end)
     _count("bytevector-copy!", at)
@@ -1636,7 +1790,7 @@ def utf8_to_string(bv: Any, start: Any = 0, end: Any = _ABSENT) -> MString:
 
 @primitive("string->utf8")
 def string_to_utf8(s: Any, start: Any = 0, end: Any = _ABSENT) -> Bytevector:
-    text = _string("string->utf8", s).s
+    text = _text("string->utf8", s)
     start, end = _range("string->utf8", len(text), start, end)
     return Bytevector(text[start:end].encode("utf-8"))
 
@@ -1712,7 +1866,9 @@ def vector_for_each(f: Any, first: Any, *rest: Any) -> None:
 
 
 def _string_columns(who: str, strings: tuple) -> list[tuple]:
-    return list(zip(*(_string(who, s).s for s in strings), strict=False))   # to the shortest
+    """The Chars of the strings, column by column, to the shortest."""
+    texts = [_text(who, s) for s in strings]
+    return [tuple(map(_char_of, column)) for column in zip(*texts, strict=False)]
 
 
 @primitive("string-map")
@@ -1721,9 +1877,9 @@ def string_map(f: Any, first: Any, *rest: Any) -> MString:
     out = []
     for column in _string_columns("string-map", (first, *rest)):
         c = call(f, *column)
-        if type(c) is not str:
+        if type(c) is not Char:
             _fail("string-map", f"the procedure returned {write_abbreviated(c)}, not a character")
-        out.append(c)
+        out.append(chr(c.cp))
     return MString("".join(out))
 
 
@@ -1807,10 +1963,10 @@ class TextInputPort(Port):
         reader = self.reader
         c = reader.text[reader.pos]
         reader.pos += 1
-        return c
+        return _char_of(c)
 
     def peek_char(self) -> Any:
-        return self.reader.text[self.reader.pos] if self._available() else EOF
+        return _char_of(self.reader.text[self.reader.pos]) if self._available() else EOF
 
     def read_line(self) -> Any:
         reader = self.reader
@@ -2086,7 +2242,7 @@ def call_with_port(port: Any, proc: Any) -> Any:
 
 @primitive("open-input-string")
 def open_input_string(s: Any) -> TextInputPort:
-    return TextInputPort(_string("open-input-string", s).s, "string")
+    return TextInputPort(_text("open-input-string", s), "string")
 
 
 @primitive("open-output-string")
@@ -2189,7 +2345,7 @@ def read_bytevector(k: Any, port: Any = _ABSENT) -> Any:
 
 @primitive("read-bytevector!")
 def read_bytevector_into(bv: Any, port: Any = _ABSENT, start: Any = 0, end: Any = _ABSENT) -> Any:
-    _bytevector("read-bytevector!", bv)
+    _mutable_bytevector("read-bytevector!", bv)
     start, end = _range("read-bytevector!", len(bv), start, end)
     data = _port("read-bytevector!", port, "input", False).read_bytes(end - start)
     if not data and end > start:
@@ -2221,13 +2377,13 @@ def newline(port: Any = _ABSENT) -> None:
 
 @primitive("write-char")
 def write_char(c: Any, port: Any = _ABSENT) -> None:
-    _char("write-char", c)
-    _port("write-char", port, "output", True).write_text(c)
+    text = _char_text("write-char", c)
+    _port("write-char", port, "output", True).write_text(text)
 
 
 @primitive("write-string")
 def write_string(s: Any, port: Any = _ABSENT, start: Any = 0, end: Any = _ABSENT) -> None:
-    text = _string("write-string", s).s
+    text = _text("write-string", s)
     start, end = _range("write-string", len(text), start, end)
     _port("write-string", port, "output", True).write_text(text[start:end])
 
@@ -2253,7 +2409,7 @@ def flush_output_port(port: Any = _ABSENT) -> None:
 # -- files (R7RS 6.13.1, 6.14) -----------------------------------------------------------------
 
 def _path(who: str, filename: Any) -> str:
-    return _string(who, filename).s
+    return _text(who, filename)
 
 
 def _open(who: str, filename: Any, mode: str) -> Any:
@@ -2277,25 +2433,25 @@ def open_input_file(filename: Any) -> TextInputPort:
             file.close()      # at the end: the port stays open, the file need not
         return chunk
 
-    return TextInputPort("", filename.s, refill=refill, file=file)
+    return TextInputPort("", _path("open-input-file", filename), refill=refill, file=file)
 
 
 @primitive("open-binary-input-file")
 def open_binary_input_file(filename: Any) -> BinaryInputPort:
     file = _open("open-binary-input-file", filename, "rb")
-    return BinaryInputPort(b"", filename.s, file=file)
+    return BinaryInputPort(b"", _path("open-binary-input-file", filename), file=file)
 
 
 @primitive("open-output-file")
 def open_output_file(filename: Any) -> TextOutputPort:
     file = _open("open-output-file", filename, "w")
-    return TextOutputPort(filename.s, file)
+    return TextOutputPort(_path("open-output-file", filename), file)
 
 
 @primitive("open-binary-output-file")
 def open_binary_output_file(filename: Any) -> BinaryOutputPort:
     file = _open("open-binary-output-file", filename, "wb")
-    return BinaryOutputPort(filename.s, file)
+    return BinaryOutputPort(_path("open-binary-output-file", filename), file)
 
 
 @primitive("call-with-input-file")
@@ -2383,7 +2539,7 @@ def set_command_line(arguments: list[str] | None) -> None:
 @primitive("command-line")
 def command_line() -> Any:
     arguments = sys.argv if _command_line is None else _command_line
-    return from_iterable(MString(a) for a in arguments)
+    return from_iterable(arguments)
 
 
 @primitive("exit")
@@ -2398,13 +2554,13 @@ def emergency_exit(obj: Any = True) -> NoReturn:
 
 @primitive("get-environment-variable")
 def get_environment_variable(name: Any) -> Any:
-    value = os.environ.get(_string("get-environment-variable", name).s)
-    return False if value is None else MString(value)
+    value = os.environ.get(_text("get-environment-variable", name))
+    return False if value is None else value
 
 
 @primitive("get-environment-variables")
 def get_environment_variables() -> Any:
-    return from_iterable(Pair(MString(k), MString(v)) for k, v in os.environ.items())
+    return from_iterable(Pair(k, v) for k, v in os.environ.items())
 
 
 @primitive("current-second")
@@ -2440,11 +2596,11 @@ _HASH_MASK = (1 << 61) - 1
 
 
 def _hash_eqv(x: Any) -> int:
-    """A hash consistent with eqv? (and with eq? as defined above)."""
+    """A hash consistent with eqv? (and so with eq?, identity)."""
     t = type(x)
     if t is float:
         return 0 if x != x else hash(x)     # every NaN is eqv to every NaN
-    if t is int or t is str or t is Fraction or t is complex or t is bool:
+    if t is int or t is Fraction or t is complex or t is bool:
         return hash(x)
     return id(x)
 
@@ -2461,12 +2617,14 @@ def _hash_equal(x: Any) -> int:
             v = 1
             todo.append(y.cdr)
             todo.append(y.car)
+        elif type(y) is str:
+            v = hash(y)
         elif isinstance(y, MString):
-            v = hash(y.s)
-        elif isinstance(y, SVector):
+            v = hash(y.s)                   # a str and an MString of one text are equal?
+        elif isinstance(y, VECTOR_TYPES):
             v = 2 + len(y)
             todo.extend(y[0:min(len(y), 8)])
-        elif isinstance(y, Bytevector):
+        elif isinstance(y, BYTEVECTOR_TYPES):
             v = hash(bytes(y))
         else:
             v = _hash_eqv(y)
@@ -2475,7 +2633,7 @@ def _hash_equal(x: Any) -> int:
 
 
 def _string_key(x: Any) -> str:
-    return _string("hash table", x).s
+    return _text("hash table", x)
 
 
 def _number_key(x: Any) -> Any:
@@ -2500,17 +2658,23 @@ def _builtin_equivalences() -> dict[Any, tuple[Callable, Callable]]:
                                lambda k: hash(_string_key(k).casefold())),
             p["="]: (lambda a, b: _number_key(a) == _number_key(b),
                      lambda k: hash(_number_key(k))),
-            p["char=?"]: (lambda a, b: _char("hash table", a) == _char("hash table", b),
-                          lambda k: hash(_char("hash table", k))),
-            p["char-ci=?"]: (lambda a, b: _fold_char(_char("hash table", a)) == _fold_char(b),
-                             lambda k: hash(_fold_char(_char("hash table", k)))),
+            p["char=?"]: (lambda a, b: _char("hash table", a) is _char("hash table", b),
+                          lambda k: _char("hash table", k).cp),
+            p["char-ci=?"]: (lambda a, b: _char_ci_key(a) == _char_ci_key(b), _char_ci_key),
         })
     return _BUILTIN_EQUIVALENCES
 
 
+def _char_ci_key(c: Any) -> int:
+    return _fold_char(_char("hash table", c)).cp
+
+
 class HashTable:
     """A SRFI 69 hash table: buckets keyed by a hash, entries compared with
-    the table's equivalence, iterated in insertion order.  Transient."""
+    the table's equivalence, iterated in insertion order.  Transient.
+
+    get, set, delete, items, clear and len are the protocol every SRFI 69
+    procedure uses; _ImageTableView speaks it for an image Table."""
 
     __slots__ = ("equivalence", "hash_function", "_same", "_hash", "_buckets", "_entries",
                  "__weakref__")
@@ -2572,6 +2736,59 @@ class HashTable:
         return len(self._entries)
 
 
+HASH_TABLE_TYPES = (HashTable, ImageTable)
+
+
+class _ImageTableView:
+    """An image Table seen through HashTable's protocol, for one call of
+    the procedure ``who``: keys go through _image_key, and the image's
+    refusals become Scheme errors naming who (invariant 7)."""
+
+    __slots__ = ("table", "who")
+
+    def __init__(self, table: ImageTable, who: str) -> None:
+        self.table = table
+        self.who = who
+
+    @property
+    def equivalence(self) -> Callable:
+        return PRIMITIVES["equal?"]      # what Python's key equality is closest to
+
+    hash_function = None                 # so hash-table-hash-function reports hash
+
+    def get(self, key: Any, default: Any) -> Any:
+        key = _image_key(self.who, key)
+        return _image_call(self.who, lambda: self.table.get(key, default),
+                           lambda: _bad_key(write_abbreviated(key)))
+
+    def set(self, key: Any, value: Any) -> None:
+        key = _image_key(self.who, key)
+        _image_call(self.who, lambda: self.table.__setitem__(key, value),
+                    lambda: self._refusal(key, value))
+
+    def delete(self, key: Any) -> None:
+        key = _image_key(self.who, key)
+        _image_call(self.who, lambda: self.table.pop(key, None),
+                    lambda: _bad_key(write_abbreviated(key)))
+
+    def _refusal(self, key: Any, value: Any) -> str:
+        """Which of key and value the image refused (a lookup tells a bad key)."""
+        try:
+            self.table.get(key)
+        except TypeError:
+            return _bad_key(write_abbreviated(key))
+        return _cannot_hold([value])
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return self.table.items()        # a list: a snapshot, as HashTable's
+
+    def clear(self) -> None:
+        _image_call(self.who, self.table.clear, lambda: "the table cannot be cleared")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
 def _constant_hash(key: Any) -> int:
     return 0
 
@@ -2586,10 +2803,13 @@ def _scheme_hash(proc: Any) -> Callable[[Any], int]:
     return hash_key
 
 
-def _table(who: str, x: Any) -> HashTable:
-    if not isinstance(x, HashTable):
-        raise _type_error(who, "a hash table", x)
-    return x
+def _table(who: str, x: Any) -> Any:
+    """A hash table argument: a HashTable, or a view of an image Table."""
+    if isinstance(x, HashTable):
+        return x
+    if isinstance(x, ImageTable):
+        return _ImageTableView(x, who)
+    raise _type_error(who, "a hash table", x)
 
 
 _MISSING = object()
@@ -2610,7 +2830,7 @@ def make_hash_table(equivalence: Any = _ABSENT, hash_function: Any = _ABSENT,
 
 @primitive("hash-table?")
 def is_hash_table(x: Any) -> bool:
-    return isinstance(x, HashTable)
+    return isinstance(x, HASH_TABLE_TYPES)
 
 
 @primitive("hash-table-ref")
@@ -2652,14 +2872,14 @@ PRIMITIVES["hash-table-contains?"] = hash_table_exists
 def hash_table_update(table: Any, key: Any, proc: Any, fail: Any = _ABSENT) -> None:
     _procedure("hash-table-update!", proc)
     value = hash_table_ref(table, key, fail)
-    table.set(key, call(proc, value))
+    _table("hash-table-update!", table).set(key, call(proc, value))
 
 
 @primitive("hash-table-update!/default")
 def hash_table_update_default(table: Any, key: Any, proc: Any, default: Any) -> None:
     _procedure("hash-table-update!/default", proc)
-    value = _table("hash-table-update!/default", table).get(key, default)
-    table.set(key, call(proc, value))
+    view = _table("hash-table-update!/default", table)
+    view.set(key, call(proc, view.get(key, default)))
 
 
 @primitive("hash-table-size")
@@ -2687,8 +2907,8 @@ def hash_table_walk(table: Any, proc: Any) -> None:
 @primitive("hash-table-fold")
 def hash_table_fold(a: Any, b: Any, c: Any) -> Any:
     """(hash-table-fold table kons knil) of SRFI 69, or (... kons knil table) of SRFI 125."""
-    if isinstance(a, HashTable):
-        table, kons, acc = a, b, c
+    if isinstance(a, HASH_TABLE_TYPES):
+        table, kons, acc = _table("hash-table-fold", a), b, c
     else:
         kons, acc, table = a, b, _table("hash-table-fold", c)
     _procedure("hash-table-fold", kons)
@@ -2712,10 +2932,10 @@ def hash_table_copy(table: Any, mutable: Any = False) -> HashTable:
 
 
 @primitive("hash-table-merge!")
-def hash_table_merge(target: Any, source: Any) -> HashTable:
-    _table("hash-table-merge!", target)
+def hash_table_merge(target: Any, source: Any) -> Any:
+    view = _table("hash-table-merge!", target)
     for key, value in _table("hash-table-merge!", source).items():
-        target.set(key, value)
+        view.set(key, value)
     return target
 
 
@@ -2768,12 +2988,12 @@ def hash_(obj: Any, bound: Any = _ABSENT) -> int:
 
 @primitive("string-hash")
 def string_hash(s: Any, bound: Any = _ABSENT) -> int:
-    return _bounded("string-hash", hash(_string("string-hash", s).s), bound)
+    return _bounded("string-hash", hash(_text("string-hash", s)), bound)
 
 
 @primitive("string-ci-hash")
 def string_ci_hash(s: Any, bound: Any = _ABSENT) -> int:
-    return _bounded("string-ci-hash", hash(_string("string-ci-hash", s).s.casefold()), bound)
+    return _bounded("string-ci-hash", hash(_text("string-ci-hash", s).casefold()), bound)
 
 
 @primitive("hash-by-identity")
@@ -2793,4 +3013,4 @@ _constant_hash_procedure.scheme_name = "constant-hash"
 register_printer(Port, lambda port: port.describe())
 register_printer(Parameter, lambda p: "#<parameter>" if p.scheme_name == "parameter"
                  else f"#<parameter {p.scheme_name}>")
-register_printer(HashTable, lambda t: f"#<hash-table {len(t)}>")
+register_printer(HashTable, hash_table_text)

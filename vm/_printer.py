@@ -9,7 +9,7 @@ WHAT IT OWNS
     register_printer(cls, fn)             how other types print (fn(x) -> str)
     number_to_string(z, radix)            number->string (R7RS 6.2.7)
     int_to_digits, float_to_string, char_to_string, string_to_literal,
-    symbol_to_string                      the texts of atoms
+    symbol_to_string, hash_table_text     the texts of atoms
 
 INVARIANTS
 
@@ -26,6 +26,11 @@ INVARIANTS
  4. With limits, the printer reaches only what it prints: a sequence of
     ten million elements costs len() and ``length`` calls of __getitem__;
     nothing is iterated.
+ 5. Without limits, it still never walks a huge persistent vector: an image
+    Vector of more than _IMAGE_VECTOR_WHOLE items prints its first
+    _IMAGE_VECTOR_HEAD items and "... (N items)", N its length.  Such a
+    vector lives in the image, not in a program's text, so nothing expects
+    it to read back; writing it whole would take minutes and gigabytes.
 
 HOW
 
@@ -46,10 +51,21 @@ line, aligned after the opener.
 
 Objects are classified by type once (the class cache): a registered printer
 wins, then the Scheme types of vm/_types (subclasses included, since the
-image's persistent objects subclass them), then any callable (a procedure),
-then any object with __len__ and __getitem__ that is not a str, bytes or
-mapping (printed as a vector: the image's persistent vectors and tuples), and
-last ``#<python TypeName>``.
+image's persistent objects subclass them) and the image's handles, then any
+callable (a procedure), then any other object with __len__ and __getitem__
+that is not a str, bytes or mapping (printed as a vector: tuples read from
+the image, Python lists), and last ``#<python TypeName>``.
+
+THE VALUES OF THE IMAGE (see vm/_types)
+
+    str                    a string ("..." / raw), like MString
+    bytes                  an immutable bytevector: #u8(...)
+    image.Vector           a vector: #(...), cut when huge (invariant 5)
+    image.Table            #<hash-table N entries>, like a transient HashTable
+    image.Blob             #<blob N bytes>
+    image.Object           #<object of class C at 0xADDR>
+    a stale handle         #<stale handle at 0xADDR> (its image closed, or
+                           made in a transaction that rolled back)
 
 DESIGN DECISIONS
 
@@ -61,14 +77,19 @@ DESIGN DECISIONS
    multiple values as #<values 1 2>.
  - Inexact complex numbers print with both parts (1.0+2.0i); a zero real
    part is left out when it is +0.0 (+2.0i), which reads back the same.
- - display shows strings and characters raw, at every depth (R7RS 6.13.3),
-   and symbols without bars; error messages inside #<error ...> stay quoted.
+ - display shows strings (str and MString alike) and characters raw, at
+   every depth (R7RS 6.13.3), and symbols without bars; error messages
+   inside #<error ...> stay quoted.
  - Uninterned symbols (the expander's renamed locals) print by name.
 
 OPEN QUESTIONS
 
  - A registered printer returns one string, so a handle that wants to print
    its contents with limits must do so itself.
+ - A tuple read from the image (the image's fixed vector) prints as a
+   vector, but vm/_types.VECTOR_TYPES leaves it out, so vector? says #f.
+ - image.Special (how the image will hold characters, '() and the eof
+   object) prints as #<python Special> until the interpreter maps it.
 """
 from __future__ import annotations
 
@@ -77,27 +98,35 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
+from image import Blob, ImageError, Object
+from image._handles import is_stale
+from native._fastpath import HandleBase     # the C base of every handle, stale ones included
 from vm._reader import CHAR_NAMES, parse_number
-from vm._types import (EOF, NIL, Bytevector, ErrorObject, MString, Pair, Record, RecordType,
-                       SVector, Symbol, Values, _field_slot)
+from vm._types import (EOF, NIL, Char, ErrorObject, ImageTable, ImageVector, MString, Pair, Record,
+                       RecordType, SVector, Symbol, Values, _field_slot)
 
 __all__ = [
-    "char_to_string", "display", "float_to_string", "int_to_digits", "number_to_string", "pretty",
-    "register_printer", "string_to_literal", "symbol_to_string", "write", "write_abbreviated",
-    "write_shared", "write_simple",
+    "char_to_string", "display", "float_to_string", "hash_table_text", "int_to_digits",
+    "number_to_string", "pretty", "register_printer", "string_to_literal", "symbol_to_string",
+    "write", "write_abbreviated", "write_shared", "write_simple",
 ]
 
 
 # -- atoms ----------------------------------------------------------------------
 
 _SAFE_DIGITS = 600   # see vm/_reader: CPython's int -> str limit is never below 640
-_NAMED_CHARS = {char: name for name, char in CHAR_NAMES.items()}
+_NAMED_CHARS = {ord(text): name for name, text in CHAR_NAMES.items()}   # code point -> name
 _STRING_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t",
                    "\n": "\\n", "\r": "\\r"}
 _SYMBOL_ESCAPES = {"|": "\\|", "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t",
                    "\n": "\\n", "\r": "\\r"}
 _DELIMITING = frozenset("()[]{}\";'`,|\\")   # characters that call for bars
 _RADIX_FORMAT = {2: "b", 8: "o", 16: "x"}
+# Invariant 5: an image Vector longer than _IMAGE_VECTOR_WHOLE prints its
+# first _IMAGE_VECTOR_HEAD items.  Ten thousand items print in milliseconds
+# (a screenful of a few hundred lines); a hundred is pretty's default length.
+_IMAGE_VECTOR_WHOLE = 10_000
+_IMAGE_VECTOR_HEAD = 100
 
 
 def int_to_digits(n: int, radix: int = 10) -> str:
@@ -144,14 +173,15 @@ def number_to_string(z: Any, radix: int = 10) -> str:
     return f"{float_to_string(real)}{imag_text}i"
 
 
-def char_to_string(c: str) -> str:
+def char_to_string(c: Char) -> str:
     """A character as write prints it: #\\a, #\\space, #\\x3bb is #\\λ, #\\x7f is #\\delete."""
-    name = _NAMED_CHARS.get(c)
+    name = _NAMED_CHARS.get(c.cp)
     if name is not None:
         return "#\\" + name
-    if c.isprintable() and not c.isspace():
-        return "#\\" + c
-    return f"#\\x{ord(c):x}"
+    text = chr(c.cp)
+    if text.isprintable() and not text.isspace():
+        return "#\\" + text
+    return f"#\\x{c.cp:x}"
 
 
 def string_to_literal(s: str) -> str:
@@ -190,6 +220,29 @@ def _needs_bars(name: str) -> bool:
         return True
 
 
+def hash_table_text(table: Any) -> str:
+    """How a hash table (transient or image Table) prints: #<hash-table 2 entries>."""
+    n = len(table)
+    return f"#<hash-table {n} {'entry' if n == 1 else 'entries'}>"
+
+
+def _blob_text(blob: Blob) -> str:
+    try:
+        return f"#<blob {len(blob)} bytes>"
+    except ImageError:           # a damaged length slot: printing must not fail
+        return f"#<blob at {blob.address:#x} (damaged)>"
+
+
+def _object_text(obj: Object) -> str:
+    return f"#<object of class {obj.class_index} at {obj.address:#x}>"
+
+
+def _handle_text(handle: Any) -> str:
+    """Any other handle; in practice a stale one (which has no protocol left)."""
+    state = "stale handle" if is_stale(handle) else "handle"
+    return f"#<{state} at {handle._addr:#x}>"
+
+
 def _procedure_text(f: Any) -> str:
     name = getattr(f, "scheme_name", None) or getattr(f, "__name__", None)
     if not isinstance(name, str) or name.startswith("<"):
@@ -208,14 +261,19 @@ _WRITE_ATOMS: dict[type, Callable[[Any], str]] = {
     float: float_to_string,
     Fraction: number_to_string,
     complex: number_to_string,
-    str: char_to_string,
+    Char: char_to_string,
+    str: string_to_literal,
     MString: lambda x: string_to_literal(x.s),
     Symbol: lambda x: symbol_to_string(x.name),
     type(None): lambda x: "#<unspecified>",
     type(NIL): lambda x: "()" if x is NIL else "#<eof>" if x is EOF else repr(x),
     RecordType: lambda x: f"#<record-type {_record_type_name(x)}>",
+    ImageTable: hash_table_text,
+    Blob: _blob_text,
+    Object: _object_text,
+    HandleBase: _handle_text,      # reached only by handles that are none of the above
 }
-_DISPLAY_ATOMS = {**_WRITE_ATOMS, str: lambda x: x, MString: lambda x: x.s,
+_DISPLAY_ATOMS = {**_WRITE_ATOMS, Char: str, str: lambda x: x, MString: lambda x: x.s,
                   Symbol: lambda x: x.name}
 
 
@@ -223,8 +281,9 @@ _DISPLAY_ATOMS = {**_WRITE_ATOMS, str: lambda x: x, MString: lambda x: x.s,
 
 # Kinds of object.  Atoms print as one text; the others are groups.
 _ATOM, _PAIR, _SEQUENCE, _BYTES, _RECORD, _ERROR, _VALUES = range(7)
-_STRUCTURAL = {Pair: _PAIR, SVector: _SEQUENCE, Bytevector: _BYTES, Record: _RECORD,
-               ErrorObject: _ERROR, Values: _VALUES}
+# bytearray covers Bytevector; bytes is the image's immutable bytevector.
+_STRUCTURAL = {Pair: _PAIR, SVector: _SEQUENCE, ImageVector: _SEQUENCE, bytearray: _BYTES,
+               bytes: _BYTES, Record: _RECORD, ErrorObject: _ERROR, Values: _VALUES}
 
 _printers: dict[type, Callable[[Any], str]] = {}
 # type -> (kind, atom text function), one cache for write and one for display
@@ -278,6 +337,18 @@ def _field_value(record: Any, field: str) -> Any:
     return getattr(record, _field_slot(field), None)
 
 
+def _cut(items: Any, max_length: int | None) -> tuple[int, str | None]:
+    """How many of a group's items print, and the text that stands for the
+    rest (None when all print): the caller's length limit, or else the cut
+    of a huge image vector (invariant 5)."""
+    n = len(items)
+    if max_length is not None and n > max_length:
+        return max_length, f"... ({n - max_length} more)"
+    if n > _IMAGE_VECTOR_WHOLE and isinstance(items, ImageVector):
+        return _IMAGE_VECTOR_HEAD, f"... ({n} items)"
+    return n, None
+
+
 # -- the scan: which objects get datum labels ----------------------------------------------
 
 class _ScanFrame:
@@ -329,9 +400,7 @@ def _find_labels(root: Any, shared: bool, max_depth: int | None,
             frame.pair = x
         else:
             frame.items = _children(x, kind)
-            frame.count = len(frame.items)
-            if max_length is not None:
-                frame.count = min(frame.count, max_length)
+            frame.count = _cut(frame.items, max_length)[0]
         stack.append(frame)
 
     enter(root, 0, False)
@@ -531,11 +600,13 @@ class _Emitter:
             opener, spaced = _OPENERS[kind]
             self.sink.open(prefix + opener, spaced)
             self.tasks.append((_CLOSE, ">" if spaced else ")"))
+            items = x.irritants if kind is _ERROR else x
+            count, rest = _cut(items, self.max_length)
+            if rest is not None:
+                self.tasks.append((_TEXT, rest))
+            self.tasks.append((_ITEMS, items, 0, count, depth))
             if kind is _ERROR:
-                self.tasks.append((_ITEMS, x.irritants, 0, len(x.irritants), depth))
                 self.tasks.append((_TEXT, string_to_literal(str(x.message))))
-            else:
-                self.tasks.append((_ITEMS, x, 0, len(x), depth))
 
     def open_list(self, pair: Pair, depth: int, prefix: str) -> None:
         abbreviation = self.abbreviation(pair)
@@ -607,13 +678,11 @@ class _Emitter:
             self.sink.atoms(texts)
 
     def items(self, seq: Any, index: int, count: int, depth: int) -> None:
-        """Prints seq[index:count]: atoms in a loop, like spine."""
-        cache, max_length = self.cache, self.max_length
+        """Prints seq[index:count]: atoms in a loop, like spine.  (What stands
+        for items past count was queued by emit, after these.)"""
+        cache = self.cache
         texts: list[str] = []
         while index < count:
-            if max_length is not None and index >= max_length:
-                texts.append(f"... ({count - index} more)")
-                break
             item = seq[index]
             t = type(item)
             kind, text = cache.get(t) or _classify(t, self.displaying)

@@ -13,9 +13,11 @@ WHAT IT OWNS
 
 INVARIANTS
 
- 1. The data are the values of vm/_types: strings are MString, vectors
-    SVector, bytevectors Bytevector, characters 1-char str, symbols interned
-    (case-folded under #!fold-case), lists Pair/NIL.
+ 1. The data are the values of vm/_types: strings are str (immutable, as
+    R7RS 6.7 allows for literals: string-set! on one is an error), vectors
+    SVector, bytevectors Bytevector, characters Char (interned, so eq?
+    holds between two reads of #\\a), symbols interned (case-folded under
+    #!fold-case), lists Pair/NIL.
  2. Malformed text raises ReadError -- an ErrorObject of kind "read" whose
     message is "source:line:column: what is wrong" -- never another Python
     exception.  Text that merely ends inside a datum (an open list, string,
@@ -80,7 +82,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from vm._types import EOF, NIL, Bytevector, MString, Pair, SchemeError, SVector, intern
+from vm._types import (EOF, NIL, Bytevector, Char, MString, Pair, SchemeError, SVector, char,
+                       intern)
 
 __all__ = [
     "CHAR_NAMES", "Incomplete", "ReadError", "Reader", "int_from_digits", "normalize",
@@ -265,6 +268,7 @@ _LINE_CONTINUATION = re.compile(r"\\[ \t]*(?:\r\n|\n|\r)[ \t]*")
 _INTRALINE = re.compile(r"[ \t]*")
 _PLAIN_RUN = {'"': re.compile(r'[^"\\]*'), "|": re.compile(r"[^|\\]*")}
 
+# R7RS 6.6 character names -> the one-code-point text of the character.
 CHAR_NAMES = {
     "alarm": "\a", "backspace": "\b", "delete": "\x7f", "escape": "\x1b",
     "newline": "\n", "null": "\0", "return": "\r", "space": " ", "tab": "\t",
@@ -503,7 +507,7 @@ class Reader:
             self.pos += len(prefix)
             return _NOTHING
         if c == '"':
-            return MString(self._delimited('"', "string"))
+            return self._delimited('"', "string")
         if c == "|":
             return intern(self._delimited("|", "|identifier|"))
         if c == "#":
@@ -653,10 +657,10 @@ class Reader:
                 if _at_partial_hex(text, i + 2):
                     raise self._incomplete(f"unterminated {what}", start)
                 raise self._error(r"a \x escape is \x<hex digits>; (with the semicolon)", i)
-            char = _scalar(int(m.group(1), 16))
-            if char is None:
+            scalar = _scalar(int(m.group(1), 16))
+            if scalar is None:
                 raise self._error(f"\\x{m.group(1)}; is not a Unicode scalar value", i)
-            pieces.append(char)
+            pieces.append(scalar)
             return m.end()
         m = _LINE_CONTINUATION.match(text, i)
         if m and m.end() < len(text):
@@ -703,7 +707,7 @@ class Reader:
             raise self._error(f"unknown syntax {token}", start)
         return number
 
-    def _character(self) -> str:
+    def _character(self) -> Char:
         """#\\a, #\\space, #\\x41 (R7RS 6.6)."""
         text, start = self.text, self.pos
         if start + 2 >= len(text):
@@ -715,16 +719,16 @@ class Reader:
             raise self._incomplete("unfinished character", start)
         self.pos = end
         if end == start + 3:
-            return first
+            return char(ord(first))
         name = text[start + 2:end]
         if self.fold_case:
             name = name.casefold()
         if name in CHAR_NAMES:
-            return CHAR_NAMES[name]
+            return char(ord(CHAR_NAMES[name]))
         if name[0] == "x" and all(c in "0123456789abcdefABCDEF" for c in name[1:]):
-            char = _scalar(int(name[1:], 16))
-            if char is not None:
-                return char
+            scalar = _scalar(int(name[1:], 16))
+            if scalar is not None:
+                return char(ord(scalar))
             raise self._error(f"#\\{name} is not a Unicode scalar value", start)
         raise self._error(f"unknown character name #\\{name}", start)
 
@@ -763,11 +767,12 @@ def _at_partial_hex(text: str, i: int) -> bool:
 
 
 def _brief(x: Any) -> str:
-    if isinstance(x, MString):
-        return f'"{x.s}"'
+    """A datum named in a message about a bytevector's items (no printer here)."""
+    if type(x) is str:
+        return f'"{x}"'
     if isinstance(x, Pair) or x is NIL:
         return "a list"
-    if type(x) is str:
+    if type(x) is Char:
         return f"#\\{x}"
     return str(x)
 
@@ -816,7 +821,7 @@ def read_one(port_or_text: Any) -> Any:
     Reader or of a port that has one (its ``reader`` attribute); EOF if none."""
     if isinstance(port_or_text, MString):
         port_or_text = port_or_text.s
-    if isinstance(port_or_text, str):
+    if type(port_or_text) is str:
         return Reader(port_or_text).read()
     if isinstance(port_or_text, Reader):
         return port_or_text.read()

@@ -11,8 +11,11 @@ VALUES (transient: made while computing, never touching the image)
     exact rational    fractions.Fraction              normalised: denominator 1 -> int
     inexact real      float
     inexact complex   complex                         (scheme complex)
-    character         str of length 1                 so a string is never a str
-    string            MString (.s is a Python str)    mutable; mutation replaces .s
+    character         Char (.cp, the code point)      interned: char(cp) is one object
+    string            str (immutable) or MString      literals and strings from the
+                      (mutable; .s is a Python str)   image or Python are str; make-string,
+                                                      string-copy, string-append ... make
+                                                      MString; string-set! needs an MString
     symbol            Symbol                          interned: one object per name
     empty list        NIL
     pair              Pair (.car, .cdr assignable)
@@ -23,6 +26,11 @@ VALUES (transient: made while computing, never touching the image)
     end of file       EOF
     multiple values   Values (a tuple), for 0 or 2+   one value is just the value
     record            an instance of a Record subclass made by define-record-type
+
+Why Char and not a one-character str: the image is shared with Python, whose
+strings (a mail's subject) are Scheme strings as they are, with no copy at the
+boundary; so a str is always a string, and a character needs a type of its
+own.  ``text(x)`` gives the Python str of either kind of string.
 
 Why subclasses and slots: a transient object that is stored into the image
 (bound to a global, put into a persistent object) is promoted, and then its
@@ -58,6 +66,9 @@ from __future__ import annotations
 
 from fractions import Fraction
 from typing import Any, Callable, Iterable
+
+from image import Table as ImageTable, Vector as ImageVector
+from native._fastpath import HandleBase
 
 
 class _Singleton:
@@ -119,8 +130,10 @@ def is_interned(sym: Symbol) -> bool:
     return _SYMBOLS.get(sym.name) is sym
 
 
-class Pair:
-    """A cons cell: .car and .cdr, both assignable."""
+class Pair(HandleBase):
+    """A cons cell: .car and .cdr, both assignable.  On the image's handle
+    base (unset while transient) so that, once stored, it can become the
+    handle of its image copy (vm/_persist.py)."""
 
     __slots__ = ("car", "cdr")
 
@@ -132,12 +145,52 @@ class Pair:
         return f"Pair({self.car!r}, {self.cdr!r})"
 
 
-class MString:
+class Char:
+    """A character.  Interned by code point (``char(cp)``), so eq? is ``is``
+    and a Char is a dict key by value."""
+
+    __slots__ = ("cp", "__weakref__")
+
+    def __init__(self, cp: int) -> None:
+        self.cp = cp
+
+    def __repr__(self) -> str:
+        return f"Char({chr(self.cp)!r})"
+
+    def __reduce__(self):
+        return (char, (self.cp,))
+
+    def __str__(self) -> str:
+        return chr(self.cp)
+
+
+_CHARS: dict[int, Char] = {}
+
+
+def char(cp: int) -> Char:
+    """The one Char of this code point (0..0x10FFFF)."""
+    c = _CHARS.get(cp)
+    if c is None:
+        c = _CHARS[cp] = Char(cp)
+    return c
+
+
+def is_string(x: Any) -> bool:
+    return type(x) is str or isinstance(x, MString)
+
+
+def text(x: Any) -> str:
+    """The Python str of a Scheme string (str or MString)."""
+    return x if type(x) is str else x.s
+
+
+class MString(HandleBase):
     """A Scheme string: mutable, with identity.  .s is its Python str;
     string-set! and string-fill! assign a new .s (strings are short, and a
-    str keeps every other operation in C)."""
+    str keeps every other operation in C).  On the image's handle base, as
+    Pair is."""
 
-    __slots__ = ("s", "__weakref__")
+    __slots__ = ("s",)
 
     def __init__(self, s: str = "") -> None:
         self.s = s
@@ -149,7 +202,7 @@ class MString:
         # Python-side convenience (tests, the API); Scheme's equal? is equal().
         return isinstance(other, MString) and other.s == self.s
 
-    __hash__ = None   # mutable: never a dict key; hash tables key by equal_key()
+    __hash__ = None   # mutable: never a dict key; hash tables key by content
 
 
 class SVector(list):
@@ -161,6 +214,18 @@ class SVector(list):
         return f"SVector({list.__repr__(self)})"
 
     __hash__ = None
+
+
+# Values that live in the image are Scheme values as they are: a persistent
+# Vector handle is a vector (v[i], len(v), v[i] = x write through to the
+# image), a Python bytes is an immutable bytevector, a persistent Table handle
+# is a hash table (vm/_builtins.HASH_TABLE_TYPES).  Type checks use these.
+VECTOR_TYPES = (SVector, ImageVector)
+BYTEVECTOR_TYPES = (bytearray, bytes)
+
+
+def is_vector(x: Any) -> bool:
+    return isinstance(x, VECTOR_TYPES)
 
 
 class Bytevector(bytearray):
@@ -304,8 +369,6 @@ def eqv(a: Any, b: Any) -> bool:
         return a == b and str(a) == str(b) or (a != a and b != b)
     if ta is int or ta is Fraction or ta is complex:
         return a == b
-    if ta is str:   # characters
-        return a == b
     return False
 
 
@@ -329,9 +392,9 @@ def _equal(a: Any, b: Any, seen: set) -> bool:
                 return False
             a, b = a.cdr, b.cdr
             continue
-        if isinstance(a, MString) and isinstance(b, MString):
-            return a.s == b.s
-        if isinstance(a, SVector) and isinstance(b, SVector):
+        if is_string(a) and is_string(b):
+            return text(a) == text(b)
+        if isinstance(a, VECTOR_TYPES) and isinstance(b, VECTOR_TYPES):
             if len(a) != len(b):
                 return False
             key = (id(a), id(b))
@@ -339,7 +402,7 @@ def _equal(a: Any, b: Any, seen: set) -> bool:
                 return True
             seen.add(key)
             return all(_equal(x, y, seen) for x, y in zip(a, b))
-        if isinstance(a, Bytevector) and isinstance(b, Bytevector):
+        if isinstance(a, BYTEVECTOR_TYPES) and isinstance(b, BYTEVECTOR_TYPES):
             return bytes(a) == bytes(b)
         return False
 
@@ -372,8 +435,9 @@ def to_list(x: Any) -> list:
 
 
 __all__ = [
-    "EOF", "NIL", "Bytevector", "ErrorObject", "MString", "Pair", "Record", "RecordType",
-    "SVector", "SchemeError", "SchemeRaise", "Symbol", "TailCall", "Values", "as_condition",
-    "call", "eqv", "equal", "from_iterable", "gensym", "intern", "is_interned", "is_number",
-    "resolve", "to_list",
+    "EOF", "NIL", "Bytevector", "Char", "ErrorObject", "MString", "Pair", "Record",
+    "RecordType", "SVector", "SchemeError", "SchemeRaise", "Symbol", "TailCall", "Values",
+    "as_condition", "call", "char", "eqv", "equal", "from_iterable", "gensym", "intern",
+    "BYTEVECTOR_TYPES", "ImageTable", "ImageVector", "VECTOR_TYPES", "is_interned",
+    "is_number", "is_string", "is_vector", "resolve", "text", "to_list",
 ]

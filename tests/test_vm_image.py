@@ -1,0 +1,172 @@
+"""Scheme in the image: globals and data persist, each form is a transaction.
+
+vm.Interpreter over a real image: what one session defines, the next one
+finds after a reopen (definitions as stored procedures or replayed source,
+data as image objects), a failing form leaves no trace, and every form that
+changed the image is in the changes journal with its commit number.
+"""
+from __future__ import annotations
+
+import pytest
+
+import image
+import vm
+from vm._types import Char, MString, Pair
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    return str(tmp_path / "s.image")
+
+
+def session(path: str, text: str):
+    """Opens the image, evaluates text, closes; the value of the last form."""
+    with image.open(path) as img:
+        return vm.Interpreter(img).eval(text)
+
+
+def values(path: str, text: str) -> list:
+    with image.open(path) as img:
+        interp = vm.Interpreter(img)
+        return [vm._interp.to_python(v) for v in interp.eval_forms(text)]
+
+
+class TestGlobalsPersist:
+    """R7RS 5.3 definitions, kept across restarts."""
+
+    def test_data_definitions_survive_a_reopen(self, path):
+        """Numbers, strings, characters, symbols, lists and vectors read back equal."""
+        session(path, """(define n 42) (define r 1/3) (define s "text") (define c #\\x)
+                         (define sym 'hello) (define l '(1 (2 3) "four")) (define v (vector 1 2 3))""")
+        assert values(path, "n r s c sym (length l) (cadr l) (vector-ref v 2)")[:4] == \
+            [42, __import__("fractions").Fraction(1, 3), "text", "x"]
+        assert values(path, "(eq? sym 'hello) (equal? l '(1 (2 3) \"four\")) (vector-length v)") == \
+            [True, True, 3]
+
+    def test_procedures_survive_a_reopen(self, path):
+        """A procedure defined in one session runs in the next (compiled again from its core form)."""
+        session(path, "(define (fib n) (if (< n 2) n (+ (fib (- n 1)) (fib (- n 2)))))")
+        assert session(path, "(fib 20)") == 6765
+
+    def test_a_standard_procedure_stored_as_data(self, path):
+        """A standard procedure kept in a global or a list is stored by name."""
+        session(path, "(define my-car car) (define ops (list + *))")
+        assert values(path, "(my-car '(7 8)) ((cadr ops) 6 7)") == [7, 42]
+
+    def test_mutation_of_stored_pairs_strings_and_vectors_persists(self, path):
+        """set-car!, string-set! and vector-set! on globals write through to the image."""
+        session(path, """(define l (list 1 2 3)) (define s (make-string 3 #\\a)) (define v (make-vector 2 0))
+                         (set-car! (cdr l) 'two) (string-set! s 1 #\\b) (vector-set! v 1 'x)""")
+        assert values(path, "l s (vector-ref v 1)")[1:] == ["aba", vm._types.intern("x")]
+        assert values(path, "(cadr l)") == [vm._types.intern("two")]
+
+    def test_a_stored_transient_becomes_its_handle(self, path):
+        """A pair still held by a local after it was stored sees (and makes) later changes (become:)."""
+        assert session(path, """(define keep #f)
+                                (let ((p (list 1 2)))
+                                  (set! keep p)
+                                  (set-car! p 99)
+                                  (eq? p keep))""") is True
+        assert session(path, "(car keep)") == 99
+
+    def test_a_closure_over_locals_is_replayed(self, path):
+        """A definition whose value cannot be stored is run again at boot (its state starts over)."""
+        session(path, "(define counter (let ((n 0)) (lambda () (set! n (+ n 1)) n))) (counter) (counter)")
+        assert session(path, "(counter)") == 1
+
+    def test_macros_survive_a_reopen(self, path):
+        """R7RS 4.3.2: define-syntax forms are kept and expanded again at boot."""
+        session(path, "(define-syntax swap! (syntax-rules () ((_ a b) (let ((t a)) (set! a b) (set! b t)))))")
+        assert values(path, "(define x 1) (define y 2) (swap! x y) (list x y)")[-1] is not None
+        assert session(path, "(list x y)") is not None
+        assert values(path, "(car (list x y)) (cadr (list x y))") == [2, 1]
+
+    def test_records_survive_a_reopen(self, path):
+        """R7RS 5.5: a record type's definition is replayed; its procedures work in the next session."""
+        session(path, "(define-record-type point (make-point x y) point? (x point-x) (y point-y))")
+        assert values(path, "(point-x (make-point 3 4)) (point? (make-point 1 2)) (point? 5)") == \
+            [3, True, False]
+
+    def test_the_root_table_is_the_global_environment(self, path):
+        """Python's img.root["inbox"] is Scheme's inbox, and the other way round."""
+        with image.open(path) as img:
+            img.root["inbox"] = [{"subject": "hello", "read": False}, {"subject": "bye", "read": True}]
+        assert values(path, '(vector-length inbox) (hash-table-ref (vector-ref inbox 0) "subject")') == \
+            [2, "hello"]
+        session(path, "(define total (+ 1 2))")
+        with image.open(path, readonly=True) as img:
+            assert img.root["total"] == 3
+
+
+class TestFormsAreTransactions:
+    """Each top-level form is one transaction."""
+
+    def test_an_error_rolls_the_whole_form_back(self, path):
+        """A failing form's definitions and changes are gone, in the image and in the session."""
+        session(path, "(define v (vector 1 2 3))")
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            with pytest.raises(vm.SchemeFailure, match="car"):
+                interp.eval("(begin (define gone 1) (vector-set! v 0 'changed) (car 5))")
+            assert interp.eval("(vector-ref v 0)") == 1
+            with pytest.raises(vm.SchemeFailure, match="unbound variable: gone"):
+                interp.eval("gone")
+        assert session(path, "(vector-ref v 0)") == 1
+
+    def test_forms_before_an_error_stay(self, path):
+        """eval of several forms: each commits on its own, so the ones before the error are kept."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            with pytest.raises(vm.SchemeFailure):
+                interp.eval("(define a 1) (define b (car '()))")
+        assert session(path, "a") == 1
+
+    def test_errors_are_scheme_conditions(self, path):
+        """R7RS 6.11: the failure carries the raised object; no Python traceback reaches the user."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            with pytest.raises(vm.SchemeFailure) as info:
+                interp.eval("(raise 'oops)")
+            assert info.value.condition is vm._types.intern("oops")
+            with pytest.raises(vm.SchemeFailure, match="bad thing 42"):
+                interp.eval('(error "bad thing" 42)')
+
+    def test_the_image_checks_after_a_session(self, path):
+        """The heap verifier passes after Scheme data of every kind was stored and changed."""
+        session(path, """(define l (list 1 "s" #\\c 'sym 2.5 (vector 1 2) (make-string 2 #\\z)))
+                         (define (f x) x) (set-cdr! (cddr l) '()) (define h (make-hash-table))
+                         (hash-table-set! h "k" '(1 2))""")
+        with image.open(path) as img:
+            img.gc()
+            img.check()
+
+
+class TestJournal:
+    """Every form that changed the image is journaled with its commit."""
+
+    def test_changing_forms_are_journaled_with_their_commit(self, path):
+        """An expression that changes nothing makes no entry and no commit."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define x 1)")
+            head = img.head
+            interp.eval("(+ x 1)")
+            assert img.head == head
+            interp.eval("(set! x 2)")
+            entries = interp.journal()
+        assert [e[3] for e in entries] == ["(define x 1)", "(set! x 2)"]
+        assert entries[-1][1] == head + 1
+        assert [e[0] for e in entries] == [1, 2]
+
+    def test_sources_are_kept_for_definitions(self, path):
+        """The source form of the last definition of a name is kept in the image."""
+        session(path, '(define (f x) "doubles" (* 2 x)) (define (f x) (* 3 x))')
+        with image.open(path) as img:
+            assert vm.Interpreter(img).source_of("f") == "(define (f x) (* 3 x))"
+
+
+def test_python_values_come_back_as_python_values(path):
+    """interp.eval returns strings and characters as str, numbers as they are."""
+    assert values(path, '"abc" (string #\\a #\\b) #\\z 12 (values 1 2)') == ["abc", "ab", "z", 12, (1, 2)]
+    assert isinstance(session(path, "(list 1 2)"), Pair)
+    assert not isinstance(session(path, '"x"'), (MString, Char))

@@ -1,0 +1,416 @@
+"""The Scheme interpreter over an image: persistent globals, one transaction per form.
+
+``Interpreter(img)`` is the Python API (``interp.eval(text)``, ``eval_file``);
+the REPL and ``imago eval`` / ``imago load`` drive it.
+
+WHERE SCHEME LIVES IN THE IMAGE
+
+    img.root            the globals: name (str) -> value.  The root table is
+                        the global environment, so Python's
+                        img.root["inbox"] is Scheme's inbox.
+    img.system["scheme"]  a table of the Scheme layer's own state:
+        "sources"       name -> the text of the form that last defined it
+        "syntax"        the texts of define-syntax forms, in order
+        "replay"        the texts of definitions whose values cannot be
+                        stored (records, closures over locals, parameters):
+                        run again, in order, when the image boots
+        "journal"       the changes journal: (n, commit, time, form) for
+                        every top-level form that changed the image
+        "history"       the REPL's input lines
+
+A global's value is stored in the root when it is defined or set!
+(vm/_persist.py says how each kind of value is stored).  Compiled code reads
+globals from the environment's namespace, a per-process cache of the root
+filled at boot; stored procedures compile on their first call.
+
+TRANSACTIONS: each top-level form is one transaction.  An error (a Scheme
+condition, a Python error inside a primitive, Ctrl-C) rolls back the image
+and the namespace entries the form changed, and surfaces as SchemeFailure
+carrying the condition, never as a Python traceback.  A form that changed
+the image is journaled in the same transaction, with the commit number it
+makes (the image's only writer is this process, so that number is the head
+plus one).
+
+STATES: READY --eval--> RUNNING A FORM --ok: commit / error: roll back--> READY;
+BOOTING (replaying syntax and unstorable definitions) happens once, in
+__init__, and journals nothing.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import image
+
+from . import _persist
+from ._env import Environment, mangle
+from ._reader import read_all
+from ._runtime import RUNTIME, eval_datum, run
+from ._types import (NIL, Char, ErrorObject, MString, Pair, SchemeError, SchemeRaise, Symbol, Values,
+                     from_iterable, intern)
+
+__all__ = ["Interpreter", "SchemeFailure"]
+
+_UNBOUND = object()
+_DEFINING = frozenset(("define", "define-values", "define-record-type", "define-syntax", "set!"))
+
+
+class SchemeFailure(Exception):
+    """A top-level form failed; it was rolled back.  ``condition`` is the
+    Scheme object raised; str() is its printed form."""
+
+    def __init__(self, message: str, condition: Any) -> None:
+        super().__init__(message)
+        self.condition = condition
+
+
+class ImageEnvironment(Environment):
+    """The global environment whose definitions live in the image's root."""
+
+    def __init__(self, img: image.Image, primitives: dict, syntax: Any) -> None:
+        self.img = img
+        self.booting = False
+        self._log: list[tuple[str, Any]] = []   # (key, value before) of each write in the running form
+        self.unstored: list[Symbol] = []      # defined by the running form, not storable
+        super().__init__(primitives, syntax)
+
+    def define(self, sym: Symbol, value: Any) -> None:
+        self._remember(sym)
+        super().define(sym, self._store(sym, value))
+
+    def set(self, sym: Symbol, value: Any) -> None:
+        if not self.is_bound(sym):
+            super().set(sym, value)   # raises "unbound variable"
+        self._remember(sym)
+        super().set(sym, self._store(sym, value))
+
+    def _store(self, sym: Symbol, value: Any) -> Any:
+        """Stores value as the global's, and returns what the namespace should
+        hold: the value itself (now a handle, if it was a pair or a string),
+        or the handle of its image copy."""
+        if self.img.readonly:
+            return value
+        root = self.img.root
+        try:
+            root[sym.name] = value
+        except TypeError:   # the encode hook refused it: kept as source instead
+            if sym.name in root:
+                del root[sym.name]
+            self.unstored.append(sym)
+            return value
+        if callable(value) or isinstance(value, (int, float, str, bytes, Symbol, Char)) \
+                or value is None or type(value) is bool:
+            return value
+        return _persist.become(value, root[sym.name], self.img)
+
+    def define_standard(self, sym: Symbol, value: Any) -> None:
+        """Binds a procedure of the system (not stored: every boot binds it again)."""
+        self._standard[sym] = value
+        Environment._bind(self, sym, value)
+
+    def _remember(self, sym: Symbol) -> None:
+        key = mangle(sym.name)
+        self._log.append((key, self.namespace.get(key, _UNBOUND)))
+
+    def savepoint(self) -> int:
+        """A point (transaction ...) can put the namespace back to."""
+        return len(self._log)
+
+    def rollback_to(self, mark: int) -> None:
+        """Puts back the namespace entries written since mark, newest first."""
+        while len(self._log) > mark:
+            key, old = self._log.pop()
+            if old is _UNBOUND:
+                self.namespace.pop(key, None)
+            else:
+                self.namespace[key] = old
+
+    def form_done(self) -> None:
+        self._log.clear()
+        self.unstored.clear()
+
+    def form_failed(self) -> None:
+        """Puts back the namespace entries the failed form changed."""
+        self.rollback_to(0)
+        self.form_done()
+
+
+class Interpreter:
+    """Scheme over one image (see the module docstring)."""
+
+    def __init__(self, img: image.Image) -> None:
+        from ._builtins import PRIMITIVES
+        from ._expand import SyntacticEnv
+        self.img = img
+        procedures = dict(PRIMITIVES)
+        procedures.update(RUNTIME)
+        self.env = ImageEnvironment(img, procedures, SyntacticEnv.standard())
+        _persist.register_system_procedures(procedures)
+        _persist.register_runtime_constants()
+        _persist.install(img, self.env)
+        self._install_image_forms()
+        self.boot_notes: list[str] = []
+        self._boot()
+
+    # -- the image forms ---------------------------------------------------------------
+
+    def _install_image_forms(self) -> None:
+        """(transaction body ...), (commit), (gc) and the blob procedures."""
+        from ._expand import QUOTE, register_special_form
+        img = self.img
+
+        env = self.env
+
+        def in_transaction(thunk: Any) -> Any:
+            mark = env.savepoint()
+            try:
+                with img.transaction():   # a savepoint of the form's transaction
+                    return run(thunk)
+            except BaseException:
+                env.rollback_to(mark)
+                raise
+
+        def transaction_form(form: Any, ctx: Any) -> Any:
+            body = ctx.arguments(form, 1, None, "(transaction body ...)")
+            thunk = ctx.expand(from_iterable([ctx.keyword("lambda"), NIL, *body]))
+            return from_iterable([from_iterable([QUOTE, in_transaction]), thunk])
+
+        register_special_form(self.env.syntax, "transaction", transaction_form)
+        _persist.register_system_procedures({"image:in-transaction": in_transaction})
+        def commit() -> None:
+            self._commit_point()
+
+        def gc() -> Any:
+            return self._collect()
+
+        def blob(data: Any) -> Any:
+            return self._blob(data)
+
+        procedures = {"commit": commit, "gc": gc, "blob": blob,
+                      "blob?": lambda x: isinstance(x, image.Blob), "blob-read": _blob_read,
+                      "blob-hash": lambda b: bytes(_check_blob("blob-hash", b).hash),
+                      "blob-length": lambda b: len(_check_blob("blob-length", b))}
+        for name, proc in procedures.items():
+            proc.scheme_name = name
+            self.env.define_standard(intern(name), proc)
+        _persist.register_system_procedures({f"image:{k}": v for k, v in procedures.items()})
+
+    def _commit_point(self) -> None:
+        """(commit): makes what the running form has done so far durable; the
+        form goes on in a new transaction (so an error later rolls back only
+        what came after).  Not inside (transaction ...)."""
+        img = self.img
+        if img._depth != 1:
+            raise SchemeError("commit: not inside (transaction ...): a savepoint commits with its form")
+        self._record_partial()
+        img._end(b"commit point")
+        img._begin()
+        self.env.form_done()
+
+    def _collect(self) -> Any:
+        """(gc): collects the image; returns what it freed, as an alist
+        ((objects . n) (bytes . n) (pages . n))."""
+        freed = self.img._collect() if self.img._depth else self.img.gc()
+        return from_iterable(Pair(intern(k), v) for k, v in freed.items())
+
+    def _blob(self, data: Any) -> Any:
+        if not isinstance(data, (bytes, bytearray)):
+            raise SchemeError("blob: expected a bytevector, got", data)
+        return self.img.blob(bytes(data))
+
+    def _record_partial(self) -> None:
+        """A commit point journals the running form as far as it went."""
+        datum = getattr(self, "_running", None)
+        if datum is not None and self.img.changed:
+            self._record(datum)
+
+    # -- the image's Scheme state ---------------------------------------------------
+
+    def _state(self) -> Any:
+        """img.system["scheme"], made on first use (not in a read-only image)."""
+        system = self.img.system
+        state = system.get("scheme") if hasattr(system, "get") else None
+        if state is None and not self.img.readonly:
+            with self.img.transaction():
+                system["scheme"] = {"sources": {}, "syntax": [], "replay": [], "journal": [],
+                                    "history": []}
+            state = system["scheme"]
+        return state
+
+    def _load_root(self, boot: bool) -> None:
+        """The root's entries into the namespace: all of them at boot; later,
+        those that code outside the interpreter (Python's img.root) added or
+        replaced with data."""
+        namespace = self.env.namespace
+        for name, value in self.img.root.items():
+            if not isinstance(name, str):
+                continue
+            key = mangle(name)
+            old = namespace.get(key, _UNBOUND)
+            if boot or old is _UNBOUND or (old is not value and not callable(old)):
+                self.env._names.setdefault(key, intern(name))
+                namespace[key] = value
+        self._seen_head = self.img.head
+
+    def _boot(self) -> None:
+        """Globals from the root; then syntax and unstorable definitions run again."""
+        self._load_root(boot=True)
+        state = self._state()
+        if state is None:
+            return
+        self.env.booting = True
+        try:
+            for text in list(state["syntax"]) + list(state["replay"]):
+                try:
+                    self._run_forms(text, "<boot>", journal=False)
+                except SchemeFailure as exc:
+                    self.boot_notes.append(f"a stored definition failed when run again: {exc}")
+        finally:
+            self.env.booting = False
+
+    # -- evaluation ------------------------------------------------------------------
+
+    def eval(self, text: str, source: str = "<eval>") -> Any:
+        """Evaluates every form of text, each in a transaction of its own;
+        returns the last value (a string as a Python str, a character as a
+        one-character str, other values as Scheme values or handles)."""
+        return to_python(self._run_forms(text, source, journal=True))
+
+    def eval_file(self, path: str | os.PathLike) -> Any:
+        """Evaluates a file, one transaction per top-level form."""
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return to_python(self._run_forms(text, os.fspath(path), journal=True))
+
+    def eval_forms(self, text: str, source: str = "<eval>") -> list:
+        """Every form's value, in order (each form in a transaction of its own)."""
+        values: list = []
+        self._run_forms(text, source, journal=True, values=values)
+        return values
+
+    def _run_forms(self, text: str, source: str, *, journal: bool, values: list | None = None) -> Any:
+        positions: dict = {}
+        try:
+            forms = read_all(text, source, positions=positions)
+        except SchemeRaise as exc:
+            raise SchemeFailure(condition_text(exc.payload), exc.payload) from None
+        result = None
+        for datum in forms:
+            result = self.run_form(datum, positions, journal=journal)
+            if values is not None:
+                values.append(result)
+        return result
+
+    def run_form(self, datum: Any, positions: dict | None = None, *, journal: bool = True) -> Any:
+        """One top-level form, one transaction: its value, or SchemeFailure."""
+        img, env = self.img, self.env
+        if img.head != self._seen_head:   # the root changed under us (the Python API)
+            self._load_root(boot=False)
+        self._running = datum
+        try:
+            with img.transaction(_form_text(datum)[:200]):
+                value = run(eval_datum, datum, env, positions)
+                if journal and not img.readonly:
+                    self._record(datum)
+        except SchemeRaise as exc:
+            env.form_failed()
+            raise SchemeFailure(condition_text(exc.payload), exc.payload) from None
+        except (image.ImageError, OSError) as exc:
+            env.form_failed()
+            raise SchemeFailure(f"the image refused the change: {exc}", exc) from None
+        except BaseException:
+            env.form_failed()
+            raise
+        env.form_done()
+        self._seen_head = img.head
+        return value
+
+    def _record(self, datum: Any) -> None:
+        """What the form leaves besides its effects: its source if it defines,
+        and a journal entry if it changed the image."""
+        text = _form_text(datum)
+        head = datum.car.name if isinstance(datum, Pair) and isinstance(datum.car, Symbol) else ""
+        if not (self.img.changed or head in _DEFINING or self.env.unstored):
+            return
+        state = self._state()
+        if head == "define-syntax":
+            state["syntax"].append(text)
+        elif head == "define-record-type" or self.env.unstored:
+            state["replay"].append(text)
+        name = _defined_name(datum)
+        if name is not None and head != "set!":
+            state["sources"][name] = text
+        journal = state["journal"]
+        journal.append((len(journal) + 1, self.img.head + 1, time.time(), text))
+
+    # -- what the REPL and the browser ask ----------------------------------------------
+
+    def global_names(self) -> list[str]:
+        return sorted(sym.name for sym in self.env.names())
+
+    def source_of(self, name: str) -> str | None:
+        state = self._state()
+        return state["sources"].get(name) if state is not None else None
+
+    def history(self) -> list[str]:
+        """The REPL's input lines, oldest first."""
+        state = self._state()
+        return [line for line in state["history"] if isinstance(line, str)] if state is not None else []
+
+    def add_history(self, line: str) -> None:
+        state = self._state()
+        if state is not None:
+            with self.img.transaction():
+                state["history"].append(line)
+
+    def journal(self) -> list[tuple]:
+        state = self._state()
+        return list(state["journal"]) if state is not None else []
+
+
+def _check_blob(who: str, x: Any) -> Any:
+    if not isinstance(x, image.Blob):
+        raise SchemeError(f"{who}: expected a blob, got", x)
+    return x
+
+
+def _blob_read(b: Any) -> Any:
+    from ._types import Bytevector
+    return Bytevector(_check_blob("blob-read", b).read())
+
+
+def condition_text(condition: Any) -> str:
+    """A raised object as the REPL prints it: an error's message and irritants."""
+    from ._printer import display, write
+    if isinstance(condition, ErrorObject):
+        parts = [condition.message] + [write(x) for x in condition.irritants]
+        kind = {"file": "file error: ", "read": "read error: "}.get(condition.kind, "")
+        return kind + " ".join(parts)
+    return "raised " + write(condition) if not isinstance(condition, (str, MString)) else display(condition)
+
+
+def _defined_name(datum: Any) -> str | None:
+    """The global a top-level definition names: (define x ...), (define (f ...) ...)."""
+    if not (isinstance(datum, Pair) and isinstance(datum.cdr, Pair)):
+        return None
+    target = datum.cdr.car
+    while isinstance(target, Pair):   # (define ((curried a) b) ...)
+        target = target.car
+    return target.name if isinstance(target, Symbol) else None
+
+
+def _form_text(datum: Any) -> str:
+    from ._printer import write
+    return write(datum)
+
+
+def to_python(x: Any) -> Any:
+    """A value as the Python API returns it (strings and characters as str)."""
+    if isinstance(x, MString):
+        return x.s
+    if type(x) is Char:
+        return chr(x.cp)
+    if type(x) is Values:
+        return tuple(to_python(v) for v in x)
+    return x
