@@ -170,3 +170,63 @@ def test_python_values_come_back_as_python_values(path):
     assert values(path, '"abc" (string #\\a #\\b) #\\z 12 (values 1 2)') == ["abc", "ab", "z", 12, (1, 2)]
     assert isinstance(session(path, "(list 1 2)"), Pair)
     assert not isinstance(session(path, '"x"'), (MString, Char))
+
+
+class TestImageForms:
+    """(transaction ...), (commit), (gc) and blobs, from Scheme."""
+
+    def test_transaction_is_a_savepoint(self, path):
+        """An error inside (transaction ...) undoes only its body, in the image and in the session."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            assert interp.eval("""(define x 1)
+                                  (begin (set! x 2)
+                                         (guard (e (#t 'caught)) (transaction (set! x 3) (car 1)))
+                                         x)""") == 2
+            assert interp.eval("(transaction (set! x 4) x)") == 4
+        assert session(path, "x") == 4
+
+    def test_commit_points_keep_what_came_before(self, path):
+        """(commit) makes the form's work so far durable; an error after it rolls back only the rest."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define x 0)")
+            with pytest.raises(vm.SchemeFailure, match="car"):
+                interp.eval("(begin (set! x 1) (commit) (set! x 2) (car 0))")
+            assert interp.eval("x") == 1
+            with pytest.raises(vm.SchemeFailure, match="commit: not inside"):
+                interp.eval("(transaction (commit))")
+        assert session(path, "x") == 1
+
+    def test_gc_frees_what_nothing_reaches(self, path):
+        """(gc) collects; what the globals reach survives it, and it reports what it freed."""
+        session(path, "(define keep (list 1 2 3)) (define drop (make-vector 100 'x)) (set! drop #f)")
+        freed = values(path, "(gc) keep")
+        assert freed[0].car.car is vm._types.intern("objects") and freed[0].car.cdr >= 1
+        assert session(path, "(length keep)") == 3
+
+    def test_blobs_from_scheme(self, path):
+        """(blob bv) stores a bytevector once by hash; blob-read gives it back after a reopen."""
+        session(path, "(define b (blob (string->utf8 \"attachment\"))) (define b2 (blob (string->utf8 \"attachment\")))")
+        assert values(path, "(blob? b) (eq? b b2) (blob-length b) (utf8->string (blob-read b))") == \
+            [True, True, 10, "attachment"]
+
+
+class TestBadInput:
+    """Malformed forms and unstorable values are clear Scheme errors that change nothing."""
+
+    @pytest.mark.parametrize("text, message", [
+        ("(define", "read error"), ("(let ((x)) x)", "let"), ("#<foo>", "read error"),
+        ("(lambda (x x) x)", "lambda"), ("(undefined-thing)", "unbound variable")])
+    def test_malformed_forms(self, path, text, message):
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            head = img.head
+            with pytest.raises(vm.SchemeFailure, match=message):
+                interp.eval(text)
+            assert img.head == head
+
+    def test_a_value_the_image_cannot_hold_is_kept_as_source(self, path):
+        """A port in a global lives for the session; its definition is run again at boot."""
+        session(path, "(define out (open-output-string)) (write 'x out)")
+        assert values(path, "(output-port? out) (get-output-string out)") == [True, ""]
