@@ -1181,6 +1181,15 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Whether a slot of a mapped segment holds only zero bytes. */
+static int slot_reads_zero(ic_store *st, uint32_t segno, uint64_t slot) {
+    if (segno >= st->nsegs || !st->segs[segno].base || slot >= st->segs[segno].nslots) return 0;
+    const uint64_t *w = (const uint64_t *)(st->segs[segno].base + (slot << st->page_shift));
+    for (uint64_t i = 0; i < st->page_size / 8; i++)
+        if (w[i]) return 0;
+    return 1;
+}
+
 int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     ic_store *st = t->st;
     clear_err(st);
@@ -1224,8 +1233,12 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
         free_undo(c);
         return IC_FULL;
     }
-    /* The zeroed slot past the commit, when it fits and is not known zero. */
-    uint64_t buf_slots = nslots + (nslots < room && c->slot + nslots < c->zero_from);
+    /* The zeroed slot past the commit, when it fits and is not zero already:
+     * known zero (past zero_from), or read as zeros now.  What reads as zeros
+     * is zeros on disk, or zeros another writer left in the page cache, which
+     * this commit's fdatasync makes durable with its own pages. */
+    uint64_t buf_slots = nslots + (nslots < room && c->slot + nslots < c->zero_from
+                                   && !slot_reads_zero(st, c->segno, c->slot + nslots));
     if (commit_buffer(st, c, buf_slots << st->page_shift)) {
         undo_apply(t, u);
         free_undo(c);

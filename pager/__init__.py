@@ -25,7 +25,8 @@ HOW A COMMIT IS MADE ATOMIC (the invariants, each checked where named)
     write can damage only the commit being made (no reliance on the disk
     writing sectors atomically).  Sealed segments are never written again.
  2. A commit is one contiguous write (its record, pages and page-table nodes,
-    then a zeroed slot) and one fdatasync; it is acknowledged (commit()
+    then a zeroed slot unless the slot past it already reads as zeros) and one
+    fdatasync; it is acknowledged (commit()
     returns) only after that sync returned.  The record holds a checksum of
     every page it wrote, so a torn commit is detected (the newest record's
     pages are verified when opening).
@@ -35,8 +36,10 @@ HOW A COMMIT IS MADE ATOMIC (the invariants, each checked where named)
     (_Tail.follows).  Opening reads the log forward from a checkpoint and stops
     at the first record that is not a valid continuation: stale bytes of an
     interrupted commit are never trusted.  In every acknowledged state the
-    slot past the log's end is zero (each commit zeroes it), so anything there
-    at open is an interrupted commit or damage.
+    slot past the log's end is zero (each commit zeroes it, or checks that it
+    reads as zeros: zeros another writer left unsynced in the page cache are
+    made durable by this commit's own fdatasync), so anything there at open
+    is an interrupted commit or damage.
  4. The first record of every segment is a checkpoint (the page-table root and
     the per-segment usage); every record names its segment's newest
     checkpoint, and every checkpoint the one before it.  Opening replays from
