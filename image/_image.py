@@ -371,6 +371,18 @@ class Image:
                 "heap_bytes": meta(LAYOUT["M_TOP"]) - meta(LAYOUT["M_BASE"]),
                 "collections": meta(LAYOUT["M_GCS"]), "commit": self._store.head}
 
+    def at(self, commit: int) -> "Image":
+        """A read-only image of an older commit, beside this one: it reads the
+        pages that commit reached (no copy).  Close it when done."""
+        if self._store is None:
+            raise ImageError("the image is closed")
+        view = self._store.view(commit)
+        try:
+            return Image(view)
+        except BaseException:
+            view.close()
+            raise
+
     def close(self) -> None:
         """Rolls back an open transaction, closes the store; handles go stale."""
         if self._store is None:

@@ -53,12 +53,19 @@ class CommitInfo(NamedTuple):
 
 class PageView:
     """A read-only view of one commit, in the process that opened it; meta is
-    that commit's caller metadata."""
+    that commit's caller metadata.  It answers what a reader store does
+    (readonly, head, head_meta, page_reader, dirty_pages), so the layers above
+    open it as they open a store (image.Image.at)."""
 
-    def __init__(self, tree: Tree, commit: int, page_size: int, meta: bytes = b"") -> None:
+    readonly = True
+    dirty_pages = 0
+
+    def __init__(self, tree: Tree, commit: int, page_size: int, meta: bytes = b"",
+                 path: str = "") -> None:
         self._tree: Tree | None = tree
         self.commit = commit
         self.meta = meta
+        self.path = path
         self.page_size = page_size
         self._reader = _make_reader(self, page_size)
         self._reader.rebind(_address(tree.ptr), 0, tree)
@@ -67,6 +74,18 @@ class PageView:
         if self._tree is None:
             raise PagerError(f"the view of commit {self.commit} is closed")
         return self._tree
+
+    @property
+    def head(self) -> int:
+        return self.commit
+
+    @property
+    def head_meta(self) -> bytes:
+        return self.meta
+
+    @property
+    def page_reader(self) -> PageReader:
+        return self._reader
 
     def read(self, page_no: int) -> bytes:
         """The bytes of a logical page as of this commit."""
@@ -768,7 +787,7 @@ class PageStore:
             raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
                                f"does not reach commit {commit_no}")
         return PageView(self._image.tree_from(ckpt, records[1:]), commit_no, self.page_size,
-                        records[-1].meta)
+                        records[-1].meta, self.path)
 
     def refresh(self) -> int:
         """A reader moves to the newest commit; returns the new head."""

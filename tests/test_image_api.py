@@ -651,3 +651,30 @@ def test_defined_classes_make_objects_with_slots_that_persist(path):
     assert isinstance(p, image.Object) and p.class_index == point and p[0] == "one"
     img.check()
     img.close()
+
+
+class TestTimeTravel:
+    """img.at(commit): a read-only image of an older commit, beside the live one."""
+
+    def test_an_old_commit_reads_as_it_was(self, path):
+        """The view sees the values of its commit; the live image goes on; neither disturbs the other."""
+        img = image.open(path)
+        img.root["inbox"] = [{"subject": "a"}]
+        then = img.head
+        img.root["inbox"].append({"subject": "b"})
+        img.root["inbox"][0]["subject"] = "changed"
+        old = img.at(then)
+        assert [m["subject"] for m in old.root["inbox"]] == ["a"]
+        assert [m["subject"] for m in img.root["inbox"]] == ["changed", "b"]
+        assert old.check()["objects"] > 0
+        with pytest.raises(image.ReadOnlyImage):
+            old.root["x"] = 1
+        old.close()
+        img.root["after"] = 1   # the live image is unaffected by the closed view
+        img.close()
+
+    def test_a_commit_that_is_not_on_disk_is_refused(self, path):
+        img = image.open(path)
+        with pytest.raises(KeyError):
+            img.at(img.head + 5)
+        img.close()
