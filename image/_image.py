@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import weakref
 from typing import Any
 
 import zstandard
@@ -46,11 +47,21 @@ def open(path: str | os.PathLike, readonly: bool = False, *,  # noqa: A001 - the
 _SPECIAL_MAKERS: dict[str, Any] = {}
 
 
+_LIVE_IMAGES: "weakref.WeakSet[Image]" = weakref.WeakSet()
+
+
 def register_values(handle_classes: dict[int, type], specials: dict[str, Any]) -> None:
-    """Installs the layer above's readers: handle classes by class index (each
-    a subclass of the C handle base) and makers by special kind ("char",
-    "nil", "eof", "symbol").  Process-wide: one Scheme per process."""
+    """Installs the layer above's readers for the system classes it owns
+    (pair, mutable string, closure: the same index in every image): handle
+    classes by class index (each a subclass of the C handle base), and makers
+    by special kind ("char", "nil", "eof", "symbol").  Process-wide; a user
+    class's handle class is per image (Image.set_handle_class)."""
+    for index in handle_classes:
+        if index >= LAYOUT["N_SYSTEM_CLASSES"]:
+            raise ValueError(f"class {index} is a user class: use Image.set_handle_class")
     _HANDLE_CLASSES.update(handle_classes)
+    for img in list(_LIVE_IMAGES):
+        img._handle_classes.update(handle_classes)
     _SPECIAL_MAKERS.update(specials)
 
 
@@ -104,9 +115,13 @@ class Image:
     def __init__(self, store: PageStore) -> None:
         self._store = store
         self.readonly = store.readonly
+        # Handle classes by class index: the system's, and this image's own
+        # for its user classes (set_handle_class).
+        self._handle_classes = dict(_HANDLE_CLASSES)
+        _LIVE_IMAGES.add(self)
         # The heap makes handles (one per address, cached weakly) in C.
         self._heap = _fastpath.Heap(store.page_reader, self, _fastpath.HandleBase,
-                                    _HANDLE_CLASSES, Object, _make_special)
+                                    self._handle_classes, Object, _make_special)
         self._depth = 0          # transaction nesting; 0: autocommit, >1: savepoints
         self.gc_stress = bool(os.environ.get("IMAGO_GC_STRESS"))
         self._load_meta()
@@ -278,6 +293,25 @@ class Image:
             table.append((str(name), "record", fields))
             self._heap.set_meta(LAYOUT["M_NCLASSES"], index + 1)
         return index
+
+    def class_index(self, name: str, fields: tuple[str, ...] = ()) -> int:
+        """The index of the class of that name and fields, defined if the
+        image has none yet (a record type defined again in a later session
+        finds the class of its earlier instances)."""
+        fields = tuple(str(f) for f in fields)
+        for index, entry in enumerate(self._heap.decode(self._heap.meta(LAYOUT["M_CLASSES"]))):
+            if tuple(entry) == (str(name), "record", fields):
+                return index
+        if self.readonly:
+            raise ReadOnlyImage(f"this image has no class {name} and was opened read-only")
+        return self.define_class(name, fields)
+
+    def set_handle_class(self, index: int, cls: type) -> None:
+        """Objects of user class index read back as instances of cls (a
+        subclass of the C handle base) in this image."""
+        if index < LAYOUT["N_SYSTEM_CLASSES"]:
+            raise ValueError(f"class {index} is a system class")
+        self._handle_classes[index] = cls
 
     def class_info(self, index: int) -> tuple:
         """(name, kind, fields) of a class."""

@@ -87,6 +87,19 @@ class TestGlobalsPersist:
         assert values(path, "(point-x (make-point 3 4)) (point? (make-point 1 2)) (point? 5)") == \
             [3, True, False]
 
+    def test_record_instances_are_stored(self, path):
+        """R7RS 5.5: records stored in globals and lists come back as records of their type,
+        and a record still held by a local becomes its stored copy (eq?, later changes)."""
+        assert values(path, """(define-record-type point (make-point x y) point? (x point-x set-point-x!) (y point-y))
+                                (define pts (list (make-point 3 4) (make-point 5 6)))
+                                (define p #f)
+                                (let ((q (make-point 7 8))) (set! p q) (set-point-x! q 70) (eq? p q))""")[-1] is True
+        assert values(path, "(point-x p) (point? (car pts)) (map point-y pts)")[:2] == [70, True]
+        session(path, "(set-point-x! (cadr pts) 50)")
+        assert session(path, "(point-x (cadr pts))") == 50
+        with image.open(path) as img:
+            img.check()
+
     def test_the_root_table_is_the_global_environment(self, path):
         """Python's img.root["inbox"] is Scheme's inbox, and the other way round."""
         with image.open(path) as img:

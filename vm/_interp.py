@@ -151,6 +151,7 @@ class Interpreter:
         _persist.install(img, self.env)
         self._install_image_forms()
         self.boot_notes: list[str] = []
+        self._seen_head = img.head
         self._boot()
 
     # -- the image forms ---------------------------------------------------------------
@@ -254,20 +255,30 @@ class Interpreter:
         self._seen_head = self.img.head
 
     def _boot(self) -> None:
-        """Globals from the root; then syntax and unstorable definitions run again."""
-        self._load_root(boot=True)
+        """Syntax and record types first (stored records read as records only
+        once their type is back), then the globals from the root, then the
+        other definitions kept as source, in the order they were made."""
         state = self._state()
         if state is None:
+            self._load_root(boot=True)
             return
+        replay = list(state["replay"])
+        first = [t for t in replay if t.startswith("(define-record-type")]
+        rest = [t for t in replay if not t.startswith("(define-record-type")]
         self.env.booting = True
         try:
-            for text in list(state["syntax"]) + list(state["replay"]):
-                try:
-                    self._run_forms(text, "<boot>", journal=False)
-                except SchemeFailure as exc:
-                    self.boot_notes.append(f"a stored definition failed when run again: {exc}")
+            self._replay(list(state["syntax"]) + first)
+            self._load_root(boot=True)
+            self._replay(rest)
         finally:
             self.env.booting = False
+
+    def _replay(self, texts: list[str]) -> None:
+        for text in texts:
+            try:
+                self._run_forms(text, "<boot>", journal=False)
+            except SchemeFailure as exc:
+                self.boot_notes.append(f"a stored definition failed when run again: {exc}")
 
     # -- evaluation ------------------------------------------------------------------
 

@@ -16,24 +16,29 @@ module teaches it Scheme's, through the two doors the image offers:
       compiled procedure       a CLOSURE: name, "lambda",   StoredProcedure
                                its core lambda form
       standard procedure       a CLOSURE: name, "system"    StoredProcedure
+      record                   an object of the image class the type's stored
+                               "record:NAME" (its fields)   subclass (see below)
       SVector, str, numbers,   as Python's (a Vector, a     a Vector handle, ...
       bool, None, bytes        string, ...)
       HashTable (transient)    a Table (as a dict)          a Table handle
 
 - register_values: the classes and makers above, process-wide.
 
-PersistentPair and PersistentString are subclasses of Pair and MString, so
-every isinstance check of the Scheme layer takes them as they are; their
-fields are properties that read and write the image.  A transient Pair or
-MString bound to a global becomes the handle of its image copy (``become``:
+PersistentPair and PersistentString are subclasses of Pair and MString (and
+a stored record's class a subclass of its type's class), so every isinstance
+check of the Scheme layer takes them as they are; their fields are
+properties that read and write the image.  A transient pair, string or
+record bound to a global becomes the handle of its image copy (``become``:
 its class is switched and the image adopts it), so code still holding it
 sees later changes and keeps eq? right.
 
-WHAT CANNOT BE STORED (a clear error, and the form rolls back): a procedure
-that captures local variables (a closure over a let), a continuation, a port,
-a parameter object, a promise, a record (the persistent environment keeps
-such definitions as source and runs them again when the image boots: see
-_interp).  A transient vector or hash table is copied in: code that still
+WHAT CANNOT BE STORED: a procedure that captures local variables (a closure
+over a let), a continuation, a port, a parameter object, a promise.  Bound
+to a global, such a value lives for the session and its definition is kept
+as source and run again when the image boots (_interp); put into a stored
+object, it is a clear error and the form rolls back.  Record types are
+replayed the same way, before the root is read, so that stored records
+read back as records of the type.  A transient vector or hash table is copied in: code that still
 holds the transient after storing it changes the copy it holds, not the
 image's (the image's is what every later read of the global returns).
 
@@ -52,7 +57,8 @@ import image
 from image import LAYOUT
 from native._fastpath import HandleBase
 
-from ._types import (EOF, NIL, Char, MString, Pair, SchemeError, SVector, Symbol, char, intern)
+from ._types import (EOF, NIL, RECORD_TYPE_HOOKS, Char, MString, Pair, Record, RecordType,
+                     SchemeError, SVector, Symbol, char, field_slot, intern)
 
 C_PAIR, C_MSTRING, C_CLOSURE = LAYOUT["C_PAIR"], LAYOUT["C_MSTRING"], LAYOUT["C_CLOSURE"]
 
@@ -132,6 +138,65 @@ class _StaleString(MString):
 
 PersistentPair.stale_class = _StalePair
 PersistentString.stale_class = _StaleString
+
+
+# -- records -------------------------------------------------------------------------
+#
+# A record type gets a class in the image ("record:NAME" with its fields; the
+# same name and fields find the same class in a later session) and a
+# persistent subclass of its Python class whose fields read and write the
+# image object's slots, so the type's accessors, modifiers and predicate take
+# stored records as they are.  The class index lives on the RecordType, per
+# image the interpreter runs on.
+
+_RECORD_IMAGES: "weakref.WeakSet[Any]" = weakref.WeakSet()   # images whose record types are kept
+_PERSISTENT_CLASSES: dict[type, type] = {Pair: PersistentPair, MString: PersistentString}
+
+
+def _record_field(index: int) -> property:
+    def get(self: Any) -> Any:
+        return self._heap.slot(self._addr, index)
+
+    def put(self: Any, value: Any) -> None:
+        _set(self, index, value)
+    return property(get, put)
+
+
+def persistent_record_class(rtd: RecordType) -> type:
+    """The class of stored records of this type (made once per type)."""
+    cls = _PERSISTENT_CLASSES.get(rtd.cls)
+    if cls is None:
+        fields = {field_slot(f): _record_field(i) for i, f in enumerate(rtd.fields)}
+        stale = type(f"stale {rtd.name}", (rtd.cls,), {"__slots__": (), **{
+            field_slot(f): property(_gone, _gone) for f in rtd.fields}})
+        cls = type(f"stored {rtd.name}", (rtd.cls,), {"__slots__": (), "stale_class": stale, **fields})
+        _PERSISTENT_CLASSES[rtd.cls] = cls
+    return cls
+
+
+def _record_type_made(rtd: RecordType) -> None:
+    """A new record type: its class in each image an interpreter runs on."""
+    for img in list(_RECORD_IMAGES):
+        if img.closed:
+            continue
+        try:
+            index = img.class_index(f"record:{rtd.name}", rtd.fields)
+        except image.ReadOnlyImage:
+            continue   # a read-only image cannot hold records of a type it does not know
+        img.set_handle_class(index, persistent_record_class(rtd))
+        rtd_indexes = _RECORD_INDEX.setdefault(rtd, {})
+        rtd_indexes[img] = index
+
+
+_RECORD_INDEX: "weakref.WeakKeyDictionary[RecordType, dict]" = weakref.WeakKeyDictionary()
+RECORD_TYPE_HOOKS.append(_record_type_made)
+
+
+def _record_record(x: Record) -> tuple:
+    rtd = type(x).record_type
+    for img, index in _RECORD_INDEX.get(rtd, {}).items():
+        return ("object", index, [getattr(x, field_slot(f)) for f in rtd.fields])
+    raise TypeError(f"cannot store a {rtd.name} record: its type was defined with no image open")
 
 
 # -- procedures -----------------------------------------------------------------------
@@ -245,6 +310,8 @@ def encode_value(x: Any) -> tuple:
         return ("pair", x.car, x.cdr)
     if isinstance(x, MString):
         return ("object", C_MSTRING, [x.s])
+    if isinstance(x, Record):
+        return _record_record(x)
     if isinstance(x, StoredProcedure):   # of another image, or stale: its callable
         return encode_value(x.procedure())
     if callable(x):
@@ -301,18 +368,18 @@ def install(img: image.Image, env: Any) -> None:
         {"char": char, "nil": lambda _: NIL, "eof": lambda _: EOF, "symbol": intern})
     img.set_encode_hook(encode_value)
     _ENVIRONMENTS[img] = env
+    _RECORD_IMAGES.add(img)
 
 
 def become(value: Any, handle: Any, img: image.Image) -> Any:
     """The transient value stored as handle's object turns into that handle
     (a Pair or an MString); other values are replaced by the handle."""
-    if type(value) is Pair and isinstance(handle, PersistentPair):
-        del value.car, value.cdr   # the transient's own slots: the image holds them now
-        value.__class__ = PersistentPair
-    elif type(value) is MString and isinstance(handle, PersistentString):
-        del value.s
-        value.__class__ = PersistentString
-    else:
+    persistent = _PERSISTENT_CLASSES.get(type(value))
+    if persistent is None or type(handle) is not persistent:
         return handle
+    for name in type(value).__slots__:   # the transient's own fields: the image holds them now
+        if hasattr(value, name):
+            delattr(value, name)
+    value.__class__ = persistent
     img.adopt(value, handle._addr)
     return value

@@ -708,7 +708,7 @@ def record_constructor(rtd: RecordType, field_names: Any) -> Callable:
     lines += [f"    o.{_field_slot(f)} = {p}" for f, p in zip(taken, params)]
     lines += [f"    o.{_field_slot(f)} = None" for f in rtd.fields if f not in taken]
     lines.append("    return o")
-    namespace = {"__builtins__": {}, "R_new": object.__new__, "R_cls": rtd.cls}
+    namespace = {"__builtins__": {}, "R_new": rtd.cls.__new__, "R_cls": rtd.cls}
     exec("\n".join(lines), namespace)
     construct = namespace["construct"]
     label = f"make-{rtd.name.strip('<>')}"

@@ -246,12 +246,18 @@ class Values(tuple):
         return f"Values{tuple.__repr__(self)}"
 
 
-class Record:
+class Record(HandleBase):
     """Base of every record type's class (define-record-type makes one
-    subclass per type, with __slots__ of its fields)."""
+    subclass per type, with __slots__ of its fields).  On the image's handle
+    base, as Pair is, so that a stored record can become its image copy."""
 
     __slots__ = ()
     record_type: "RecordType"
+
+
+# Called with each new RecordType: the image layer (vm/_persist.py) gives it a
+# class in the image and a persistent subclass.
+RECORD_TYPE_HOOKS: list[Callable[["RecordType"], None]] = []
 
 
 class RecordType:
@@ -263,16 +269,21 @@ class RecordType:
         self.name = name
         self.fields = fields
         self.cls = type(f"record:{name}", (Record,),
-                        {"__slots__": tuple(_field_slot(f) for f in fields)})
+                        {"__slots__": tuple(field_slot(f) for f in fields)})
         self.cls.record_type = self
+        for hook in RECORD_TYPE_HOOKS:
+            hook(self)
 
     def __repr__(self) -> str:
         return f"#<record-type {self.name}>"
 
 
-def _field_slot(field: str) -> str:
+def field_slot(field: str) -> str:
     """A Python slot name for any Scheme field name (which may be 'a-b?')."""
     return "f_" + "".join(c if c.isalnum() else f"_{ord(c):x}_" for c in field)
+
+
+_field_slot = field_slot   # the name the printer and the runtime import
 
 
 # -- calling convention -----------------------------------------------------
@@ -438,6 +449,6 @@ __all__ = [
     "EOF", "NIL", "Bytevector", "Char", "ErrorObject", "MString", "Pair", "Record",
     "RecordType", "SVector", "SchemeError", "SchemeRaise", "Symbol", "TailCall", "Values",
     "as_condition", "call", "char", "eqv", "equal", "from_iterable", "gensym", "intern",
-    "BYTEVECTOR_TYPES", "ImageTable", "ImageVector", "VECTOR_TYPES", "is_interned",
+    "BYTEVECTOR_TYPES", "RECORD_TYPE_HOOKS", "ImageTable", "ImageVector", "VECTOR_TYPES", "is_interned",
     "is_number", "is_string", "is_vector", "resolve", "text", "to_list",
 ]
