@@ -221,7 +221,7 @@ def fake_call_with_values(producer, consumer):
 
 def fake_record_constructor(rtd, names):
     def make(*args):
-        record = object.__new__(rtd.cls)
+        record = rtd.cls.__new__(rtd.cls)
         for field in rtd.fields:
             setattr(record, _slot(field), None)
         for name, value in zip(names, args, strict=True):
