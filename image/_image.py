@@ -405,6 +405,27 @@ class Image:
                 "heap_bytes": meta(LAYOUT["M_TOP"]) - meta(LAYOUT["M_BASE"]),
                 "collections": meta(LAYOUT["M_GCS"]), "commit": self._store.head}
 
+    def rewind(self, commit: int) -> None:
+        """This image goes on from an older commit (the pager's rewind): its
+        state becomes that commit's, every handle goes stale, and the next
+        commit continues the line from there (the later commits stay on disk
+        as a branch).  Not inside a transaction."""
+        if self._depth:
+            raise ImageError("rewind() inside a transaction")
+        if self.readonly:
+            raise ReadOnlyImage("this image was opened read-only")
+        self._store.rewind(commit)
+        for handle in self._heap.live_handles().values():
+            self._heap.forget_handle(handle._addr)
+            make_stale(handle)
+        self._load_meta()
+        self._heap.reload()
+
+    @property
+    def base(self) -> int:
+        """The commit this image's state is (the head, unless rewound)."""
+        return self._store.base
+
     def at(self, commit: int) -> "Image":
         """A read-only image of an older commit, beside this one: it reads the
         pages that commit reached (no copy).  Close it when done."""

@@ -10,6 +10,7 @@ Public API::
 
     PageStore.create(path, page_size=4096)  PageStore.open(path, readonly=False)
     store.read / write / free / commit / rollback / head / commits / view
+    store.rewind(n) / base: the writer goes on from an older commit (a branch)
     store.refresh (readers) / check / close
     store.read_bytes / write_bytes / read_word / write_word   (logical addresses)
     store.head_meta, view.meta: the caller metadata of the head / viewed commit

@@ -245,7 +245,8 @@ class PageStore:
         self.readonly = readonly
         self.recovery_notes: list[str] = []
         self.appended_bytes = 0     # bytes this process appended: pages, nodes and records
-        self.head_meta = b""        # the caller metadata of the head commit
+        self.head_meta = b""        # the caller metadata of the commit the state is (base)
+        self.base = 0               # the commit the writer's state is: the head, or what rewind chose
         self._vfs = vfs
         self._state = _CLOSED
         self._lock_fd = -1
@@ -394,7 +395,7 @@ class PageStore:
         self._image.native.set_limit(tail.segno, tail.slot)
         self._ckpt = records[index]
         self._tail = tail
-        self.head = tail.seq
+        self.head = self.base = tail.seq
         self._records_since_ckpt = len(records) - index - 1
         self._tree = tree
         self.head_meta = records[-1].meta
@@ -584,6 +585,31 @@ class PageStore:
         self._reader.invalidate()
         self._dirty.clear()
 
+    def rewind(self, commit_no: int) -> None:
+        """The writer goes on from an older commit: what it reads is that
+        commit's state, and the next commit's parent is commit_no.  The
+        commits after it stay on disk (a branch: views reach them) until
+        segment cleaning drops them.  Uncommitted changes are dropped.  Not
+        durable until the next commit, which carries a checkpoint (invariant 5):
+        reopening before it lands on the newest commit, as if never rewound."""
+        self._require_writer()
+        if not 0 <= commit_no <= self.head:
+            raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
+        ckpt = self._image.checkpoint_before(self._ckpt, commit_no)
+        records, _ = self._image.scan(_Tail(ckpt.segno, ckpt.slot, -1, 0, 0), upto=commit_no)
+        if not records or records[-1].seq != commit_no:
+            raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
+                               f"does not reach commit {commit_no}")
+        tree = self._image.tree_from(ckpt, records[1:])
+        self._reader.rebind(0, 0, None)
+        old_tree, self._tree = self._tree, tree
+        self._dirty.clear()
+        self.base, self.head_meta = commit_no, records[-1].meta
+        self._records_since_ckpt = CHECKPOINT_RECORDS   # the next commit is a checkpoint
+        self._start_log(self._tail, zero_from=self._commit_args.zero_from)
+        self._bind_reader()
+        old_tree.close()
+
     def commit(self, meta: bytes = b"") -> int:
         """Make every write since the last commit durable; returns the commit number."""
         try:
@@ -638,7 +664,7 @@ class PageStore:
         tail itself (ic_commit_done advances it), so a commit sets only what
         is its own."""
         c = self._commit_args
-        _start_log(c, tail, parent=self.head,
+        _start_log(c, tail, parent=self.base,
                    prev_ckpt=make_loc(self._ckpt.segno, self._ckpt.slot),
                    seg_slots=self._image.nslots(tail.segno) if seg_slots is None else seg_slots,
                    zero_from=zero_from, salt=self._image.salt)
@@ -718,7 +744,7 @@ class PageStore:
         seq = tail.seq + 1
         self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum,
                            tail.slot if checkpoint else tail.ckpt_slot)
-        self.head = seq
+        self.head = self.base = seq
         self.appended_bytes += nslots * self.page_size
         if checkpoint:
             self._records_since_ckpt = 0
@@ -837,6 +863,7 @@ class PageStore:
                 self._tree = tree
                 self._records_since_ckpt += len(records)
                 self._tail, self.head = tail, tail.seq
+                self.base = self.head
                 self.head_meta = records[-1].meta
         finally:
             self._bind_reader()

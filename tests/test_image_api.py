@@ -678,3 +678,24 @@ class TestTimeTravel:
         with pytest.raises(KeyError):
             img.at(img.head + 5)
         img.close()
+
+    def test_rewind_goes_on_from_an_older_commit(self, path):
+        """img.rewind(n): the state is commit n's, handles go stale, new commits branch from n."""
+        img = image.open(path)
+        img.root["x"] = [1]
+        then = img.head
+        img.root["x"].append(2)
+        later = img.head
+        held = img.root["x"]
+        img.rewind(then)
+        with pytest.raises(image.StaleHandle):
+            len(held)
+        assert list(img.root["x"]) == [1] and img.base == then
+        img.root["x"].append(3)
+        old = img.at(later)   # the abandoned line stays reachable
+        assert list(old.root["x"]) == [1, 2]
+        old.close()
+        img.check()
+        img.close()
+        with image.open(path) as again:
+            assert list(again.root["x"]) == [1, 3]

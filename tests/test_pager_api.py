@@ -287,6 +287,64 @@ class TestCommitsAndViews:
         view.close()
 
 
+class TestRewind:
+    """rewind(n): the writer goes on from an older commit; the later ones stay as a branch."""
+
+    def commit_pages(self, store, *values: bytes) -> list[int]:
+        numbers = []
+        for v in values:
+            store.write(1, v)
+            numbers.append(store.commit(v))
+        return numbers
+
+    def test_a_branch_from_an_older_commit(self, store, image_path):
+        """After rewind the state is the old commit's; the next commit's parent is it, and
+        views still reach the abandoned line; reopening lands on the branch."""
+        c1, c2, c3 = self.commit_pages(store, b"one", b"two", b"three")
+        store.rewind(c1)
+        assert store.read(1)[:3] == b"one" and store.base == c1 and store.head == c3
+        store.write(2, b"branch")
+        c4 = store.commit(b"b")
+        assert store.commits()[-1].parent == c1 and store.base == store.head == c4
+        with store.view(c3) as old:
+            assert old.read(1)[:5] == b"three" and old.read(2) == bytes(1024)
+        store.check()
+        store.close()
+        with PageStore.open(image_path) as again:
+            assert again.read(1)[:3] == b"one" and again.read(2)[:6] == b"branch"
+            assert again.head == c4
+            again.check()
+
+    def test_a_rewind_without_a_commit_is_not_durable(self, store, image_path):
+        """Reopening before the branch's first commit lands on the newest commit."""
+        c1, c2 = self.commit_pages(store, b"one", b"two")
+        store.write(3, b"uncommitted")
+        store.rewind(c1)
+        assert store.read(3) == bytes(1024)    # uncommitted changes are dropped
+        store.close()
+        with PageStore.open(image_path) as again:
+            assert again.read(1)[:3] == b"two" and again.head == c2
+
+    def test_branches_of_branches_and_many_commits(self, store, image_path):
+        """Branching repeatedly, across checkpoint intervals, keeps every line viewable."""
+        heads = self.commit_pages(store, *(bytes([i]) * 8 for i in range(1, 40)))
+        for back in (5, 17, 30):
+            store.rewind(heads[back])
+            heads += self.commit_pages(store, *(bytes([100 + back]) * 8 for _ in range(3)))
+        written = {c.number: c.meta for c in store.commits()}   # each commit's note is its value
+        for n in (heads[5], heads[17], heads[38], heads[41], heads[-1]):
+            with store.view(n) as v:
+                assert v.read(1)[:8] == written[n]
+        store.close()
+        with PageStore.open(image_path) as again:
+            again.check()
+            assert again.read(1)[:8] == bytes([130]) * 8
+
+    def test_a_commit_that_is_not_on_disk_is_refused(self, store):
+        with pytest.raises(KeyError):
+            store.rewind(store.head + 1)
+
+
 class TestReaders:
     def test_reader_sees_committed_state(self, store, image_path):
         """A reader beside the writer sees the last commit, not uncommitted writes."""
