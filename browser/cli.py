@@ -92,7 +92,7 @@ def cmd_default(args, out) -> int:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         image.open(path).close()
         print(f";; created a new image at {path}", file=out)
-    args.image = path
+    args.image, args.latest, args.snapshot = path, False, None
     return cmd_boot(args, out)
 
 
@@ -110,15 +110,94 @@ def _interpreter(path: str, create: bool = True):
 
 
 def cmd_boot(args, out) -> int:
-    """The REPL; when stdin is not a terminal, the forms it holds, each printed."""
+    """Boots a snapshot (the head, --snapshot ID, or --latest / a pipe on
+    stdin: the newest known-good one), leaves a boot snapshot, runs the REPL
+    (or, when stdin is not a terminal, the forms it holds, each printed), and
+    on a clean end marks the boot good and snapshots the final version."""
+    import snapshots
+    import vm
     from browser.repl import Repl, run_script
-    img, interp = _interpreter(args.image)
+    interactive = sys.stdin.isatty()
+    img = image.open(args.image)
     with img:
-        if not sys.stdin.isatty():
-            return run_script(interp, sys.stdin.read(), lambda text: print(text, file=out),
-                              lambda text: print(text, file=sys.stderr))
-        Repl(interp, lambda text: print(text, file=out, flush=True)).run()
+        log = snapshots.log_of(img)
+        _boot_version(img, log, args, interactive, out)
+        boot = log.take(_boot_commit(img), "boot")
+        interp = vm.Interpreter(img)
+        if not interactive:
+            status = run_script(interp, sys.stdin.read(), lambda text: print(text, file=out),
+                                lambda text: print(text, file=sys.stderr))
+        else:
+            Repl(interp, lambda text: print(text, file=out, flush=True)).run()
+            status = 0
+        log.mark(boot.id, "good")
+        end = log.take(img.head, "auto")
+        log.mark(end.id, "good")
+    return status
+
+
+def _boot_version(img, log, args, interactive: bool, out) -> None:
+    """Rewinds to the snapshot asked for; a rewind is made durable at once
+    with a commit of its own (the branch starts there)."""
+    target = None
+    if args.snapshot is not None:
+        target = args.snapshot
+        if target not in {s.id for s in log.snapshots()} and target != img.head:
+            raise ValueError(f"{args.image} has no snapshot {target} (imago snapshots lists them)")
+    elif args.latest or not interactive:
+        good = log.newest_good()
+        target = good.id if good is not None else None
+        if good is not None and good.id != img.head:
+            print(f";; booting the newest known-good snapshot, {good.id} "
+                  f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(good.time))})", file=out)
+    if target is not None and target != img.head:
+        img.rewind(target)
+
+
+def _boot_commit(img) -> int:
+    """Every boot is a commit of its own (the boot's time and the version it
+    started from), so that each boot snapshot names a version no other
+    snapshot names; after a rewind it is the branch's first commit."""
+    started_from = img.base
+    with img.transaction(f"boot from commit {started_from}"):
+        img.system["last boot"] = (time.time(), started_from)
+    return img.head
+
+
+def cmd_snapshots(args, out) -> int:
+    import snapshots
+    log = snapshots.SnapshotLog(_existing(args.image))
+    listed = log.snapshots(session_running=_locked(args.image))
+    if args.json:
+        json.dump([dict(s.as_json(), size=None) for s in listed], out)
+        print(file=out)
+        return 0
+    for s in reversed(listed):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time))
+        label = f"  {', '.join(s.labels)}" if s.labels else ""
+        print(f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<7}  {s.branch}{label}", file=out)
     return 0
+
+
+def cmd_snapshot(args, out) -> int:
+    import snapshots
+    with PageStore.open(_existing(args.image), readonly=True) as store:
+        head = store.head
+    snap = snapshots.SnapshotLog(args.image).take(head, "label", args.label)
+    print(f"snapshot {snap.id}: {args.label}", file=out)
+    return 0
+
+
+def _existing(path: str) -> str:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no image at {path}")
+    return path
+
+
+def _locked(path: str) -> bool:
+    """Whether a writer holds the image (a session may be running)."""
+    with PageStore.open(path, readonly=True) as store:
+        return store.writer_active
 
 
 def cmd_eval(args, out) -> int:
@@ -189,7 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("boot", help="boot an image into the REPL (created if missing)")
     p.add_argument("image")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--latest", action="store_true", help="the newest known-good snapshot")
+    which.add_argument("--snapshot", type=int, default=None, metavar="ID", help="that snapshot")
     p.set_defaults(run=cmd_boot)
+    p = sub.add_parser("snapshots", help="list the snapshots")
+    p.add_argument("image")
+    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    p.set_defaults(run=cmd_snapshots)
+    p = sub.add_parser("snapshot", help="label the current version")
+    p.add_argument("image")
+    p.add_argument("label")
+    p.set_defaults(run=cmd_snapshot)
     p = sub.add_parser("eval", help="evaluate forms and print each value")
     p.add_argument("image")
     p.add_argument("forms")

@@ -49,6 +49,15 @@ _SPECIAL_MAKERS: dict[str, Any] = {}
 
 _LIVE_IMAGES: "weakref.WeakSet[Image]" = weakref.WeakSet()
 
+# What the layers above answer for an image (the snapshots layer: snapshots,
+# snapshot): the image does not import them, they register here.
+_PROVIDED: dict[str, Any] = {}
+
+
+def provide(name: str, fn: Any) -> None:
+    """Registers fn(img, ...) as the answer to img.<name>(...)."""
+    _PROVIDED[name] = fn
+
 
 def register_values(handle_classes: dict[int, type], specials: dict[str, Any]) -> None:
     """Installs the layer above's readers for the system classes it owns
@@ -420,6 +429,25 @@ class Image:
             make_stale(handle)
         self._load_meta()
         self._heap.reload()
+
+    def snapshots(self) -> list:
+        """Every snapshot of this image, oldest first (the snapshots layer)."""
+        return self._provided("snapshots")(self)
+
+    def snapshot(self, label: str) -> Any:
+        """Labels the current version as a snapshot (the snapshots layer)."""
+        return self._provided("snapshot")(self, label)
+
+    def _provided(self, name: str) -> Any:
+        fn = _PROVIDED.get(name)
+        if fn is None:
+            raise ImageError(f"img.{name}() needs the snapshots layer: import snapshots")
+        return fn
+
+    @property
+    def path(self) -> str:
+        """The image's directory."""
+        return self._store.path
 
     @property
     def base(self) -> int:

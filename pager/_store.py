@@ -415,6 +415,11 @@ class PageStore:
             f"{self.path}: {which} ({where}) is damaged or incomplete: an interrupted commit, "
             f"or damage to an acknowledged one; the image opens at the newest valid commit")
 
+    @property
+    def writer_active(self) -> bool:
+        """For a reader: whether a live writer holds the image."""
+        return self._writer_active()
+
     def _writer_active(self) -> bool:
         """For a reader: does a live writer hold the LOCK?  Then bytes past the
         log's end are a commit in flight, not damage."""

@@ -361,11 +361,15 @@ def to_transient(x: Any) -> Any:
     return x
 
 
+# Reading Scheme's values back is process-wide (the classes are the image's
+# system classes, the same index in every image), so importing vm is enough.
+image.register_values(
+    {C_PAIR: PersistentPair, C_MSTRING: PersistentString, C_CLOSURE: StoredProcedure},
+    {"char": char, "nil": lambda _: NIL, "eof": lambda _: EOF, "symbol": intern})
+
+
 def install(img: image.Image, env: Any) -> None:
-    """Makes img store and read Scheme values, and stored procedures compile in env."""
-    image.register_values(
-        {C_PAIR: PersistentPair, C_MSTRING: PersistentString, C_CLOSURE: StoredProcedure},
-        {"char": char, "nil": lambda _: NIL, "eof": lambda _: EOF, "symbol": intern})
+    """Makes img store Scheme values, and stored procedures compile in env."""
     img.set_encode_hook(encode_value)
     _ENVIRONMENTS[img] = env
     _RECORD_IMAGES.add(img)
