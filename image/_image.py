@@ -423,6 +423,12 @@ class Image:
             raise ImageError("rewind() inside a transaction")
         if self.readonly:
             raise ReadOnlyImage("this image was opened read-only")
+        view = self._store.view(commit)
+        holds_memory = bool(meta_block_of(view.meta))
+        view.close()
+        if not holds_memory:
+            raise ImageError(f"commit {commit} holds no object memory (it was made before the "
+                             "image was formatted, or beneath it)")
         self._store.rewind(commit)
         for handle in self._heap.live_handles().values():
             self._heap.forget_handle(handle._addr)

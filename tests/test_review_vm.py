@@ -52,9 +52,6 @@ def fails(interp, text: str) -> str:
 class TestCompiledCache:
     """StoredProcedure.procedure() caches compiled code per (image, address)."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist.py StoredProcedure.procedure caches "
-                       "compiled code by address (_compiled[img][addr]); a rolled-back closure's "
-                       "address is reused and its old code runs for the new closure")
     def test_a_rolled_back_closure_does_not_run_for_a_new_one(self, path):
         """A lambda stored and called in a form that rolled back does not answer for the next lambda stored."""
         with image.open(path) as img:
@@ -65,9 +62,6 @@ class TestCompiledCache:
             interp.eval("(vector-set! v 0 (lambda () 'fresh))")
             assert interp.eval("((vector-ref v 0))") == intern("fresh")
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist.py StoredProcedure.procedure caches "
-                       "compiled code by address; after (gc) frees a closure its address is reused "
-                       "and the freed closure's code runs")
     def test_a_collected_closure_does_not_run_for_a_new_one(self, path):
         """After gc reuses a closure's address, the new closure runs its own code."""
         with image.open(path) as img:
@@ -86,9 +80,6 @@ class TestCompiledCache:
 class TestReplay:
     """Definitions kept as source are run again at boot (vm/_interp._boot)."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py _boot replays an old unstorable "
-                       "definition after the root is loaded, and ImageEnvironment._store then deletes "
-                       "the later, stored value from the root")
     def test_a_later_storable_definition_wins_after_a_reboot(self, path):
         """(define f <closure over a let>) then (define f 5): f is 5 after a reopen."""
         session(path, "(define f (let ((n 0)) (lambda () n)))")
@@ -258,8 +249,6 @@ class TestRecordsPerImage:
 class TestReadOnly:
     """An interpreter over a read-only image or a view (img.at)."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py run_form opens img.transaction() for "
-                       "every form, which a read-only image refuses: nothing evaluates, not even (+ 1 2)")
     def test_a_read_only_image_evaluates(self, path):
         """Reading globals and computing works on an image opened read-only."""
         session(path, "(define x 42)")
@@ -301,9 +290,6 @@ class TestFormTransactions:
         img = Image(PageStore.open(path, _vfs=vfs))
         return img, vm.Interpreter(img), vfs
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py run_form catches ImageError and "
-                       "OSError but not PagerError: a failed commit (full disk) escapes as a raw "
-                       "CommitFailed and ends the REPL")
     def test_a_failed_commit_is_a_scheme_failure(self, path):
         """A commit that cannot be written fails the form as a SchemeFailure; the session goes on."""
         img, interp, vfs = self._faulty(path)
@@ -314,9 +300,6 @@ class TestFormTransactions:
             vfs.disarm()
             assert interp.eval("(define y 3) y") == 3
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py _commit_point calls img._end, which on "
-                       "a failed commit leaves _depth at 0 and never calls _begin; run_form's __exit__ "
-                       "then drives _depth negative and raises RuntimeError('no savepoint')")
     def test_a_failed_commit_point(self, path):
         """(commit) that cannot be written fails the form cleanly, and the next form runs."""
         img, interp, vfs = self._faulty(path)
@@ -405,9 +388,6 @@ class TestFormTransactions:
 class TestRewind:
     """img.rewind(n): the writer goes on from commit n."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: image/_image.py rewind ignores heap.reload()'s answer; "
-                       "rewinding to a commit with no object memory (commit 0) is accepted, and the next "
-                       "commit (img.system) writes a meta block that leaves the image unopenable")
     def test_rewinding_to_a_commit_without_object_memory(self, path):
         """Rewinding to commit 0 is refused, or at least leaves the image openable."""
         with image.open(path) as img:
@@ -425,9 +405,6 @@ class TestRewind:
         with image.open(path) as img:
             assert refused or img.root is not None
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py reloads the root only when img.head "
-                       "changed; img.rewind keeps the head, so the namespace keeps newer values and "
-                       "stale handles")
     def test_an_interpreter_follows_a_rewind(self, path):
         """After img.rewind(n), globals read as they were at commit n."""
         with image.open(path) as img:

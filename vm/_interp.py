@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import os
 import time
+from fractions import Fraction
 from typing import Any
 
 import image
+from pager import PagerError
 
 from . import _persist
 from ._env import Environment, mangle
@@ -94,9 +96,11 @@ class ImageEnvironment(Environment):
         root = self.img.root
         try:
             root[sym.name] = value
-        except TypeError:   # the encode hook refused it: kept as source instead
-            if sym.name in root:
-                del root[sym.name]
+        except TypeError:
+            if not _kept_as_source(value):
+                raise   # data that cannot be stored is an error, never silently transient
+            if sym.name in root and not self.booting:
+                del root[sym.name]   # a stale stored value must not come back at boot
             self.unstored.append(sym)
             return value
         if callable(value) or isinstance(value, (int, float, str, bytes, Symbol, Char)) \
@@ -151,7 +155,7 @@ class Interpreter:
         _persist.install(img, self.env)
         self._install_image_forms()
         self.boot_notes: list[str] = []
-        self._seen_head = img.head
+        self._seen_head = (img.head, img.base)
         self._boot()
 
     # -- the image forms ---------------------------------------------------------------
@@ -205,8 +209,10 @@ class Interpreter:
         if img._depth != 1:
             raise SchemeError("commit: not inside (transaction ...): a savepoint commits with its form")
         self._record_partial()
-        img._end(b"commit point")
-        img._begin()
+        try:
+            img._end(b"commit point")   # on failure this rolled the form back (depth 0)
+        finally:
+            img._begin()                # the form's transaction goes on (or on from its start)
         self.env.form_done()
 
     def _collect(self) -> Any:
@@ -252,7 +258,7 @@ class Interpreter:
             if boot or old is _UNBOUND or (old is not value and not callable(old)):
                 self.env._names.setdefault(key, intern(name))
                 namespace[key] = value
-        self._seen_head = self.img.head
+        self._seen_head = (self.img.head, self.img.base)
 
     def _boot(self) -> None:
         """Syntax and record types first (stored records read as records only
@@ -316,25 +322,28 @@ class Interpreter:
     def run_form(self, datum: Any, positions: dict | None = None, *, journal: bool = True) -> Any:
         """One top-level form, one transaction: its value, or SchemeFailure."""
         img, env = self.img, self.env
-        if img.head != self._seen_head:   # the root changed under us (the Python API)
-            self._load_root(boot=False)
+        if (img.head, img.base) != self._seen_head:   # the root changed under us (Python, a rewind)
+            self._load_root(boot=img.base != self._seen_head[1])
         self._running = datum
         try:
-            with img.transaction(_form_text(datum)[:200]):
+            if img.readonly:   # a read-only image (or a view of an old commit): no transaction
                 value = run(eval_datum, datum, env, positions)
-                if journal and not img.readonly:
-                    self._record(datum)
+            else:
+                with img.transaction(_form_text(datum)[:200]):
+                    value = run(eval_datum, datum, env, positions)
+                    if journal:
+                        self._record(datum)
         except SchemeRaise as exc:
             env.form_failed()
             raise SchemeFailure(condition_text(exc.payload), exc.payload) from None
-        except (image.ImageError, OSError) as exc:
+        except (image.ImageError, PagerError, OSError) as exc:
             env.form_failed()
             raise SchemeFailure(f"the image refused the change: {exc}", exc) from None
         except BaseException:
             env.form_failed()
             raise
         env.form_done()
-        self._seen_head = img.head
+        self._seen_head = (img.head, img.base)
         return value
 
     def _record(self, datum: Any) -> None:
@@ -345,15 +354,24 @@ class Interpreter:
         if not (self.img.changed or head in _DEFINING or self.env.unstored):
             return
         state = self._state()
+        name = _defined_name(datum)
         if head == "define-syntax":
             state["syntax"].append(text)
         elif head == "define-record-type" or self.env.unstored:
             state["replay"].append(text)
-        name = _defined_name(datum)
+        elif name is not None and head in ("define", "set!"):
+            self._forget_replay(state, name)   # the stored value wins over an older source
         if name is not None and head != "set!":
             state["sources"][name] = text
         journal = state["journal"]
         journal.append((len(journal) + 1, self.img.head + 1, time.time(), text))
+
+    def _forget_replay(self, state: Any, name: str) -> None:
+        """Drops the kept-as-source definitions of name (a later stored value replaces them)."""
+        replay = state["replay"]
+        stale = [i for i, text in enumerate(replay) if _defined_name_of_text(text) == name]
+        for i in reversed(stale):
+            del replay[i]
 
     # -- what the REPL and the browser ask ----------------------------------------------
 
@@ -409,6 +427,27 @@ def _defined_name(datum: Any) -> str | None:
     while isinstance(target, Pair):   # (define ((curried a) b) ...)
         target = target.car
     return target.name if isinstance(target, Symbol) else None
+
+
+def _defined_name_of_text(text: str) -> str | None:
+    try:
+        return _defined_name(read_all(text, "<replay>")[0])
+    except Exception:   # a kept text always reads; anything else names nothing
+        return None
+
+
+def _kept_as_source(value: Any) -> bool:
+    """Values whose definitions are kept as source when the image cannot
+    hold them: procedures (closures over locals), ports, parameters,
+    promises, continuations, record types, and exact rationals and complex
+    numbers (which the image cannot hold yet: as a global's value they are
+    recomputed from their definition; inside stored data they are an error).
+    Other data the image cannot hold is an error."""
+    from ._builtins import Parameter, Port
+    from ._runtime import Promise
+    from ._types import RecordType
+    return callable(value) or isinstance(value, (Port, Parameter, Promise, RecordType, Fraction,
+                                                  complex))
 
 
 def _form_text(datum: Any) -> str:

@@ -184,7 +184,9 @@ def _record_type_made(rtd: RecordType) -> None:
         except image.ReadOnlyImage:
             continue   # a read-only image cannot hold records of a type it does not know
         img.set_handle_class(index, persistent_record_class(rtd))
-        rtd_indexes = _RECORD_INDEX.setdefault(rtd, {})
+        rtd_indexes = _RECORD_INDEX.get(rtd)
+        if rtd_indexes is None:
+            rtd_indexes = _RECORD_INDEX[rtd] = weakref.WeakKeyDictionary()
         rtd_indexes[img] = index
 
 
@@ -203,15 +205,25 @@ def _record_record(x: Record) -> tuple:
 
 _SYSTEM_NAMES: dict[int, str] = {}          # id(procedure) -> its registry name
 _SYSTEM_PROCEDURES: dict[str, Callable] = {}  # registry name -> procedure
-_ENVIRONMENTS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_compiled: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+# image -> a weak reference to the environment its stored procedures compile
+# in (weak both ways: an image and its interpreter are freed when closed).
+_ENVIRONMENTS: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDictionary()
+# A stored procedure's compiled code, keyed by its handle: an address can be
+# freed (rollback, gc, rewind) and reused by another procedure, whose new
+# handle then compiles its own code.
+_compiled: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _environment_of(img: Any) -> Any:
+    ref = _ENVIRONMENTS.get(img)
+    return ref() if ref is not None else None
 
 
 def register_system_procedures(procedures: dict[str, Callable]) -> None:
     """Procedures that are stored by name: the standard ones and the runtime's
     helpers that expanded code embeds as constants."""
     for name, proc in procedures.items():
-        if callable(proc) and id(proc) not in _SYSTEM_NAMES:
+        if callable(proc):   # a later registration of a name (a new interpreter's) replaces it
             _SYSTEM_NAMES[id(proc)] = name
             _SYSTEM_PROCEDURES[name] = proc
 
@@ -239,11 +251,10 @@ class StoredProcedure(HandleBase):
 
     def procedure(self) -> Callable:
         """The Python callable this stored procedure stands for."""
-        cache = _compiled.setdefault(self._img, {})
-        proc = cache.get(self._addr)
+        proc = _compiled.get(self)
         if proc is None:
-            proc = cache[self._addr] = self._build()
-            env = _ENVIRONMENTS.get(self._img)
+            proc = _compiled[self] = self._build()
+            env = _environment_of(self._img)
             if env is not None:   # the global that holds it calls the procedure directly from now on
                 from ._env import mangle
                 key = mangle(self.scheme_name)
@@ -262,7 +273,7 @@ class StoredProcedure(HandleBase):
                 raise SchemeError(f"the image holds the standard procedure {name}, which this "
                                   "version of imago does not have")
             return proc
-        env = _ENVIRONMENTS.get(self._img)
+        env = _environment_of(self._img)
         if env is None:
             raise SchemeError(f"{name}: a stored procedure needs an interpreter on its image")
         from ._compile import compile_lambda
@@ -278,7 +289,7 @@ class StoredProcedure(HandleBase):
 def _procedure_record(proc: Callable) -> tuple:
     """The CLOSURE a procedure is stored as, or TypeError when it cannot be."""
     name = _SYSTEM_NAMES.get(id(proc))
-    if name is not None:
+    if name is not None and _SYSTEM_PROCEDURES.get(name) is proc:   # an id can be reused
         return ("object", C_CLOSURE, [name, "system", None])
     core = getattr(proc, "scheme_lambda", None)
     if core is None:
@@ -371,7 +382,7 @@ image.register_values(
 def install(img: image.Image, env: Any) -> None:
     """Makes img store Scheme values, and stored procedures compile in env."""
     img.set_encode_hook(encode_value)
-    _ENVIRONMENTS[img] = env
+    _ENVIRONMENTS[img] = weakref.ref(env)
     _RECORD_IMAGES.add(img)
 
 
