@@ -1987,8 +1987,15 @@ typedef struct {
     uint64_t taddr, count, used, store, E, I, index, entries;
 } tab;
 
-static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
+static int foreign_key_word(Heap *h, PyObject *k, int create, uint64_t *w);
+
+/* The hash of a table key.  A value of the layer above (a symbol, a
+ * character, '()) is hashed by its word, which *kword gets (0 for other
+ * keys); a symbol the image has never seen is made when create is set, and
+ * otherwise 1 is returned: no table can hold it.  -1: an error. */
+static int key_hash_of(Heap *h, PyObject *k, int create, uint64_t *out, uint64_t *kword) {
     uint64_t x;
+    if (kword) *kword = 0;
     if (PyUnicode_Check(k)) {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(k, &n);
@@ -2012,7 +2019,8 @@ static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
         if (Py_EnterRecursiveCall(" while hashing a key")) return -1;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(k); i++) {
             uint64_t e;
-            if (key_hash(h, PyTuple_GET_ITEM(k, i), &e)) { Py_LeaveRecursiveCall(); return -1; }
+            int r = key_hash_of(h, PyTuple_GET_ITEM(k, i), create, &e, NULL);
+            if (r) { Py_LeaveRecursiveCall(); return r; }
             x = mix64(x ^ e) + (uint64_t)i;
         }
         Py_LeaveRecursiveCall();
@@ -2021,12 +2029,19 @@ static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
         if (handle_word(h, k, &w)) return -1;
         x = mix64(w);
     } else {
-        PyErr_Format(PyExc_TypeError, "unhashable type for an image table key: '%.100s'",
-                     Py_TYPE(k)->tp_name);
-        return -1;
+        uint64_t w;
+        int r = foreign_key_word(h, k, create, &w);
+        if (r <= 0) return r < 0 ? -1 : 1;
+        if (kword) *kword = w;
+        x = mix64(w);
     }
     *out = x & HASH_MASK;
     return 0;
+}
+
+static int key_hash(Heap *h, PyObject *k, uint64_t *out) {
+    int r = key_hash_of(h, k, 1, out, NULL);
+    return r ? -1 : 0;
 }
 
 static int tab_open(Heap *h, uint64_t taddr, tab *t) {
@@ -2200,7 +2215,8 @@ static int tab_set(Heap *h, uint64_t taddr, PyObject *k, PyObject *v) {
 static int tab_set_word(Heap *h, uint64_t taddr, PyObject *k, uint64_t vw) {
     tab t;
     uint64_t hash, kimm = 0, e, j = 0, kw;
-    if (tab_open(h, taddr, &t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
+    if (tab_open(h, taddr, &t) || key_hash_of(h, k, 1, &hash, &kimm) || (!kimm && immediate_of(h, k, &kimm) < 0))
+        return -1;
     int found = tab_find(h, &t, k, hash, kimm, &e, &j);
     if (found < 0) return -1;
     if (found) return wr64(h, ent(&t, e) + 16, vw);
@@ -2219,8 +2235,42 @@ static int tab_set_word(Heap *h, uint64_t taddr, PyObject *k, uint64_t vw) {
 /* 1 (and the value, if out is given) when k is present. */
 static int tab_lookup(Heap *h, uint64_t taddr, PyObject *k, tab *t, uint64_t *entry) {
     uint64_t hash, kimm = 0, j;
-    if (tab_open(h, taddr, t) || key_hash(h, k, &hash) || immediate_of(h, k, &kimm) < 0) return -1;
+    if (tab_open(h, taddr, t)) return -1;
+    int r = key_hash_of(h, k, 0, &hash, &kimm);
+    if (r) return r < 0 ? -1 : 0;   /* 1: a symbol the image has never seen is in no table */
+    if (!kimm && immediate_of(h, k, &kimm) < 0) return -1;
     return tab_find(h, t, k, hash, kimm, entry, &j);
+}
+
+/* See key_hash_of.  1: the word; 0: an unseen symbol (create off); -1: error. */
+static int foreign_key_word(Heap *h, PyObject *k, int create, uint64_t *w) {
+    if (!h->encode_hook) {
+        PyErr_Format(PyExc_TypeError, "unhashable type for an image table key: '%.100s'", Py_TYPE(k)->tp_name);
+        return -1;
+    }
+    PyObject *memo = NULL, *t = call_hook(h, k, &memo);
+    int rc = -1;
+    if (t) {
+        PyObject *kind = PyTuple_GET_ITEM(t, 0);
+        if (PyUnicode_CompareWithASCIIString(kind, "symbol") == 0 && PyTuple_GET_SIZE(t) == 2) {
+            if (create) {
+                rc = symbol_word(h, PyTuple_GET_ITEM(t, 1), w) ? -1 : 1;
+            } else {
+                uint64_t table, e;
+                tab tb;
+                int found = meta(h, M_SYMBOLS, &table) ? -1 : tab_lookup(h, table, PyTuple_GET_ITEM(t, 1), &tb, &e);
+                rc = found < 0 ? -1 : !found ? 0 : rd64(h, ent(&tb, e) + 16, w) ? -1 : 1;
+            }
+        } else if (PyUnicode_CompareWithASCIIString(kind, "char") == 0
+                   || PyUnicode_CompareWithASCIIString(kind, "nil") == 0
+                   || PyUnicode_CompareWithASCIIString(kind, "eof") == 0) {
+            rc = encode_hooked(h, k, t, &memo, w) ? -1 : 1;
+        } else {
+            PyErr_Format(PyExc_TypeError, "unhashable type for an image table key: '%.100s'", Py_TYPE(k)->tp_name);
+        }
+    }
+    Py_XDECREF(memo);
+    return rc;
 }
 
 /* The image's one symbol of this name, made and interned on first use. */
@@ -2563,15 +2613,26 @@ static int verify_vector(Heap *h, verify_state *v, uint64_t addr) {
 static int verify_entry(Heap *h, const tab *t, uint64_t e, const uint64_t *tr) {
     if (check_value(t->store, 2 + t->I + 3 * e + 1, tr[1]) || check_value(t->store, 2 + t->I + 3 * e + 2, tr[2]))
         return -1;
-    PyObject *key = decode_in(h, tr[1], t->store);
     uint64_t hash;
-    if (!key) return -1;
-    int bad = key_hash(h, key, &hash);
-    Py_DECREF(key);
-    if (bad) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
-        PyErr_Clear();
-        return corrupt(t->store, "entry %llu has a key that cannot be hashed", (unsigned long long)e);
+    /* Keys of the layer above (symbols, characters, '()) are hashed by their word. */
+    int by_word = (tr[1] & TAG_MASK) == TAG_CHAR || tr[1] == W_NIL || tr[1] == W_EOF;
+    if (!by_word && IS_PTR(tr[1])) {
+        objinfo ko;
+        if (obj(h, tr[1], &ko)) return -1;
+        by_word = ko.cls == C_SYMBOL;
+    }
+    if (by_word) {
+        hash = mix64(tr[1]) & HASH_MASK;
+    } else {
+        PyObject *key = decode_in(h, tr[1], t->store);
+        if (!key) return -1;
+        int bad = key_hash(h, key, &hash);
+        Py_DECREF(key);
+        if (bad) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
+            PyErr_Clear();
+            return corrupt(t->store, "entry %llu has a key that cannot be hashed", (unsigned long long)e);
+        }
     }
     if (FX(hash) != tr[0])
         return corrupt(t->store, "entry %llu's hash is not its key's", (unsigned long long)e);

@@ -117,17 +117,11 @@ class TestReplay:
 class TestHashTables:
     """SRFI 69 tables bound to globals."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: native/objmem.c key_hash/key_equals know no "
-                       "symbols (the encode hook is not consulted), so a symbol cannot be a key of "
-                       "a stored hash table")
     def test_symbol_keys_in_a_global_hash_table(self, path):
         """(hash-table-set! h 'a 1) on a global table works and persists."""
         session(path, "(define h (make-hash-table)) (hash-table-set! h 'a 1)")
         assert session(path, "(hash-table-ref/default h 'a #f)") == 1
 
-    @pytest.mark.xfail(strict=True, reason="bug: a transient hash table with symbol keys is refused "
-                       "by the image (TypeError), so ImageEnvironment._store silently keeps it as "
-                       "replayed source: later hash-table-set! calls are lost at reboot")
     def test_a_table_with_symbol_keys_keeps_later_changes(self, path):
         """A table built in a let with symbol keys keeps entries added later, across a reopen."""
         session(path, "(define h (let ((t (make-hash-table))) (hash-table-set! t 'a 1) t))"
