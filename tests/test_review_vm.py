@@ -88,17 +88,12 @@ class TestReplay:
         with image.open(path, readonly=True) as img:
             assert img.root["f"] == 5
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py _boot picks record types to replay "
-                       "before the root by text prefix '(define-record-type'; one inside (begin ...) "
-                       "replays after the root and stored records read back as raw objects")
     def test_a_record_type_defined_in_begin_reads_back_its_records(self, path):
         """A record type defined inside (begin ...) still reads its stored records after a reopen."""
         session(path, "(begin (define-record-type point (make-point x y) point? (x px) (y py)))"
                       "(define pt (make-point 1 2))")
         assert session(path, "(px pt)") == 1
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_interp.py _record keeps syntax only when the "
-                       "form's head is define-syntax; one inside (begin ...) or made by a macro is lost")
     def test_syntax_defined_in_begin_survives_a_reopen(self, path):
         """A define-syntax inside (begin ...) is still defined after a reopen."""
         session(path, "(begin (define-syntax twice (syntax-rules () ((_ e) (begin e e)))))")

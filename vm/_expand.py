@@ -262,10 +262,11 @@ class SyntacticEnv:
     """The global syntactic environment: interned Symbol -> SpecialForm or Macro.  A symbol
     with no entry is a (global) variable."""
 
-    __slots__ = ("_table",)
+    __slots__ = ("_table", "version")
 
     def __init__(self, table: dict | None = None) -> None:
         self._table: dict[Symbol, SpecialForm | Macro] = dict(table or {})
+        self.version = 0   # counts define_syntax and forget: a form that moved it defined syntax
 
     @classmethod
     def standard(cls) -> SyntacticEnv:
@@ -278,10 +279,13 @@ class SyntacticEnv:
     def define_syntax(self, sym: Symbol, transformer: SpecialForm | Macro) -> None:
         if not isinstance(transformer, (SpecialForm, Macro)):
             raise TypeError(f"not a transformer: {transformer!r}")
+        self.version += 1
         self._table[sym] = transformer
 
     def forget(self, sym: Symbol) -> None:
         """Make sym a variable again (a top-level define of a former keyword does this)."""
+        if sym in self._table:
+            self.version += 1
         self._table.pop(sym, None)
 
     def copy(self) -> SyntacticEnv:

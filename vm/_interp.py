@@ -325,6 +325,7 @@ class Interpreter:
         if (img.head, img.base) != self._seen_head:   # the root changed under us (Python, a rewind)
             self._load_root(boot=img.base != self._seen_head[1])
         self._running = datum
+        self._marks = (env.syntax.version, _persist.record_types_made)
         try:
             if img.readonly:   # a read-only image (or a view of an old commit): no transaction
                 value = run(eval_datum, datum, env, positions)
@@ -351,13 +352,17 @@ class Interpreter:
         and a journal entry if it changed the image."""
         text = _form_text(datum)
         head = datum.car.name if isinstance(datum, Pair) and isinstance(datum.car, Symbol) else ""
-        if not (self.img.changed or head in _DEFINING or self.env.unstored):
+        defined = (self.env.syntax.version, _persist.record_types_made) != self._marks
+        if not (self.img.changed or head in _DEFINING or self.env.unstored or defined):
             return
         state = self._state()
         name = _defined_name(datum)
-        if head == "define-syntax":
+        syntax_version, types_made = self._marks
+        if self.env.syntax.version != syntax_version:   # it defined syntax (anywhere in the form)
             state["syntax"].append(text)
-        elif head == "define-record-type" or self.env.unstored:
+        elif _persist.record_types_made != types_made:   # it defined a record type
+            state["syntax"].append(text)                  # run before the root is read, like syntax
+        elif self.env.unstored:
             state["replay"].append(text)
         elif name is not None and head in ("define", "set!"):
             self._forget_replay(state, name)   # the stored value wins over an older source

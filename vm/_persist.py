@@ -174,8 +174,13 @@ def persistent_record_class(rtd: RecordType) -> type:
     return cls
 
 
+record_types_made = 0   # a form that moved this defined a record type (vm/_interp)
+
+
 def _record_type_made(rtd: RecordType) -> None:
     """A new record type: its class in each image an interpreter runs on."""
+    global record_types_made
+    record_types_made += 1
     for img in list(_RECORD_IMAGES):
         if img.closed:
             continue
