@@ -522,6 +522,40 @@ def test_procedures_take_both_kinds_of_string_r7rs_6_7(source, expected):
     check(source, expected)
 
 
+LIST_WALKS = [
+    ("(string-length (list->string (make-list 5000 #\\a)))", "5000"),
+    ("(list->string (list #\\a #\\λ #\\a))", '"aλa"'),
+    ("(list->string (list #\\a (string #\\b)))", Err("list->string: expected a character, got")),
+    ("(list->string (list #\\a 'b))", Err("list->string: expected a character, got b")),
+    ("(list->string (list (make-vector 1)))", Err("list->string: expected a character, got")),
+    ("(list->string '(#\\a . #\\b))", Err("list->string: expected a proper list")),
+    ("(list->string '#0=(#\\a . #0#))", Err("list->string: expected a proper list, got a circular")),
+    ("(list->vector '#0=(1 2 3 . #0#))", Err("list->vector: expected a proper list, got a circular")),
+    ("(list->vector '(1 2 . 3))", Err("list->vector: expected a proper list")),
+    ("(list->vector '())", "#()"),
+]
+
+
+@pytest.mark.parametrize("source, expected", LIST_WALKS)
+def test_list_to_string_and_vector_walk_r7rs_6_7_6_8(source, expected):
+    """R7RS 6.7, 6.8: list->string and list->vector over long, improper and circular lists."""
+    check(source, expected)
+
+
+@pytest.mark.parametrize("tail", [0, 1, 7, 8, 9, 30])
+@pytest.mark.parametrize("cycle", [1, 2, 7, 8, 9, 100])
+def test_every_cycle_shape_is_found_r7rs_6_4(tail, cycle):
+    """R7RS 6.4: a circular list is an error whatever its lead-in and loop lengths."""
+    cells = [Pair(char(97), NIL) for _ in range(tail + cycle)]
+    for a, b in zip(cells, cells[1:]):
+        a.cdr = b
+    cells[-1].cdr = cells[tail]
+    for name in ("list->string", "list->vector"):
+        with pytest.raises(SchemeError) as info:
+            PRIMITIVES[name](cells[0])
+        assert "circular" in info.value.payload.message
+
+
 def test_string_and_character_results_have_scheme_types():
     """Invariant 2: new strings are MString, characters Char, symbol names str."""
     for source in ('(make-string 1)', '(string #\\a)', '(string-copy "a")',
@@ -696,6 +730,13 @@ PORTS = [
     ('(let ((p (open-output-string))) (write-string "hello" p 1 3) (write-char #\\λ p) '
      '(write-string "!" p) (get-output-string p))',
      '"elλ!"'),
+    ('(let ((p (open-output-string))) (write-string "abc" p 0) (write-string "abc" p 2 3) '
+     '(write-string (string-copy "de") p) (get-output-string p))',
+     '"abccde"'),
+    ('(write-string "abc" (open-output-string) #f)',
+     Err("write-string: expected an exact non-negative integer, got #f")),
+    ("(write-char #\\a (open-output-bytevector))", Err("write-char: expected a textual output port")),
+    ('(write-char "a" (open-output-string))', Err("write-char: expected a character")),
     ("(let ((p (open-output-string))) (write-shared (let ((x (list 1))) (list x x)) p) "
      "(write-simple '(1) p) (get-output-string p))",
      '"(#0=(1) #0#)(1)"'),
@@ -1176,6 +1217,77 @@ IMAGE_TABLES = [
 def test_image_tables_are_hash_tables_srfi_69(mailbox, source, expected):
     """SRFI 69: an image Table is a hash table (MString keys by text; bad keys refused)."""
     check(source, expected, mails=mailbox.root["mails"], counts=mailbox.root["counts"])
+
+
+def compiled_probe(source: str, **bindings):
+    """source compiled as the body of a procedure over the bindings (globals):
+    there vector-ref, hash-table-ref and the like are inlined by vm/_compile."""
+    from vm._env import Environment
+    from vm._runtime import eval_text, run
+    env = Environment.standard()
+    for name, value in bindings.items():
+        env.define(intern(name), value)
+    return run(lambda: eval_text(f"(define (probe) {source}) probe", env, "<test>"))
+
+
+def check_compiled(source: str, expected, **bindings) -> None:
+    """check through compiled_probe: the inlined fast paths must agree with the procedures."""
+    from vm._runtime import run
+    probe = compiled_probe(source, **bindings)
+    if isinstance(expected, Err):
+        with pytest.raises(SchemeRaise) as info:
+            run(probe)
+        assert expected.part in info.value.payload.message, info.value.payload.message
+    else:
+        assert write(run(probe)) == expected, source
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_VECTORS + IMAGE_TABLES)
+def test_compiled_code_reads_image_vectors_and_tables_r7rs_6_8_srfi_69(mailbox, source, expected):
+    """R7RS 6.8, SRFI 69: the inlined vector-ref, vector-length and hash-table-ref
+    on image Vectors and Tables give the procedures' values and errors."""
+    check_compiled(source, expected, mails=mailbox.root["mails"], counts=mailbox.root["counts"])
+
+
+@pytest.mark.parametrize("source, expected", IMAGE_STRINGS)
+def test_compiled_code_reads_strings_from_the_image_r7rs_6_7(mailbox, source, expected):
+    """R7RS 6.7: the inlined string-length and string-ref on an image str."""
+    s = ev_image('(hash-table-ref (vector-ref mails 2) "subject")', mailbox)
+    check_compiled(source, expected, s=s)
+
+
+COMPILED_IMAGE_EDGES = [
+    ("(vector-ref mails -1)", Err("vector-ref: expected an exact non-negative integer, got -1")),
+    ("(vector-ref mails #t)", Err("vector-ref: expected an exact non-negative integer, got #t")),
+    ("(vector-ref counts 0)", Err("vector-ref: expected a vector, got")),
+    ('(hash-table-ref counts "eve")', Err('hash-table-ref: no value for the key "eve"')),
+    ('(hash-table-ref (vector-ref mails 0) "size")', "120"),
+    ('(let ((key "from")) (hash-table-ref (vector-ref mails 1) key))', '"bob"'),
+    ("(let ((key 7)) (hash-table-ref/default counts key 'none))", "none"),
+    ('(let ((key (string-copy "ann"))) (hash-table-ref counts key))', "2"),
+    ("(let ((key #t)) (hash-table-ref/default counts key 'none))", "none"),
+    ('(hash-table-ref/default mails "ann" 0)', Err("hash-table-ref/default: expected a hash table")),
+    ('(hash-table-ref/default (make-hash-table) "ann" 0)', "0"),
+]
+
+
+@pytest.mark.parametrize("source, expected", COMPILED_IMAGE_EDGES)
+def test_compiled_image_reads_at_their_edges_r7rs_6_8_srfi_69(mailbox, source, expected):
+    """Negative and boolean indices, missing keys, keys of other types, other tables."""
+    check_compiled(source, expected, mails=mailbox.root["mails"], counts=mailbox.root["counts"])
+
+
+def test_stale_image_handles_give_scheme_errors_in_compiled_code(own_mailbox):
+    """A handle whose image is closed fails through the procedure, as a Scheme error."""
+    from vm._runtime import run
+    img, _ = own_mailbox
+    probes = [compiled_probe(source, mails=img.root["mails"], counts=img.root["counts"])
+              for source in ("(vector-ref mails 0)", '(hash-table-ref counts "ann")')]
+    img.close()
+    for probe, who in zip(probes, ("vector-ref:", "hash-table-ref:")):
+        with pytest.raises(SchemeRaise) as info:
+            run(probe)
+        assert info.value.payload.message.startswith(who)
 
 
 def test_hash_table_types_export():

@@ -616,6 +616,41 @@ def test_lambdas_containing_lambdas_are_not_specialised(env):
     assert run_core(env, "(f 1)") == 3
 
 
+def test_recursive_leaf_gets_a_fast_entry(env):
+    """fib's integer self calls go to a fast entry (no entry test per call), reached
+    through defaults: no closure cell, no extra positional parameter."""
+    text = python_source(core(SPECIALISED[-1]), env)
+    assert "R_self=None" in text and ", *, R_fast=" in text and "R_fast((n_" in text
+    run_core(env, SPECIALISED[-1])
+    fib = env.lookup(intern("fib"))
+    assert fib.__closure__ is None and fib.__code__.co_argcount == 1
+    assert run_core(env, "(fib 15)") == 610
+
+
+def test_recompiled_procedure_drops_its_fast_entry_r7rs_5_3(env):
+    """A procedure that is no longer its global's value loses the fast entry with the loop."""
+    run_core(env, SPECIALISED[-1], "(define old-fib fib)", "(define fib (lambda (n) 1))")
+    old = env.lookup(intern("old-fib"))
+    assert old.__kwdefaults__ is None and run_core(env, "(old-fib 5)") == 2
+
+
+def test_closure_facts_cover_its_free_variables_r7rs_4_2_2(env):
+    """A loop's test of an enclosing let-bound integer is made once per call."""
+    form = ("(define count-to (lambda (n) (letrec* ((loop (lambda (i acc)"
+            " (if (< i n) (loop (+ i 1) (+ acc 1)) acc)))) (loop 0 0))))")
+    fast = python_source(core(form), env).split("else:")[0]
+    assert "and R_type(n_" in fast and "(i_" in fast and "R_lt" not in fast
+    run_core(env, form)
+    assert run_core(env, "(count-to 100)") == 100
+    assert run_core(env, "(count-to 2.5)") == 3
+
+
+def test_letrec_variables_are_not_read_before_their_use_r7rs_4_2_2(env):
+    """A letrec* variable a closure reads only on some path is not read at its entry."""
+    form = "(letrec* ((f (lambda (x) (if x 1 (+ n 1)))) (a (f #t)) (n 5)) (+ a (f #f)))"
+    assert run_core(env, form) == 7
+
+
 # -- inlined primitives keep Scheme semantics ------------------------------------------------------------
 
 INLINE_CASES = [

@@ -432,6 +432,149 @@ def test_redefinition_reaches_compiled_callers_r7rs_5_3(source, expected):
     assert evaluate(source) == expected
 
 
+# -- inlined data procedures keep their meaning --------------------------------------------------------
+#
+# Inside a procedure whose operands are variables, the compiler inlines
+# vector-ref, vector-set!, vector-length, string-length, string-ref,
+# char->integer, the two-argument character comparisons, write-char and
+# write-string to a port, and cons (vm/_compile); every other kind of operand
+# goes to the procedure, which gives the same value or the same error.
+
+INLINED_DATA = """
+(define (vref v k) (vector-ref v k))
+(define (vset v k x) (vector-set! v k x) v)
+(define (vlen v) (vector-length v))
+(define (slen s) (string-length s))
+(define (sref s k) (string-ref s k))
+(define (code c) (char->integer c))
+(define (ch<? a b) (char<? a b))
+(define (ch=? a b) (char=? a b))
+(define (ch>=? a b) (char>=? a b))
+(define (is-x? c) (char=? c #\\x))
+(define (put-chars cs port) (for-each (lambda (c) (write-char c port)) cs) port)
+(define (put-strings ss port) (for-each (lambda (s) (write-string s port)) ss) port)
+(define (collect n) (let loop ((i 0) (acc '())) (if (< i n) (loop (+ i 1) (cons i acc)) acc)))
+"""
+
+
+@check([
+    ("(vref (vector 'a 'b 'c) 2)", "c"),
+    ("(vref #(1 2) 0)", "1"),
+    ("(vref (vector 1 2) (- 3 2))", "2"),
+    ("(vset (vector 1 2 3) 1 'x)", "#(1 x 3)"),
+    ("(vset (make-vector 2 0) 0 \"s\")", '#("s" 0)'),
+    ("(vlen (vector))", "0"),
+    ("(vlen (make-vector 7 #f))", "7"),
+    ("(slen \"abc\")", "3"),
+    ("(slen (make-string 4 #\\z))", "4"),
+    ("(slen \"λx\")", "2"),
+    ("(sref \"abc\" 1)", "#\\b"),
+    ("(sref (string-copy \"xyz\") 2)", "#\\z"),
+    ("(eq? (sref \"λ\" 0) #\\λ)", "#t"),
+    ("(code #\\A)", "65"),
+    ("(+ (code #\\a) 1)", "98"),
+    ("(list (ch<? #\\a #\\b) (ch<? #\\b #\\a) (ch=? #\\a #\\a) (ch>=? #\\a #\\b))", "(#t #f #t #f)"),
+    ("(list (is-x? #\\x) (is-x? #\\y))", "(#t #f)"),
+    ("(get-output-string (put-chars (list #\\a #\\λ #\\c) (open-output-string)))", '"aλc"'),
+    ("(get-output-string (put-strings (list \"ab\" (string-copy \"cd\") \"\") (open-output-string)))",
+     '"abcd"'),
+    ("(let ((p (open-output-string))) (write-char #\\a p) (write-string \"bc\" p) "
+     "(write-char #\\d p) (get-output-string p))", '"abcd"'),
+    ("(collect 4)", "(3 2 1 0)"),
+    ("(let ((p (collect 2))) (set-car! p 'x) p)", "(x 0)"),
+    ("(pair? (cons 1 2))", "#t"),
+])
+def test_inlined_data_procedures_keep_results_r7rs_6_6_to_6_8_and_6_13(source, expected):
+    """Inlined vector, string, character, port and pair operations give the procedures' values."""
+    assert evaluate(INLINED_DATA + source) == expected
+
+
+@check([
+    ("(vref (vector 1 2) 2)", "vector-ref: index 2 is out of range for a vector of length 2"),
+    ("(vref (vector 1 2) -1)", "vector-ref: expected an exact non-negative integer, got -1"),
+    ("(vref (vector 1 2) #t)", "vector-ref: expected an exact non-negative integer, got #t"),
+    ("(vref (vector 1 2) 1.0)", "vector-ref: expected an exact non-negative integer, got 1.0"),
+    ("(vref \"ab\" 0)", "vector-ref: expected a vector, got"),
+    ("(vref '(1 2) 0)", "vector-ref: expected a vector, got"),
+    ("(vset (vector 1) 1 'x)", "vector-set!: index 1 is out of range for a vector of length 1"),
+    ("(vset (vector 1) -1 'x)", "vector-set!: expected an exact non-negative integer, got -1"),
+    ("(vlen \"abc\")", "vector-length: expected a vector, got"),
+    ("(slen (vector 1))", "string-length: expected a string, got"),
+    ("(slen 'abc)", "string-length: expected a string, got"),
+    ("(sref \"abc\" 3)", "string-ref: index 3 is out of range for a string of length 3"),
+    ("(sref \"abc\" -1)", "string-ref: expected an exact non-negative integer, got -1"),
+    ("(sref 'abc 0)", "string-ref: expected a string, got"),
+    ("(code 65)", "char->integer: expected a character, got 65"),
+    ("(code \"a\")", "char->integer: expected a character, got"),
+    ("(ch<? #\\a \"b\")", "char<?: expected a character, got"),
+    ("(ch=? 1 #\\a)", "char=?: expected a character, got 1"),
+    ("(is-x? 'x)", "char=?: expected a character, got x"),
+    ("(put-chars (list \"a\") (open-output-string))", "write-char: expected a character, got"),
+    ("(put-strings (list #\\a) (open-output-string))", "write-string: expected a string, got"),
+    ("(put-chars (list #\\a) (open-input-string \"\"))", "write-char: expected a textual output port"),
+    ("(let ((p (open-output-string))) (close-port p) (put-chars (list #\\a) p))",
+     "write-char: #<textual-output-port string> is closed"),
+    ("(let ((p (open-output-string))) (close-port p) (put-strings (list \"a\") p))",
+     "write-string: #<textual-output-port string> is closed"),
+])
+def test_inlined_data_procedures_still_signal_errors_r7rs_6_6_to_6_8_and_6_13(source, expected):
+    """Wrong types, negative or past-the-end indices and closed ports reach the procedures' errors."""
+    assert error_message(INLINED_DATA + source).startswith(expected)
+
+
+def test_inlined_data_procedures_in_generated_code():
+    """The operations are Python subscripts, slots and appends in the generated code."""
+    from vm._compile import python_source
+    from vm._expand import expand_toplevel
+    from vm._reader import read_all
+    env = Environment.standard()
+    text = "\n".join(python_source(expand_toplevel(form, env.syntax), env)
+                     for form in read_all(INLINED_DATA))
+    for fragment in ("v_", "R_vectors", "R_list_set(", "R_chars[R_ord(", ".cp <", "R_len(s_",
+                     ".chunks.append(", "R_alloc(R_Pair)", ".car = ", "== 120"):
+        assert fragment in text, fragment
+
+
+def test_redefined_data_procedure_is_not_inlined_r7rs_5_3():
+    """A procedure compiled while vector-ref was standard follows its redefinition."""
+    assert evaluate(INLINED_DATA + "(define (vector-ref v k) 'mine) (vref (vector 1) 0)") == "mine"
+    assert evaluate("(define (f p c) (write-char c p)) (define (write-char c p) 'mine) "
+                    "(f (open-output-string) #\\a)") == "mine"
+
+
+# -- recursive procedures: the fast entry ------------------------------------------------------------
+
+FIB = "(define (fib n) (if (< n 2) n (+ (fib (- n 1)) (fib (- n 2)))))"
+
+
+@check([
+    (FIB + "(fib 20)", "6765"),
+    (FIB + "(fib 10.0)", "55.0"),
+    (FIB + "(fib (expt 2 0))", "1"),
+    (FIB + "(define old fib) (define (fib n) 10) (old 5)", "20"),
+    (FIB + "(define old fib) (define (fib n) (if (< n 2) n (* 2 (fib (- n 1))))) (list (old 5) (fib 5))",
+     "(12 16)"),
+    (FIB + "(define (+ a b) (* a b)) (fib 4)", "0"),
+    ("(define (tak x y z) (if (not (< y x)) z (tak (tak (- x 1) y z) (tak (- y 1) z x)"
+     " (tak (- z 1) x y)))) (tak 18 12 6)", "7"),
+    ("(define (depth n) (if (= n 0) 0 (+ 1 (depth (- n 1))))) (depth 100000)", "100000"),
+])
+def test_recursive_procedures_through_their_fast_entry_r7rs_5_3(source, expected):
+    """Integer self calls go to the fast entry; other arguments and redefinitions still work."""
+    assert evaluate(source) == expected
+
+
+def test_fast_entry_keeps_arity_errors_and_storability_r7rs_4_1_4():
+    """The fast entry adds no parameter a caller could fill, and no closure cell."""
+    assert error_message(FIB + "(fib 1 2)") == "fib: expected 1 argument, got 2"
+    assert error_message(FIB + "(fib)") == "fib: expected 1 argument, got 0"
+    assert error_message(FIB + "(fib #t)").startswith("<: expected a")
+    env = Environment.standard()
+    run(lambda: eval_text(FIB, env, "<test>"))
+    fib = env.lookup(__import__("vm._types", fromlist=["intern"]).intern("fib"))
+    assert fib.__closure__ is None and set(fib.__kwdefaults__) == {"R_fast"}
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 def test_benchmark_quick_run():

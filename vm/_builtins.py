@@ -9,6 +9,8 @@ WHAT IT OWNS
     CURRENT_INPUT, CURRENT_OUTPUT, CURRENT_ERROR
     Port and its subclasses, HashTable, HASH_TABLE_TYPES, SchemeExit,
     set_command_line
+    StringOutputPort, IMAGE_PLAIN_KEYS   what vm/_compile's inlined copies of
+                    write-char, write-string and the image table reads rely on
 
 Not here (vm/_runtime): apply, call/cc, values, call-with-values,
 dynamic-wind, raise, error, with-exception-handler, error-object?,
@@ -47,6 +49,13 @@ INVARIANTS
 
 DESIGN DECISIONS
 
+ - Speed: the procedures that inner loops call (vector-ref, hash-table-ref,
+   hash-table-ref/default, write-char, write-string, list->string and
+   list->vector) test the common case first -- exact types, an open string
+   port, a transient list -- and run the checks only when it fails, so the
+   checks and their error messages stay as they are.  Compiled code inlines
+   several of them (vm/_compile, "data procedures"), with this module's
+   procedure as the fallback: their semantics here are what it copies.
  - eq? is identity (``is``), the same test the compiler inlines.  R7RS 6.1
    leaves eq? on numbers unspecified, and two equal bignums (or floats) are
    two objects here; characters are interned Chars and symbols interned
@@ -134,7 +143,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from fractions import Fraction
-from itertools import pairwise
+from itertools import pairwise, repeat
 from typing import Any, NoReturn
 
 from image import ImageError
@@ -148,7 +157,8 @@ from vm._types import is_string as _is_string
 
 __all__ = [
     "CURRENT_ERROR", "CURRENT_INPUT", "CURRENT_OUTPUT", "HASH_TABLE_TYPES", "HashTable",
-    "PRIMITIVES", "Parameter", "Port", "SchemeExit", "set_command_line",
+    "IMAGE_PLAIN_KEYS", "PRIMITIVES", "Parameter", "Port", "SchemeExit", "StringOutputPort",
+    "set_command_line",
 ]
 
 PRIMITIVES: dict[str, Callable] = {}
@@ -315,13 +325,22 @@ def _char_of(c: str) -> Char:
 
 
 def _chars_text(who: str, items: Any) -> str:
-    """The text of a sequence of Chars (each checked)."""
-    out = []
+    """The text of a sequence of Chars (each checked).  The common case runs
+    in C: each item is looked up in _CHAR_TEXT, which holds only Chars, so a
+    miss is a character not seen yet or not a character at all."""
+    try:
+        return "".join(map(_char_text_of, items))
+    except (KeyError, TypeError):   # TypeError: an unhashable item
+        pass
     for c in items:
         if type(c) is not Char:
             raise _type_error(who, "a character", c)
-        out.append(chr(c.cp))
-    return "".join(out)
+        _CHAR_TEXT[c] = chr(c.cp)
+    return "".join(map(_char_text_of, items))
+
+
+_CHAR_TEXT: dict[Char, str] = {}    # a Char -> its one-character str (Chars hash by identity)
+_char_text_of = _CHAR_TEXT.__getitem__
 
 
 # -- values into the image (invariant 7) ------------------------------------------
@@ -381,6 +400,23 @@ def _symbol(who: str, x: Any) -> Symbol:
 
 def _list_items(who: str, x: Any) -> list:
     """The elements of a proper list (an error for improper and circular lists)."""
+    items: list = []
+    append = items.append
+    node = mark = x
+    power = 8
+    while type(node) is Pair:   # transient pairs, the common case, first
+        for _ in repeat(None, power):
+            append(node.car)
+            node = node.cdr
+            if node is mark or type(node) is not Pair:
+                break           # the end, or a cycle: the general walk below reports it
+        else:                   # Brent: a cycle comes back to the pair marked last
+            mark = node
+            power += power
+            continue
+        break
+    if node is NIL:
+        return items
     try:
         return to_list(x)
     except ValueError as exc:
@@ -1636,8 +1672,16 @@ def vector_length(v: Any) -> int:
 
 @primitive("vector-ref")
 def vector_ref(v: Any, k: Any) -> Any:
+    if type(v) in _VECTOR_CLASSES and type(k) is int and k >= 0:
+        try:
+            return v[k]                     # the common case first (no len: see _compile)
+        except Exception:   # out of range, or a stale handle: the checks below say which
+            pass
     _vector("vector-ref", v)
     return v[_index("vector-ref", k, len(v), "vector")]
+
+
+_VECTOR_CLASSES = frozenset(VECTOR_TYPES)   # exact types, for the fast paths
 
 
 def _store(who: str, v: Any, start: int, items: list) -> None:
@@ -1998,25 +2042,26 @@ class TextInputPort(Port):
 
 
 class TextOutputPort(Port):
-    """Characters into a string (get-output-string) or a file."""
+    """Characters into a string (get-output-string) or a file.  ``chunks``
+    is the string's text so far, in pieces (unused for a file)."""
 
-    __slots__ = ("_chunks", "_file")
+    __slots__ = ("chunks", "_file")
     is_output = True
 
     def __init__(self, name: str, file: Any = None) -> None:
         super().__init__(name)
-        self._chunks: list[str] = []
+        self.chunks: list[str] = []
         self._file = file
 
     def write_text(self, text: str) -> None:
         if self._file is None:
-            self._chunks.append(text)
+            self.chunks.append(text)
         else:
             self._file.write(text)
 
     def getvalue(self) -> str:
-        text = "".join(self._chunks)
-        self._chunks = [text]
+        text = "".join(self.chunks)
+        self.chunks = [text]
         return text
 
     def flush(self) -> None:
@@ -2027,6 +2072,17 @@ class TextOutputPort(Port):
         if not self.closed and self._file is not None:
             self._file.close()
         self.closed = True
+
+
+class StringOutputPort(TextOutputPort):
+    """What open-output-string makes.  Its exact type tells write-char and
+    write-string (and the compiler's inlined copies of them, vm/_compile)
+    that writing is appending to ``chunks`` while the port is open."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str = "string") -> None:
+        super().__init__(name)
 
 
 class ConsoleOutputPort(TextOutputPort):
@@ -2171,6 +2227,19 @@ def _port(who: str, port: Any, direction: str, textual: bool | None) -> Any:
     return port
 
 
+def _text_output_port(who: str, port: Any) -> Any:
+    """_port(who, port, "output", True) with the common cases first."""
+    if port is _ABSENT:
+        port = CURRENT_OUTPUT.value
+    if type(port) in _TEXT_OUTPUT_TYPES and not port.closed:
+        return port
+    return _port(who, port, "output", True)
+
+
+_STRING_PORT_TYPES = (TextOutputPort, StringOutputPort)   # get-output-string takes these
+_TEXT_OUTPUT_TYPES = frozenset((TextOutputPort, StringOutputPort, ConsoleOutputPort))
+
+
 @primitive("input-port?")
 def is_input_port(x: Any) -> bool:
     return isinstance(x, Port) and x.is_input
@@ -2246,13 +2315,13 @@ def open_input_string(s: Any) -> TextInputPort:
 
 
 @primitive("open-output-string")
-def open_output_string() -> TextOutputPort:
-    return TextOutputPort("string")
+def open_output_string() -> StringOutputPort:
+    return StringOutputPort()
 
 
 @primitive("get-output-string")
 def get_output_string(port: Any) -> MString:
-    if type(port) is not TextOutputPort or port._file is not None:
+    if type(port) not in _STRING_PORT_TYPES or port._file is not None:
         raise _type_error("get-output-string", "a port made by open-output-string", port)
     return MString(port.getvalue())
 
@@ -2359,7 +2428,7 @@ def read_bytevector_into(bv: Any, port: Any = _ABSENT, start: Any = 0, end: Any 
 
 def _writer(name: str, render: Callable[[Any], str]) -> Callable:
     def write_datum(obj: Any, port: Any = _ABSENT) -> None:
-        _port(name, port, "output", True).write_text(render(obj))
+        _text_output_port(name, port).write_text(render(obj))
     write_datum.__name__ = write_datum.__qualname__ = name
     return primitive(name)(write_datum)
 
@@ -2372,20 +2441,27 @@ _writer("display", display)
 
 @primitive("newline")
 def newline(port: Any = _ABSENT) -> None:
-    _port("newline", port, "output", True).write_text("\n")
+    _text_output_port("newline", port).write_text("\n")
 
 
 @primitive("write-char")
 def write_char(c: Any, port: Any = _ABSENT) -> None:
+    if type(c) is Char and type(port) is StringOutputPort and not port.closed:
+        port.chunks.append(chr(c.cp))       # the common case, without a call
+        return
     text = _char_text("write-char", c)
-    _port("write-char", port, "output", True).write_text(text)
+    _text_output_port("write-char", port).write_text(text)
 
 
 @primitive("write-string")
 def write_string(s: Any, port: Any = _ABSENT, start: Any = 0, end: Any = _ABSENT) -> None:
+    if type(s) is str and type(port) is StringOutputPort and not port.closed \
+            and type(start) is int and start == 0 and end is _ABSENT:
+        port.chunks.append(s)               # the common case, without a call
+        return
     text = _text("write-string", s)
     start, end = _range("write-string", len(text), start, end)
-    _port("write-string", port, "output", True).write_text(text[start:end])
+    _text_output_port("write-string", port).write_text(text[start:end])
 
 
 @primitive("write-u8")
@@ -2833,8 +2909,18 @@ def is_hash_table(x: Any) -> bool:
     return isinstance(x, HASH_TABLE_TYPES)
 
 
+# Keys an image Table takes as they are (_image_key is the identity on them),
+# for the fast paths: a lookup with one of them is the Table's own.
+IMAGE_PLAIN_KEYS = frozenset((str, int))
+
+
 @primitive("hash-table-ref")
 def hash_table_ref(table: Any, key: Any, fail: Any = _ABSENT, succeed: Any = _ABSENT) -> Any:
+    if type(table) is ImageTable and type(key) in IMAGE_PLAIN_KEYS and succeed is _ABSENT:
+        try:
+            return table[key]               # the common case first
+        except Exception:   # missing, or refused: the general path says which
+            pass
     value = _table("hash-table-ref", table).get(key, _MISSING)
     if value is _MISSING:
         if fail is _ABSENT:
@@ -2847,6 +2933,11 @@ def hash_table_ref(table: Any, key: Any, fail: Any = _ABSENT, succeed: Any = _AB
 
 @primitive("hash-table-ref/default")
 def hash_table_ref_default(table: Any, key: Any, default: Any) -> Any:
+    if type(table) is ImageTable and type(key) in IMAGE_PLAIN_KEYS:
+        try:
+            return table[key]               # the common case first
+        except Exception:   # missing, or refused: the general path says which
+            pass
     return _table("hash-table-ref/default", table).get(key, default)
 
 

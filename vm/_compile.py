@@ -45,7 +45,23 @@ CODE SHAPE (three-address style)
   ``.car`` on a Pair; ``eq?`` is ``is``; and so on.  Only while the global is
   still bound to its standard procedure, and not in a top-level form that
   itself defines or set!s it.  A parameter's integer test is computed once
-  per call (or loop iteration) into a "fact" variable ``_k<n>``.
+  per call (or loop iteration) into a "fact" variable ``_k<n>``; so is that
+  of a free variable that keeps its value (no set!, not letrec*-bound, so it
+  has its value before the closure exists), and its type tests for the
+  data procedures below, once on entry (``_FnGen.type_test``).
+- The data procedures of vm/_builtins are inlined the same way (only where
+  the standard procedure is _builtins' own): vector-ref, vector-set!,
+  vector-length, string-length, string-ref, char->integer, the two-argument
+  character comparisons, write-char and write-string to a port (an append
+  to an open string port's ``chunks``), hash-table-ref (two arguments) and
+  hash-table-ref/default.  An image Vector's length costs as much as a read,
+  and a miss in an image Table is a KeyError, so vector-ref and the table
+  reads are statements: the read in a ``try`` whose exception calls the
+  procedure (which signals the error, or handles what the read could not);
+  an index is tested non-negative first (Python would count it from the
+  end).  A table key must be a str or an int, which the image takes as it
+  is.  cons allocates with ``HandleBase.__new__`` and stores the slots
+  itself: Pair.__init__ was most of the cost of a cons.
 - Measured (bench/bench_vm.py, and bytecode: ``type(x)`` is specialised to
   PRECALL_NO_KW_TYPE_1 in 3.11, ``x.__class__`` is a generic attribute
   lookup): the integer tests were most of what generated fib and tak cost
@@ -59,23 +75,35 @@ CODE SHAPE (three-address style)
   self tail call whose new arguments are proven integers stays in the fast
   loop; otherwise it breaks out to test again.  fib(25) and tak went to about
   1.5x CPython, a counting loop below 1x.
+- The entry test, paid again by every recursive call, was then most of
+  what fib still cost above CPython (1.43x its instructions, measured with
+  callgrind; 1.18x without the test).  So a recursive leaf lambda without
+  free variables whose fast body makes integer self calls gets a fast entry
+  (``_FnGen.split_fast``): the fast body as a function of its own, which
+  those self calls call directly (it reaches itself through a positional
+  default ``R_self``, the procedure reaches it through a keyword-only
+  default ``R_fast``: no closure cell, no parameter a Scheme caller could
+  fill).  fib went to about 1.2x CPython, tak to about 1x.
 - Quoted data that has no Python literal (symbols, strings, lists, procedures
   embedded by the expander, infinities) is written as a placeholder string
   ``'K<n>'`` and replaced in ``co_consts`` after compilation, so it is a
-  LOAD_CONST.  Placeholders never reach an arithmetic operator (the
-  inliner calls the real procedure for constant operands), because Python's
-  optimiser would fold ``'K1' * 2``.
+  LOAD_CONST.  Placeholders never reach an arithmetic operator or a
+  subscript (the inliner calls the real procedure for constant operands),
+  because Python's optimiser would fold ``'K1' * 2`` and ``'K1'[0]``.
 
 BAKED GLOBALS AND RECOMPILATION: inlining a primitive, turning a global
 self call into a loop, and omitting the trampoline check after (or calling
 directly in tail position) a "plain" global all assume a global keeps its
-value.  The globals a
-lambda's code (with its nested lambdas) assumed are ``scheme_baked``; the
-environment registers each such procedure (top-level definitions through
-``define``, closures that may escape through ``R_track``) and, when one of
-those globals is rebound, ``recompile_procedure`` compiles the lambda again
-and swaps ``fn.__code__`` in place.  A closure that cannot escape (bound by
-let/letrec*, only ever called, captured by no other lambda) is not tracked:
+value.  The globals a lambda's code (with its nested lambdas) assumed are
+``scheme_baked``; the environment registers each such procedure (top-level
+definitions through ``define``, closures that may escape through
+``R_track``) and, when one of those globals is rebound,
+``recompile_procedure`` compiles the lambda again and swaps ``fn.__code__``
+(and ``fn.__kwdefaults__``, its fast entry) in place.  An activation of the
+fast entry that is running then goes on recursing into the old definition,
+as any running activation finishes with its code (_env's open questions).
+A closure that cannot escape (bound by let/letrec*, only ever called,
+captured by no other lambda) is not tracked:
 it dies with the activation that made it.  Case-lambda clauses bake nothing
 (their dispatcher's closure layout is not reproducible), so they never need it.
 If a recompiled procedure starts returning TailCalls where it did not, the
@@ -101,12 +129,19 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from native._fastpath import HandleBase
+
 from ._env import Environment, mangle
 from ._runtime import ARITY, GENERATED_FILENAME_PREFIX, resolve
 from ._types import (
+    CHARS,
     NIL,
+    VECTOR_TYPES,
+    Char,
+    ImageTable,
     Pair,
     SchemeError,
+    SVector,
     Symbol,
     TailCall,
     intern,
@@ -128,13 +163,15 @@ _local_numbers = itertools.count(1)
 class Var:
     """A local variable: one binding occurrence and what the parser learned of it."""
 
-    __slots__ = ("sym", "py", "owner", "assigned", "escapes", "captured_by", "lambda_node")
+    __slots__ = ("sym", "py", "owner", "assigned", "escapes", "captured_by", "lambda_node",
+                 "recursive")
 
     def __init__(self, sym: Symbol, owner: Lambda, py: str | None = None) -> None:
         self.sym = sym
         self.py = py or _local_name(sym)
         self.owner = owner          # the lambda whose Python frame holds it
         self.assigned = False       # target of a set!
+        self.recursive = False      # bound by letrec*: may be read before it has a value
         self.escapes = False        # referenced other than as an operator
         self.captured_by: set = set()   # lambdas other than the owner that reference it
         self.lambda_node: Lambda | None = None   # the lambda a let/letrec* binds it to
@@ -398,6 +435,8 @@ class _Parser:
         inner = dict(scope)
         seen: set[Symbol] = set()
         variables = [self.bind(sym, fn, inner, seen, x) for sym, _ in pairs]
+        for var in variables:
+            var.recursive = recursive
         init_scope = inner if recursive else scope
         bindings = []
         for var, (_, init) in zip(variables, pairs):
@@ -473,14 +512,17 @@ class _E:
     literal or a placeholder) or 'expr' (a parenthesised expression that is
     evaluated where it is used, possibly after statements emitted later:
     see ``_FnGen.arguments`` for the order this gives).  has_call: it calls a
-    procedure that may have effects (not just a primitive's fallback)."""
+    procedure that may have effects (not just a primitive's fallback), or
+    has one itself (an inlined write-char).  value: the constant itself, for
+    the 'int' and 'const' kinds made by ``_Unit.constant``."""
 
-    __slots__ = ("code", "kind", "boolean", "has_call", "int_known")
+    __slots__ = ("code", "kind", "boolean", "has_call", "int_known", "value")
 
     def __init__(self, code: str, kind: str, boolean: bool = False,
-                 has_call: bool = False, int_known: bool = False) -> None:
+                 has_call: bool = False, int_known: bool = False, value: Any = None) -> None:
         self.code, self.kind, self.boolean, self.has_call = code, kind, boolean, has_call
         self.int_known = int_known or kind == "int"   # proven an exact integer
+        self.value = value          # the value of a constant ('const' and 'int' kinds)
 
     @property
     def atomic(self) -> bool:
@@ -503,15 +545,18 @@ def _has_other_constant(args: list[_E]) -> bool:
 
 def _binary_int_op(op: str, boolean: bool) -> Callable:
     def build(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+        # Where each operand is used once, it stays an expression (no temporary).
+        has_call = any(x.has_call for x in args)
+        if _has_other_constant(args):
+            return _E(_call_text(fallback, args), "expr", boolean, has_call)
+        if all(x.int_known for x in args):      # proven integers: the Python operator alone
+            a, b = args
+            return _E(f"({a.code} {op} {b.code})", "expr", boolean, has_call,
+                      int_known=not boolean)
         a, b = (gen.atom(x) for x in args)
-        call = f"{fallback}({a.code}, {b.code})"
-        if _has_other_constant([a, b]):
-            return _E(call, "expr", boolean)
         checks = _int_checks(gen, [a, b])
-        if not checks:      # proven integers: the Python operator alone
-            return _E(f"({a.code} {op} {b.code})", "expr", boolean, int_known=not boolean)
-        return _E(f"({a.code} {op} {b.code} if {' and '.join(checks)} else {call})", "expr",
-                  boolean)
+        return _E(f"({a.code} {op} {b.code} if {' and '.join(checks)} else "
+                  f"{_call_text(fallback, [a, b])})", "expr", boolean)
     return build
 
 
@@ -567,29 +612,234 @@ def _negation(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
     return _E(text, "expr", True, a.has_call)
 
 
-# (Scheme name, argument count) -> (fallback helper, builder).  The fallback
-# is the standard procedure itself, which signals the Scheme error or handles
-# the other number types.  Chosen by measurement (bench/bench_vm.py): these
-# operators dominate the inner loops of numeric and list code.
-_INLINE: dict[tuple[str, int], tuple[str, Callable]] = {
-    ("+", 2): ("R_add", _binary_int_op("+", False)),
-    ("-", 2): ("R_sub", _binary_int_op("-", False)),
-    ("*", 2): ("R_mul", _binary_int_op("*", False)),
-    ("-", 1): ("R_neg", _negate),
-    ("=", 2): ("R_numeq", _binary_int_op("==", True)),
-    ("<", 2): ("R_lt", _binary_int_op("<", True)),
-    (">", 2): ("R_gt", _binary_int_op(">", True)),
-    ("<=", 2): ("R_le", _binary_int_op("<=", True)),
-    (">=", 2): ("R_ge", _binary_int_op(">=", True)),
-    ("zero?", 1): ("R_zero", _is_zero),
-    ("car", 1): ("R_car", _pair_field("car")),
-    ("cdr", 1): ("R_cdr", _pair_field("cdr")),
-    ("pair?", 1): ("R_pairp", _is_pair),
-    ("eqv?", 2): ("R_eqv", _is_eqv),
-    ("cons", 2): ("R_cons", _template("R_Pair({}, {})", False)),
-    ("eq?", 2): ("R_eq", _template("{} is {}", True)),
-    ("not", 1): ("R_not", _negation),
-    ("null?", 1): ("R_nullp", _template("{} is R_NIL", True)),
+def _cons(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    """A Pair made without running Pair.__init__ (a Python frame: most of
+    what a cons cost), its two slots stored by the generated code."""
+    car, cdr = args
+    temp = gen.unit.fresh("t")
+    gen.emit(f"{temp} = R_alloc(R_Pair)")
+    gen.emit(f"{temp}.car = {car.code}")
+    gen.emit(f"{temp}.cdr = {cdr.code}")
+    return _E(temp, "name")
+
+
+# -- inlined data procedures (vm/_builtins) ----------------------------------------------------
+#
+# Each tests the exact Python types of its operands and then does the work in
+# Python's own terms (an index, a slot, a list append); any other operand goes
+# to the standard procedure, which handles the other kinds (image handles of
+# other classes, MStrings) and signals the errors.  A placeholder constant
+# never meets a subscript (Python's optimiser folds 'K1'[0]): a call with a
+# constant where the fast path would subscript it calls the procedure.
+
+def _call_text(fallback: str, args: list[_E]) -> str:
+    return f"{fallback}({', '.join(a.code for a in args)})"
+
+
+def _is_literal(e: _E) -> bool:
+    return e.kind == "const" or e.kind == "int"
+
+
+def _is_char_constant(e: _E) -> bool:
+    return e.kind == "const" and e.value.__class__ is Char
+
+
+def _guarded(fast: str, tests: list[str], fallback_call: str, **flags: Any) -> _E:
+    """The fast expression where every test holds, else the procedure call."""
+    if not tests:
+        return _E(f"({fast})", "expr", **flags)
+    return _E(f"({fast} if {' and '.join(tests)} else {fallback_call})", "expr", **flags)
+
+
+def _index_tests(gen: _FnGen, k: _E, sized: str) -> list[str]:
+    """The tests that k is an index into the sequence named sized."""
+    tests = [] if k.int_known else [gen.int_check(k)]
+    low = "" if k.kind == "int" and k.value >= 0 else "0 <= "
+    tests.append(f"{low}{k.code} < R_len({sized})")
+    return tests
+
+
+def _vector_ref(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    """v[k] in a try: an image Vector's length costs as much as the read
+    itself, so an index past the end is found by the IndexError."""
+    v, k = (gen.atom(a) for a in args)
+    call = _call_text(fallback, [v, k])
+    if v.kind == "const" or k.kind == "const":
+        return _E(call, "expr")
+    tests = [gen.type_test(v, "R_type({}) in R_vectors")]
+    if not k.int_known:
+        tests.append(gen.int_check(k))
+    if not (k.kind == "int" and k.value >= 0):
+        tests.append(f"{k.code} >= 0")      # Python would count a negative one from the end
+    return _try_statement(gen, " and ".join(tests), f"{v.code}[{k.code}]", call)
+
+
+def _try_statement(gen: _FnGen, test: str, fast: str, fallback_call: str,
+                   missing: str | None = None) -> _E:
+    """Where test holds, fast in a try whose exception calls the procedure
+    (which signals the error, or handles what fast could not); else the
+    procedure.  missing: the value when fast raises KeyError instead."""
+    temp = gen.unit.fresh("t")
+    gen.emit(f"if {test}:")
+    gen.emit("    try:")
+    gen.emit(f"        {temp} = {fast}")
+    if missing is not None:
+        gen.emit("    except R_KeyError:")
+        gen.emit(f"        {temp} = {missing}")
+    gen.emit("    except R_Exception:")
+    gen.emit(f"        {temp} = {fallback_call}")
+    gen.emit("else:")
+    gen.emit(f"    {temp} = {fallback_call}")
+    return _E(temp, "name")
+
+
+def _vector_set(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    """Transient vectors only: a write into an image Vector is a transaction."""
+    v, k, x = (gen.atom(a) for a in args)
+    call = _call_text(fallback, [v, k, x])
+    if _is_literal(v) or k.kind == "const":
+        return _E(call, "expr", has_call=True)
+    tests = [gen.type_test(v, "R_type({}) is R_SVector")] + _index_tests(gen, k, v.code)
+    return _guarded(f"R_list_set({v.code}, {k.code}, {x.code})", tests, call, has_call=True)
+
+
+def _length_of(type_test: str) -> Callable:
+    """vector-length, string-length: an exact integer whichever path runs."""
+    def build(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+        x = gen.atom(args[0])
+        call = _call_text(fallback, [x])
+        if _is_literal(x):
+            return _E(call, "expr", int_known=True)
+        return _guarded(f"R_len({x.code})", [gen.type_test(x, type_test)], call, int_known=True)
+    return build
+
+
+def _string_ref(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    s, k = (gen.atom(a) for a in args)
+    call = _call_text(fallback, [s, k])
+    if _is_literal(s) or k.kind == "const":
+        return _E(call, "expr")
+    tests = [gen.type_test(s, "R_type({}) is R_str")] + _index_tests(gen, k, s.code)
+    return _guarded(f"R_chars[R_ord({s.code}[{k.code}])]", tests, call)
+
+
+def _char_to_integer(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    c = gen.atom(args[0])
+    if _is_char_constant(c):
+        return _E(str(c.value.cp), "int", value=c.value.cp)
+    call = _call_text(fallback, [c])
+    if _is_literal(c):
+        return _E(call, "expr", int_known=True)
+    return _guarded(f"{c.code}.cp", [gen.type_test(c, "R_type({}) is R_Char")], call,
+                    int_known=True)
+
+
+def _char_comparison(op: str) -> Callable:
+    """char=? char<? ...: code points compared, for two characters."""
+    def build(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+        a, b = (gen.atom(x) for x in args)
+        call = _call_text(fallback, [a, b])
+        operands, tests = [], []
+        for e in (a, b):
+            if _is_char_constant(e):
+                operands.append(str(e.value.cp))
+            elif _is_literal(e):
+                return _E(call, "expr", True)
+            else:
+                operands.append(f"{e.code}.cp")
+                tests.append(gen.type_test(e, "R_type({}) is R_Char"))
+        return _guarded(f"{operands[0]} {op} {operands[1]}", tests, call, boolean=True)
+    return build
+
+
+def _write_to_string_port(kind: str) -> Callable:
+    """write-char, write-string with a port argument: an append to the
+    chunks of an open string port (vm/_builtins.StringOutputPort)."""
+    def build(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+        x, port = (gen.atom(a) for a in args)
+        call = _call_text(fallback, [x, port])
+        if _is_literal(port):
+            return _E(call, "expr", has_call=True)
+        tests = [gen.type_test(port, "R_type({}) is R_StringPort"), f"not {port.code}.closed"]
+        if kind == "char" and _is_char_constant(x):
+            text = repr(chr(x.value.cp))
+        elif kind == "string" and x.kind == "const" and x.value.__class__ is str:
+            text = x.code
+        elif _is_literal(x):
+            return _E(call, "expr", has_call=True)
+        elif kind == "char":
+            tests.insert(0, gen.type_test(x, "R_type({}) is R_Char"))
+            text = f"R_chr({x.code}.cp)"
+        else:
+            tests.insert(0, gen.type_test(x, "R_type({}) is R_str"))
+            text = x.code
+        return _guarded(f"{port.code}.chunks.append({text})", tests, call, has_call=True)
+    return build
+
+
+def _plain_key_test(gen: _FnGen, key: _E) -> str | None:
+    """The test that key is one an image Table takes as it is (vm/_builtins
+    IMAGE_PLAIN_KEYS), as ' and ...'; None if it is a constant of another kind."""
+    if key.kind == "int" or key.kind == "const" and key.value.__class__ is str:
+        return ""
+    if key.kind == "const":
+        return None
+    return " and " + gen.type_test(key, "R_type({}) in R_plain_keys")
+
+
+def _table_ref(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
+    """hash-table-ref (no thunks) and hash-table-ref/default on an image Table:
+    the Table's own lookup, in a try (statements: a miss is an exception)."""
+    table, key, *default = (gen.atom(a) for a in args)
+    call = _call_text(fallback, [table, key, *default])
+    key_test = _plain_key_test(gen, key)
+    if _is_literal(table) or key_test is None:
+        return _E(call, "expr")
+    return _try_statement(gen, gen.type_test(table, "R_type({}) is R_Table") + key_test,
+                          f"{table.code}[{key.code}]", call, default[0].code if default else None)
+
+
+# (Scheme name, argument count) -> (fallback helper, builder, from _builtins).
+# The fallback is the standard procedure itself, which signals the Scheme
+# error or handles the other types.  An entry marked "from _builtins" is used
+# only where the standard procedure is vm/_builtins' own (the builder relies
+# on its semantics and its types).  Chosen by measurement (bench/bench_vm.py):
+# these operations dominate the inner loops of numeric, list, string, vector,
+# port and image code.
+_INLINE: dict[tuple[str, int], tuple[str, Callable, bool]] = {
+    ("+", 2): ("R_add", _binary_int_op("+", False), False),
+    ("-", 2): ("R_sub", _binary_int_op("-", False), False),
+    ("*", 2): ("R_mul", _binary_int_op("*", False), False),
+    ("-", 1): ("R_neg", _negate, False),
+    ("=", 2): ("R_numeq", _binary_int_op("==", True), False),
+    ("<", 2): ("R_lt", _binary_int_op("<", True), False),
+    (">", 2): ("R_gt", _binary_int_op(">", True), False),
+    ("<=", 2): ("R_le", _binary_int_op("<=", True), False),
+    (">=", 2): ("R_ge", _binary_int_op(">=", True), False),
+    ("zero?", 1): ("R_zero", _is_zero, False),
+    ("car", 1): ("R_car", _pair_field("car"), False),
+    ("cdr", 1): ("R_cdr", _pair_field("cdr"), False),
+    ("pair?", 1): ("R_pairp", _is_pair, False),
+    ("eqv?", 2): ("R_eqv", _is_eqv, False),
+    ("cons", 2): ("R_cons", _cons, False),
+    ("eq?", 2): ("R_eq", _template("{} is {}", True), False),
+    ("not", 1): ("R_not", _negation, False),
+    ("null?", 1): ("R_nullp", _template("{} is R_NIL", True), False),
+    ("vector-ref", 2): ("R_vector_ref", _vector_ref, True),
+    ("vector-set!", 3): ("R_vector_set", _vector_set, True),
+    ("vector-length", 1): ("R_vector_length", _length_of("R_type({}) in R_vectors"), True),
+    ("string-length", 1): ("R_string_length", _length_of("R_type({}) is R_str"), True),
+    ("string-ref", 2): ("R_string_ref", _string_ref, True),
+    ("char->integer", 1): ("R_char_to_integer", _char_to_integer, True),
+    ("char=?", 2): ("R_char_eq", _char_comparison("=="), True),
+    ("char<?", 2): ("R_char_lt", _char_comparison("<"), True),
+    ("char>?", 2): ("R_char_gt", _char_comparison(">"), True),
+    ("char<=?", 2): ("R_char_le", _char_comparison("<="), True),
+    ("char>=?", 2): ("R_char_ge", _char_comparison(">="), True),
+    ("write-char", 2): ("R_write_char", _write_to_string_port("char"), True),
+    ("write-string", 2): ("R_write_string", _write_to_string_port("string"), True),
+    ("hash-table-ref", 2): ("R_hash_table_ref", _table_ref, True),
+    ("hash-table-ref/default", 3): ("R_hash_table_ref_default", _table_ref, True),
 }
 
 
@@ -616,19 +866,19 @@ class _Unit:
         """A Python literal for value, or a placeholder replaced after compile()."""
         cls = value.__class__
         if cls is int and value.bit_length() <= _LITERAL_INT_BITS:
-            return _E(f"({value})" if value < 0 else repr(value), "int")
+            return _E(f"({value})" if value < 0 else repr(value), "int", value=value)
         if value is None or cls is bool:
-            return _E(repr(value), "const")
+            return _E(repr(value), "const", value=value)
         if cls is float and value == value and value not in (float("inf"), float("-inf")):
             return _E(f"({value!r})" if value < 0 or repr(value).startswith("-") else repr(value),
-                      "const")
+                      "const", value=value)
         if cls is str and len(value) == 1:
-            return _E(repr(value), "const")
+            return _E(repr(value), "const", value=value)
         key = self._by_id.get(id(value))
         if key is None:
             key = self._by_id[id(value)] = f"K{len(self.constants) + 1}"
             self.constants[key] = value
-        return _E(repr(key), "const")
+        return _E(repr(key), "const", value=value)
 
     def fresh(self, prefix: str) -> str:
         return f"_{prefix}{next(self.counter)}"
@@ -645,8 +895,16 @@ class _FnGen:
         self.nonlocals: dict[str, None] = {}
         self.baked: set[Symbol] = set()
         self.looped = False
-        # Parameters no set! changes: their integer test can be computed once.
+        # Parameters no set! changes, and free variables no set! changes that
+        # have their value before the lambda exists (not letrec*'s): their
+        # integer test can be computed once per call.
         self.param_vars = {v.py: v for v in lam.params if not v.assigned}
+        constant_free = [v.py for v in lam.free if not (v.assigned or v.recursive)]
+        self.param_vars.update((v.py, v) for v in lam.free if v.py in constant_free)
+        # Those free variables keep one value for the whole call (a loop's
+        # iterations included): a type test of one is made once, on entry.
+        self.constant_free = frozenset(constant_free)
+        self.type_facts: dict[str, str] = {}    # test text -> its variable
         self.facts: dict[str, str] = {}     # parameter -> its fact variable
         self.facts_enabled = True
         # Python names proven to hold exact integers where they are used.
@@ -658,6 +916,10 @@ class _FnGen:
         self.assume_int_self = False
         self.fast_exits = False          # a self tail call left the fast loop
         self.returns_int = True          # every value the fast body returns is an integer
+        # The fast body's non-tail self calls with integer arguments: how many,
+        # and the name they call when they go to the fast entry (split_fast).
+        self.int_self_calls = 0
+        self.fast_entry: str | None = None
 
     # -- output --
 
@@ -677,7 +939,8 @@ class _FnGen:
     # -- one function --
 
     def function(self, pyname: str) -> list[str]:
-        """The complete ``def`` of self.lam, indented at depth 0."""
+        """The complete ``def`` of self.lam, indented at depth 0 (preceded by
+        the def of its fast entry, if it gets one: see split_fast)."""
         lam = self.lam
         params = [v.py for v in lam.params]
         if lam.rest is not None:
@@ -685,6 +948,7 @@ class _FnGen:
         prologue = []
         if lam.rest is not None and not lam.rest_as_list:
             prologue.append(f"    {lam.rest.py} = R_list({lam.rest.py})")
+        before: list[str] = []
         self.tail(lam.body)
         generic, loops = self.lines, self.looped
         if self.facts and not (lam.is_unit or lam.no_bake or lam.contains_lambda):
@@ -693,6 +957,9 @@ class _FnGen:
             # for leaf lambdas: the body is written twice, and nested ones
             # would double again at every level.
             fast, fast_loops, exits = self.fast_body()
+            if self.int_self_calls and not exits and not lam.free and lam.rest is None:
+                entry, before, fast, fast_loops = self.split_fast(params)
+                params = params + ["*", f"R_fast={entry}"]
             test = " and ".join(f"R_type({py}) is R_int" for py in self.facts)
             self.facts_enabled = False
             self.lines, self.looped = [], False
@@ -707,9 +974,39 @@ class _FnGen:
             body += generic
         if loops:
             body = ["    while True:"] + _indent(body)
+        prologue += [f"    {fact} = {test}" for test, fact in self.type_facts.items()]
         if self.nonlocals:
             prologue.insert(0, f"    nonlocal {', '.join(self.nonlocals)}")
-        return [f"def {pyname}({', '.join(params)}):"] + prologue + body
+        return before + [f"def {pyname}({', '.join(params)}):"] + prologue + body
+
+    def split_fast(self, params: list[str]) -> tuple[str, list[str], list[str], bool]:
+        """A recursive leaf lambda's fast entry: the fast body as a function of
+        its own, which its integer self calls call directly, so that the
+        recursion skips the entry test (module docstring).  It reaches itself
+        through a positional default
+        (R_self, which no caller passes) and the procedure reaches it through
+        a keyword-only default (R_fast): no closure cell, so the procedure
+        is still stored in the image from its source alone, and a
+        recompilation swaps __kwdefaults__ with __code__.  Only for lambdas
+        without free variables (a recompiled closure keeps its own cells,
+        which a fresh fast entry would not share) and whose fast body never
+        leaves for the generic one.  The price: Python 3.11 does not
+        specialise calls of a function with a keyword-only parameter, so a
+        call from outside costs a little more (the calls below it do not).  Returns
+        its name, the lines of its def,
+        and the procedure's fast body calling it (lines, loops)."""
+        name = self.unit.fresh("s")
+        self.unit.display_names[name] = self.lam.name or "lambda"
+        self.fast_entry = "R_self"
+        own, own_loops, _ = self.fast_body()
+        self.fast_entry = "R_fast"
+        fast, fast_loops, _ = self.fast_body()
+        self.fast_entry = None
+        if own_loops:
+            own = ["    while True:"] + _indent(own)
+        lines = [f"def {name}({', '.join(params + ['R_self=None'])}):"] + own
+        lines.append(f"{name}.__defaults__ = ({name},)")
+        return name, lines, fast, fast_loops
 
     def fast_body(self) -> tuple[list[str], bool, bool]:
         """The body specialised for its fact parameters being exact integers:
@@ -896,7 +1193,7 @@ class _FnGen:
         entry = _inline_entry(self.unit, self.lam, node)
         if entry is None:
             return None
-        fallback, build = entry
+        fallback, build, _ = entry
         env = self.unit.env
         standard = env.standard_value(node.fn.sym)
         if env.namespace.get(fallback) is not standard:
@@ -914,7 +1211,9 @@ class _FnGen:
         if self.assume_int_self and self.int_self_call(node, values):
             if node.fn.__class__ is GlobalRef:
                 self.baked.add(node.fn.sym)
-            return _E(f"{fn.code}({args})", "expr", has_call=True, int_known=True)
+            self.int_self_calls += 1
+            callee = self.fast_entry or fn.code
+            return _E(f"{callee}({args})", "expr", has_call=True, int_known=True)
         if kind == "plain" or kind == "self" and _tail_free(self.unit, self.lam):
             if bake is not None:
                 self.baked.add(bake)
@@ -995,6 +1294,17 @@ class _FnGen:
                 results[i] = _E(temp, "name", e.boolean)
             later_statements = later_statements or end > start
         return results
+
+    def type_test(self, atom: _E, test: str) -> str:
+        """test (a format of one name) applied to atom; for a free variable
+        that keeps its value (constant_free), a fact variable set on entry."""
+        text = test.format(atom.code)
+        if atom.code not in self.constant_free:
+            return text
+        fact = self.type_facts.get(text)
+        if fact is None:
+            fact = self.type_facts[text] = self.unit.fresh("k")
+        return fact
 
     def int_check(self, atom: _E) -> str:
         """The test that atom is an exact integer: a parameter's is computed
@@ -1126,7 +1436,19 @@ def _inline_entry(unit: _Unit, lam: Lambda, node: Call) -> tuple | None:
     entry = _INLINE.get((fn.sym.name, len(node.args)))
     if entry is None or not unit.env.is_standard(fn.sym):
         return None
+    if entry[2] and unit.env.standard_value(fn.sym) is not _builtin_primitive(fn.sym.name):
+        return None
     return entry
+
+
+def _builtin_primitive(name: str) -> Callable | None:
+    """vm/_builtins' procedure of that name (imported on first use: the
+    compiler itself works without the data procedures)."""
+    try:
+        from ._builtins import PRIMITIVES
+    except ImportError:
+        return None
+    return PRIMITIVES.get(name)
 
 
 def _is_self_call(lam: Lambda, node: Call) -> bool:
@@ -1233,7 +1555,16 @@ def _install_helpers(env: Environment) -> None:
     if "R_TailCall" in namespace:
         return
     namespace.update(R_TailCall=TailCall, R_resolve=resolve, R_int=int, R_Pair=Pair, R_NIL=NIL,
-                     R_type=type, R_list=_list_of, R_len=len, R_no_clause=_no_clause)
+                     R_type=type, R_list=_list_of, R_len=len, R_no_clause=_no_clause,
+                     R_alloc=HandleBase.__new__, R_str=str, R_Char=Char, R_chars=CHARS,
+                     R_chr=chr, R_ord=ord, R_SVector=SVector, R_list_set=list.__setitem__,
+                     R_vectors=frozenset(VECTOR_TYPES), R_Table=ImageTable,
+                     R_KeyError=KeyError, R_Exception=Exception)
+    try:
+        from ._builtins import IMAGE_PLAIN_KEYS, StringOutputPort
+    except ImportError:     # no data procedures: nothing inlines them
+        return
+    namespace.update(R_StringPort=StringOutputPort, R_plain_keys=IMAGE_PLAIN_KEYS)
 
 
 # -- from text to procedures ------------------------------------------------------------------------
@@ -1384,6 +1715,7 @@ def recompile_procedure(procedure: Callable, env: Environment) -> None:
         raise SchemeError(f"compile: cannot recompile {site['scheme_name'] or 'a lambda'} in place")
     was_tail_free = not site.get("scheme_tail", True)
     procedure.__code__ = fresh.__code__
+    procedure.__kwdefaults__ = fresh.__kwdefaults__     # its fast entry, if any
     procedure.__dict__ = fresh.__dict__
     if procedure.scheme_baked:
         env.track(procedure)

@@ -11,7 +11,8 @@ VALUES (transient: made while computing, never touching the image)
     exact rational    fractions.Fraction              normalised: denominator 1 -> int
     inexact real      float
     inexact complex   complex                         (scheme complex)
-    character         Char (.cp, the code point)      interned: char(cp) is one object
+    character         Char (.cp, the code point)      interned: char(cp) (or CHARS[cp])
+                                                      is one object
     string            str (immutable) or MString      literals and strings from the
                       (mutable; .s is a Python str)   image or Python are str; make-string,
                                                       string-copy, string-append ... make
@@ -133,7 +134,12 @@ def is_interned(sym: Symbol) -> bool:
 class Pair(HandleBase):
     """A cons cell: .car and .cdr, both assignable.  On the image's handle
     base (unset while transient) so that, once stored, it can become the
-    handle of its image copy (vm/_persist.py)."""
+    handle of its image copy (vm/_persist.py).
+
+    Compiled code makes pairs without calling the class: HandleBase.__new__
+    (C, no frame), then it stores the two slots itself (vm/_compile, cons);
+    running this __init__ cost more than the rest of a cons.  So __init__
+    must stay what a bare allocation plus the two stores can replace."""
 
     __slots__ = ("car", "cdr")
 
@@ -164,15 +170,24 @@ class Char:
         return chr(self.cp)
 
 
-_CHARS: dict[int, Char] = {}
+class _CharTable(dict):
+    """The interned characters by code point.  A lookup of one not made yet
+    makes it, so ``CHARS[cp]`` is char(cp) without a Python frame (compiled
+    string-ref uses it); only valid code points may be looked up."""
+
+    __slots__ = ()
+
+    def __missing__(self, cp: int) -> Char:
+        c = self[cp] = Char(cp)
+        return c
+
+
+CHARS = _CHARS = _CharTable()
 
 
 def char(cp: int) -> Char:
     """The one Char of this code point (0..0x10FFFF)."""
-    c = _CHARS.get(cp)
-    if c is None:
-        c = _CHARS[cp] = Char(cp)
-    return c
+    return _CHARS[cp]
 
 
 def is_string(x: Any) -> bool:
@@ -446,7 +461,7 @@ def to_list(x: Any) -> list:
 
 
 __all__ = [
-    "EOF", "NIL", "Bytevector", "Char", "ErrorObject", "MString", "Pair", "Record",
+    "CHARS", "EOF", "NIL", "Bytevector", "Char", "ErrorObject", "MString", "Pair", "Record",
     "RecordType", "SVector", "SchemeError", "SchemeRaise", "Symbol", "TailCall", "Values",
     "as_condition", "call", "char", "eqv", "equal", "from_iterable", "gensym", "intern",
     "BYTEVECTOR_TYPES", "RECORD_TYPE_HOOKS", "ImageTable", "ImageVector", "VECTOR_TYPES", "is_interned",
