@@ -103,7 +103,8 @@ from persistent.list import PersistentList  # noqa: E402
 from persistent.mapping import PersistentMapping  # noqa: E402
 from ZODB.FileStorage import FileStorage  # noqa: E402
 
-from _common import bytes_handed_to_write, load_average, num  # noqa: E402  (bench/)
+from _common import (bytes_handed_to_write, heading, load_average, num,  # noqa: E402  (bench/)
+                     report_verdicts)
 import image  # noqa: E402
 from pager import PageStore  # noqa: E402
 
@@ -149,11 +150,6 @@ def du(path: str) -> int:
         for name in names:
             total += os.stat(os.path.join(dirpath, name)).st_blocks * 512
     return total
-
-
-def heading(title: str) -> None:
-    print()
-    print(f"== {title} ==")
 
 
 WIDTH = 44
@@ -1016,15 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         res.update(run_peers(cfg))
         res["verdicts"] = peer_verdicts(res)
-    heading("Verdict")
-    for v in res["verdicts"]:
-        print(f"  {'met    ' if v['met'] else 'NOT MET'}  {v['target']}: {v['detail']}")
-    res["elapsed_s"] = time.perf_counter() - started
-    print(f"\n(total {res['elapsed_s']:.1f} s; {load_average()}: other work on the machine "
-          f"skews every figure)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
+    report_verdicts(res, started, args.json)
     return 1 if res.get("problems") else 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import random
@@ -61,7 +60,8 @@ if ROOT not in sys.path:
 
 import lmdb  # noqa: E402  (a peer; installed by the [test] extra)
 
-from _common import bytes_handed_to_write, load_average, num  # noqa: E402  (bench/)
+from _common import (bytes_handed_to_write, heading, load_average, num,  # noqa: E402  (bench/)
+                     report_verdicts)
 from pager import PageStore  # noqa: E402
 
 PAGE = 4096
@@ -108,11 +108,6 @@ def ratio(a: float | None, b: float | None) -> str:
     if not a or not b:
         return "n/a"
     return f"{a / b:.2f}x"
-
-
-def heading(title: str) -> None:
-    print()
-    print(f"== {title} ==")
 
 
 def row(label: str, *cells: str, width: int = 34) -> None:
@@ -580,15 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     res["reads"] = bench_reads(cfg)
     res["open"] = bench_open(cfg)
     res["verdicts"] = verdicts(res)
-    heading("Verdict")
-    for v in res["verdicts"]:
-        print(f"  {'met    ' if v['met'] else 'NOT MET'}  {v['target']}: {v['detail']}")
-    res["elapsed_s"] = time.perf_counter() - started
-    print(f"\n(total {res['elapsed_s']:.1f} s; {load_average()}: other work on the machine "
-          f"skews every figure)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
+    report_verdicts(res, started, args.json)
     return 0
 
 

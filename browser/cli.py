@@ -96,11 +96,9 @@ def cmd_default(args, out) -> int:
     return cmd_boot(args, out)
 
 
-def _interpreter(path: str, create: bool = True):
-    """An image and its interpreter; the image is created when missing and create is set."""
+def _interpreter(path: str):
+    """An image (created when missing) and its interpreter."""
     import vm
-    if not create and not os.path.exists(path):
-        raise FileNotFoundError(f"no image at {path}")
     img = image.open(path)
     try:
         return img, vm.Interpreter(img)

@@ -176,11 +176,6 @@ class Image:
         """Whether the running transaction has changed anything yet."""
         return bool(self._store.dirty_pages) or self._heap.meta_block() != self._committed_meta
 
-    @property
-    def head(self) -> int:
-        """The newest commit's number."""
-        return self._store.head
-
     def set_encode_hook(self, hook) -> None:
         """How values of the layer above are stored (native/objmem.c, "the encode hook")."""
         self._heap.set_encode_hook(hook)
@@ -246,9 +241,9 @@ class Image:
         """One durable commit; its record carries the meta words (objmem.c,
         "the meta page") ahead of the note.  A transaction that changed
         nothing makes no commit (an expression typed at the REPL costs no sync)."""
-        block = self._heap.meta_block()
-        if block == self._committed_meta and not self._store.dirty_pages:
+        if not self.changed:
             return
+        block = self._heap.meta_block()
         self._store.commit(block + note)
         self._committed_meta = block
 

@@ -230,7 +230,7 @@ class Interpreter:
         """A commit point journals the running form as far as it went."""
         datum = getattr(self, "_running", None)
         if datum is not None and self.img.changed:
-            self._record(datum)
+            self._record(datum, _form_text(datum))
 
     # -- the image's Scheme state ---------------------------------------------------
 
@@ -268,14 +268,11 @@ class Interpreter:
         if state is None:
             self._load_root(boot=True)
             return
-        replay = list(state["replay"])
-        first = [t for t in replay if t.startswith("(define-record-type")]
-        rest = [t for t in replay if not t.startswith("(define-record-type")]
         self.env.booting = True
         try:
-            self._replay(list(state["syntax"]) + first)
+            self._replay(list(state["syntax"]))   # record types are kept there too (_record)
             self._load_root(boot=True)
-            self._replay(rest)
+            self._replay(list(state["replay"]))
         finally:
             self.env.booting = False
 
@@ -330,10 +327,11 @@ class Interpreter:
             if img.readonly:   # a read-only image (or a view of an old commit): no transaction
                 value = run(eval_datum, datum, env, positions)
             else:
-                with img.transaction(_form_text(datum)[:200]):
+                text = _form_text(datum)
+                with img.transaction(text[:200]):
                     value = run(eval_datum, datum, env, positions)
                     if journal:
-                        self._record(datum)
+                        self._record(datum, text)
         except SchemeRaise as exc:
             env.form_failed()
             raise SchemeFailure(condition_text(exc.payload), exc.payload) from None
@@ -347,10 +345,9 @@ class Interpreter:
         self._seen_head = (img.head, img.base)
         return value
 
-    def _record(self, datum: Any) -> None:
-        """What the form leaves besides its effects: its source if it defines,
-        and a journal entry if it changed the image."""
-        text = _form_text(datum)
+    def _record(self, datum: Any, text: str) -> None:
+        """What the form (whose text is text) leaves besides its effects: its
+        source if it defines, and a journal entry if it changed the image."""
         head = datum.car.name if isinstance(datum, Pair) and isinstance(datum.car, Symbol) else ""
         defined = (self.env.syntax.version, _persist.record_types_made) != self._marks
         if not (self.img.changed or head in _DEFINING or self.env.unstored or defined):

@@ -50,6 +50,7 @@ INVARIANTS
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Callable
 
@@ -233,6 +234,7 @@ def register_system_procedures(procedures: dict[str, Callable]) -> None:
             _SYSTEM_PROCEDURES[name] = proc
 
 
+@functools.cache   # once per process: the modules do not change
 def register_runtime_constants() -> None:
     """The runtime's and the expander's procedures that expanded code embeds
     as constants ((quote <procedure>)), by module and name, so that a stored
