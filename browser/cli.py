@@ -1,13 +1,30 @@
 """The ``imago`` command.
 
     imago                          boot the default image (created on first use) into the REPL
-    imago boot IMAGE               boot IMAGE into the REPL (created if missing)
+    imago boot IMAGE [--latest | --snapshot ID] [--good-after MINUTES]
+                                   boot IMAGE into the REPL (created if missing); on a
+                                   terminal with more than one snapshot the boot menu
+                                   (browser/bootmenu.py) chooses; a pipe on stdin boots the
+                                   newest known-good snapshot and runs the forms it holds.
+                                   Booting an older version keeps the line left as the
+                                   branch <branch>~<tip>.  The boot is marked good at a
+                                   clean end or after MINUTES (10, $IMAGO_GOOD_AFTER)
+    imago snapshots IMAGE [--json] the snapshots (size: what each holds back, when the
+                                   vacuum's snapshots.held_back is there; else null)
+    imago snapshot IMAGE LABEL     label the current version
+    imago branch / switch / history / diff / changes / replay
+                                   the version commands (browser/_cmd_versions.py)
     imago eval IMAGE 'FORMS'       evaluate, print the value of each form, exit (1 on error)
     imago load IMAGE FILE.scm      evaluate a file, one transaction per top-level form
     imago create IMAGE [--page-size N]
     imago info IMAGE               head, page size, size on disk, objects, root names
     imago check IMAGE              verify every record, page and page-table node, then the heap
     imago commits IMAGE [--json]   the commit history
+
+The snapshot commands live in their own modules, each adding its
+subcommands with ``register(sub)``: _cmd_versions (branch, switch, history,
+diff, changes, replay), _cmd_vacuum (vacuum), _cmd_bundles (export, import,
+fsck).
 
 Every error reaches the user as one line, ``imago: error: ...``, with exit
 status 1; never a traceback.  The default image lives in $IMAGO_HOME, else in
@@ -92,7 +109,7 @@ def cmd_default(args, out) -> int:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         image.open(path).close()
         print(f";; created a new image at {path}", file=out)
-    args.image, args.latest, args.snapshot = path, False, None
+    args.image, args.latest, args.snapshot, args.good_after = path, False, None, None
     return cmd_boot(args, out)
 
 
@@ -107,36 +124,103 @@ def _interpreter(path: str):
         raise
 
 
+GOOD_AFTER_MINUTES = 10.0   # a session that ran this long without a fatal error booted a good version
+_QUIT = object()            # the boot menu was left without choosing
+
+
 def cmd_boot(args, out) -> int:
-    """Boots a snapshot (the head, --snapshot ID, or --latest / a pipe on
-    stdin: the newest known-good one), leaves a boot snapshot, runs the REPL
-    (or, when stdin is not a terminal, the forms it holds, each printed), and
-    on a clean end marks the boot good and snapshots the final version."""
+    """Boots a snapshot (on a terminal the boot menu chooses when there is
+    more than one; --snapshot ID; --latest or a pipe on stdin: the newest
+    known-good one), leaves a boot snapshot, runs the REPL (or, when stdin
+    is not a terminal, the forms it holds, each printed).  The boot is marked
+    good when the session ends cleanly or has run --good-after minutes; a
+    clean end also snapshots the final version."""
     import snapshots
-    import vm
-    from browser.repl import Repl, run_script
+    good_after = _good_after(args)
     interactive = sys.stdin.isatty()
+    if interactive and args.snapshot is None and not args.latest:
+        chosen = _menu_choice(args.image)
+        if chosen is _QUIT:
+            print(";; nothing booted", file=out)
+            return 0
+        args.snapshot = chosen
     img = image.open(args.image)
     with img:
         log = snapshots.log_of(img)
+        branch = snapshots.current_branch(img)
         _boot_version(img, log, args, interactive, out)
-        boot = log.take(_boot_commit(img), "boot")
-        interp = vm.Interpreter(img)
+        boot = log.take(_boot_commit(img, branch), "boot", branch=branch)
+        status = _session(img, interactive, lambda: log.mark(boot.id, "good"), good_after, out)
+        end = log.take(img.head, "auto", branch=snapshots.current_branch(img))
+        log.mark(end.id, "good")
+    return status
+
+
+def _session(img, interactive: bool, mark_good, good_after: float, out) -> int:
+    """The REPL (or the script on stdin); mark_good runs once, at a clean end
+    or after good_after seconds, unless a fatal error came first."""
+    import vm
+    from browser.repl import KnownGood, Repl, run_script
+    interp = vm.Interpreter(img)
+    good = KnownGood(mark_good, good_after)
+    good.start()
+    try:
         if not interactive:
             status = run_script(interp, sys.stdin.read(), lambda text: print(text, file=out),
                                 lambda text: print(text, file=sys.stderr))
         else:
             Repl(interp, lambda text: print(text, file=out, flush=True)).run()
             status = 0
-        log.mark(boot.id, "good")
-        end = log.take(img.head, "auto")
-        log.mark(end.id, "good")
+    except BaseException:
+        good.cancel()   # a fatal error (or an interrupt): the boot is not known to be good
+        raise
+    good.finish()
     return status
 
 
+def _good_after(args) -> float:
+    """Seconds before a running session's boot counts as good (--good-after, $IMAGO_GOOD_AFTER, 10 min)."""
+    minutes = args.good_after
+    if minutes is None:
+        try:
+            minutes = float(os.environ.get("IMAGO_GOOD_AFTER", GOOD_AFTER_MINUTES))
+        except ValueError:
+            raise ValueError("IMAGO_GOOD_AFTER must be a number of minutes") from None
+    if not minutes >= 0:
+        raise ValueError(f"--good-after takes minutes (0 or more), not {minutes}")
+    return 60.0 * minutes
+
+
+def _menu_choice(path: str):
+    """The snapshot the boot menu chose; None (no menu: a new image, or only
+    one snapshot) or _QUIT (left without choosing)."""
+    import snapshots
+    from browser.bootmenu import choose
+    if not os.path.isdir(path):
+        return None
+    with image.open(path, readonly=True) as img:
+        listed = snapshots.log_of(img).snapshots()
+        if len(listed) < 2:
+            return None
+        chosen = choose(listed, lambda sid: _forms_before(img, sid))
+    return _QUIT if chosen is None else chosen
+
+
+def _forms_before(img, snapshot_id: int, count: int = 5) -> list[str]:
+    """The last forms of the journal as of that snapshot (a view of it)."""
+    import snapshots
+    try:
+        with img.at(snapshot_id) as view:
+            entries = snapshots.journal(view)
+    except (KeyError, image.ImageError, PagerError) as exc:
+        return [f"(this version cannot be read: {exc})"]
+    return [" ".join(c.form.split()) for c in entries[-count:]]
+
+
 def _boot_version(img, log, args, interactive: bool, out) -> None:
-    """Rewinds to the snapshot asked for; a rewind is made durable at once
-    with a commit of its own (the branch starts there)."""
+    """Rewinds to the snapshot asked for, keeping the line it leaves as a
+    branch; the rewind is made durable with the boot's commit."""
+    import snapshots
     target = None
     if args.snapshot is not None:
         target = args.snapshot
@@ -148,17 +232,22 @@ def _boot_version(img, log, args, interactive: bool, out) -> None:
         if good is not None and good.id != img.head:
             print(f";; booting the newest known-good snapshot, {good.id} "
                   f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(good.time))})", file=out)
-    if target is not None and target != img.head:
-        img.rewind(target)
+    if target is not None and target != img.base:
+        kept = snapshots.rewind_keeping_line(img, target)
+        print(f";; booted version {target}; the line you left is kept as branch {kept} "
+              f"(imago changes {args.image} --since {target} --from {kept} lists its forms, "
+              f"imago replay {args.image} --since {target} --skip N re-runs them)", file=out)
 
 
-def _boot_commit(img) -> int:
+def _boot_commit(img, branch: str) -> int:
     """Every boot is a commit of its own (the boot's time and the version it
     started from), so that each boot snapshot names a version no other
-    snapshot names; after a rewind it is the branch's first commit."""
+    snapshot names; after a rewind it is the branch's first commit, and it
+    keeps the branch the session was on (the older version may say another)."""
     started_from = img.base
     with img.transaction(f"boot from commit {started_from}"):
         img.system["last boot"] = (time.time(), started_from)
+        img.system["branch"] = branch
     return img.head
 
 
@@ -166,22 +255,25 @@ def cmd_snapshots(args, out) -> int:
     import snapshots
     log = snapshots.SnapshotLog(_existing(args.image))
     listed = log.snapshots(session_running=_locked(args.image))
+    held = getattr(snapshots, "held_back", None)   # the vacuum's report, when it is there
+    sizes = held(args.image) if held is not None else {}
     if args.json:
-        json.dump([dict(s.as_json(), size=None) for s in listed], out)
+        json.dump([dict(s.as_json(), size=sizes.get(s.id)) for s in listed], out)
         print(file=out)
         return 0
     for s in reversed(listed):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time))
         label = f"  {', '.join(s.labels)}" if s.labels else ""
-        print(f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<7}  {s.branch}{label}", file=out)
+        size = f"  {_human(sizes[s.id])}" if s.id in sizes else ""
+        print(f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<7}  {s.branch}{size}{label}", file=out)
     return 0
 
 
 def cmd_snapshot(args, out) -> int:
     import snapshots
-    with PageStore.open(_existing(args.image), readonly=True) as store:
-        head = store.head
-    snap = snapshots.SnapshotLog(args.image).take(head, "label", args.label)
+    with image.open(_existing(args.image), readonly=True) as img:
+        head, branch = img.head, snapshots.current_branch(img)
+    snap = snapshots.SnapshotLog(args.image).take(head, "label", args.label, branch)
     print(f"snapshot {snap.id}: {args.label}", file=out)
     return 0
 
@@ -269,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--latest", action="store_true", help="the newest known-good snapshot")
     which.add_argument("--snapshot", type=int, default=None, metavar="ID", help="that snapshot")
+    p.add_argument("--good-after", type=float, default=None, metavar="MINUTES",
+                   help=f"mark the boot good after this long without a fatal error "
+                        f"(default {GOOD_AFTER_MINUTES:g}, or $IMAGO_GOOD_AFTER)")
     p.set_defaults(run=cmd_boot)
     p = sub.add_parser("snapshots", help="list the snapshots")
     p.add_argument("image")
@@ -298,8 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         if name == "commits":
             p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    from browser import _cmd_bundles, _cmd_vacuum, _cmd_versions
+    for module in (_cmd_versions, _cmd_vacuum, _cmd_bundles):
+        module.register(sub)
     parser.set_defaults(run=cmd_default)
     return parser
+
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

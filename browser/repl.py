@@ -15,6 +15,10 @@ Built on prompt_toolkit.  What the user gets:
 - An error prints as a Scheme condition and rolls the form back; Ctrl-C
   interrupts a running form, rolls it back, and the REPL goes on.
 
+KnownGood marks the boot's snapshot good once: when the session ends
+cleanly, or after it has run a while (a timer thread; `imago boot
+--good-after MINUTES`) with no fatal error, which cancels it.
+
 The loop is ``Repl.run()``; ``Repl.handle(text)`` does one submission and
 returns what it printed, which is what the headless tests drive (they also
 drive run() through a prompt_toolkit pipe input).
@@ -22,6 +26,7 @@ drive run() through a prompt_toolkit pipe input).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -37,7 +42,7 @@ from vm._printer import pretty, write
 from vm._reader import Incomplete, read_all
 from vm._types import ErrorObject, MString, Pair, Symbol, intern
 
-__all__ = ["Repl"]
+__all__ = ["KnownGood", "Repl"]
 
 PRINT_DEPTH = 8       # nesting shown before "..."
 PRINT_LENGTH = 50     # items of a sequence shown before "... (N more)"
@@ -54,6 +59,55 @@ an error (or Ctrl-C) rolls it back.  Definitions and data persist in the image.
   ,expand EXPR        EXPR with its macros expanded
   ,quit               leave (Ctrl-D too)
 *1 *2 *3 are the last values, *e the last error."""
+
+
+class KnownGood:
+    """Runs mark() once: at finish() (a clean end), or when `after` seconds
+    have passed since start() with no cancel() (a fatal error).  STATES:
+    WAITING --timer or finish()--> MARKED; WAITING --cancel()--> CANCELLED;
+    MARKED and CANCELLED are final.  mark() writes only the snapshot log
+    (append + fsync), never the image, so the timer thread may run it while
+    a form is running."""
+
+    def __init__(self, mark: Callable[[], None], after: float) -> None:
+        self._mark = mark
+        self.after = after
+        self.state = "waiting"
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self.error: OSError | None = None   # the log could not be written
+
+    def start(self) -> None:
+        self._timer = threading.Timer(self.after, self._settle, args=("marked",))
+        self._timer.daemon = True   # a timer never keeps a finished session alive
+        self._timer.start()
+
+    def finish(self) -> None:
+        """A clean end: marks now, unless the timer already did (or failed to:
+        then its error is raised here, in the session's thread)."""
+        self._stop()
+        self._settle("marked")
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self._stop()
+        self._settle("cancelled")
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _settle(self, outcome: str) -> None:
+        with self._lock:
+            if self.state != "waiting":
+                return
+            self.state = outcome
+            if outcome == "marked":
+                try:
+                    self._mark()
+                except OSError as exc:
+                    self.state, self.error = "failed", exc
 
 
 class ImageHistory(History):

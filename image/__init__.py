@@ -88,8 +88,9 @@ stop-the-world pass over the heap).
 """
 from image._errors import CorruptObject, ImageError, ReadOnlyImage, StaleHandle
 from image._handles import Blob, Handle, Object, Special, Table, Vector
-from image._image import LAYOUT, Collection, Image, Phase, commit_note, open, provide, register_values
+from image._image import (LAYOUT, Collection, Image, Phase, commit_note, meta_block_of, open, provide,
+                          register_values)
 
 __all__ = ["Blob", "Collection", "CorruptObject", "Handle", "Image", "ImageError", "LAYOUT",
            "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table", "Vector",
-           "commit_note", "open", "provide", "register_values"]
+           "commit_note", "meta_block_of", "open", "provide", "register_values"]

@@ -59,8 +59,7 @@ def _mutator(method):
         img = self._img
         if img._depth:
             return method(self, *args, **kwargs)
-        with img.transaction():
-            return method(self, *args, **kwargs)
+        return img._autocommit(method, self, args, kwargs)
     run.__name__ = method.__name__
     run.__doc__ = method.__doc__
     return run

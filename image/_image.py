@@ -216,6 +216,23 @@ class Image:
             self._heap.savepoint()
         self._depth += 1
 
+    def _autocommit(self, method, handle, args: tuple, kwargs: dict) -> Any:
+        """method(handle, *args, **kwargs) as a transaction of its own: what
+        `with self.transaction():` does, in fewer frames, for the mutation
+        every autocommitted handle method makes (image/_handles.py)."""
+        if self.readonly:
+            raise ReadOnlyImage("this image was opened read-only")
+        self._heap.txn_begin()
+        self._depth = 1
+        try:
+            result = method(handle, *args, **kwargs)
+        except BaseException:
+            self._depth = 0
+            self._rollback()
+            raise
+        self._end(b"")
+        return result
+
     def _end(self, note: bytes) -> None:
         self._depth -= 1
         if self._depth:
@@ -230,10 +247,18 @@ class Image:
                 self._rollback()
                 raise
             self._depth -= 1
+        head = self._store.head
         try:
             self._commit(note)
         except BaseException:
-            self._rollback()
+            if self._store.head == head:
+                self._rollback()
+                raise
+            # The commit is durable, and the store caught up with it before an
+            # interruption (Ctrl-C) surfaced (pager: _catch_up): the
+            # transaction stands, and the interruption goes on up.
+            self._committed_meta = meta_block_of(self._store.head_meta)
+            self._heap.txn_end()
             raise
         self._heap.txn_end()
 
@@ -241,10 +266,10 @@ class Image:
         """One durable commit; its record carries the meta words (objmem.c,
         "the meta page") ahead of the note.  A transaction that changed
         nothing makes no commit (an expression typed at the REPL costs no sync)."""
-        if not self.changed:
-            return
         block = self._heap.meta_block()
-        self._store.commit(block + note)
+        if block == self._committed_meta and not self._store.dirty_pages:
+            return
+        self._store.commit(block + note if note else block)
         self._committed_meta = block
 
     def _load_meta(self) -> None:

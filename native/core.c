@@ -16,7 +16,8 @@
 **             logical page number to a private page-sized buffer.
 **
 ** Python (pager/) owns files, records, the commit protocol and recovery; this
-** file never writes to disk and never interprets a record.
+** file never interprets a record, and writes to disk only in ic_commit_write
+** (a commit's one write and sync, run for the pager: see its section).
 **
 ** ENTRY LAYOUT (32 bytes, little-endian, in leaves and interior nodes alike)
 **     0  loc     u64   (segment << 32) | slot; 0 = absent (reads as zeros)
@@ -786,6 +787,266 @@ int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out) {
 }
 
 /* ------------------------------------------------------------------ */
+/* segment cleaning (vacuum): what a tree reaches, and moving it       */
+/*
+** pager/_vacuum.py cleans a segment by copying the slots that retained
+** commits still reach out of it.  These functions walk one tree (memory and
+** disk nodes alike, every disk node verified before use: invariant 1):
+**   ic_tree_mark      sets one bit per disk slot the tree reaches (pages and
+**                     nodes) in a caller's bitmap laid out by segment
+**   ic_vac_collect    lists the leaf pages a set of trees holds in a set of
+**                     victim segments, in one walk per tree: sorted by
+**                     location, each slot once
+**   ic_vac_relocate   moves every reference into the victims elsewhere: leaf
+**                     entries to base + their index in that list, and disk
+**                     nodes there copied to memory (so the next serialize
+**                     writes them anew); afterwards the tree reaches nothing
+**                     in them (checked)
+**   ic_vac_copy       copies the listed pages, each verified, into one buffer
+** None writes to disk.  The tree's accounting (invariant 3) follows each move.
+*/
+
+typedef struct {
+    ic_tree *t;
+    int (*node)(void *ctx, uint64_t loc, int level, uint64_t prefix);
+    int (*page)(void *ctx, uint64_t page_no, const uint8_t *entry);
+    void *ctx;
+} vac_walk;
+
+static int vac_walk_node(vac_walk *w, ic_mnode *m, const uint8_t *entry, int level,
+                         uint64_t prefix) {
+    ic_store *st = w->t->st;
+    const uint8_t *node;
+    if (m) {
+        node = m->data;
+    } else {
+        int rc = w->node(w->ctx, ld64(entry), level, prefix);
+        if (rc) return rc;
+        if (!(node = node_bytes(st, level, ld64(entry), ld64(entry + 8), 0))) return err_code(st);
+    }
+    for (uint32_t i = 0; i < fanout(st); i++) {
+        const uint8_t *e = node + (size_t)i * ENTRY_SIZE;
+        uint64_t below = (prefix << st->fanout_shift) | i;
+        ic_mnode *kid = m && m->kids ? m->kids[i] : NULL;
+        int rc = IC_OK;
+        if (level > 0 && (kid || ld64(e))) rc = vac_walk_node(w, kid, e, level - 1, below);
+        else if (level == 0 && ld64(e)) rc = w->page(w->ctx, below, e);
+        if (rc) return rc;
+    }
+    return IC_OK;
+}
+
+static int vac_walk_tree(vac_walk *w) {
+    clear_err(w->t->st);
+    if (!w->t->depth) return IC_OK;
+    return vac_walk_node(w, w->t->root_mem, w->t->root, w->t->depth - 1, 0);
+}
+
+typedef struct {
+    ic_store *st;
+    uint8_t *bitmap;
+    const uint64_t *seg_base;   /* bit of slot 0 of each segment; UINT64_MAX: not listed */
+    uint32_t nsegs;
+} vac_marker;
+
+static int vac_mark_loc(void *ctx, uint64_t loc, int level, uint64_t prefix) {
+    vac_marker *mk = ctx;
+    (void)level; (void)prefix;
+    uint32_t s = loc_seg(loc);
+    if (s >= mk->nsegs || mk->seg_base[s] == UINT64_MAX)
+        return fail(mk->st, IC_MISSING, "segment seg-%06u is missing", s);
+    uint64_t bit = mk->seg_base[s] + loc_slot(loc);
+    mk->bitmap[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+    return IC_OK;
+}
+
+static int vac_mark_page(void *ctx, uint64_t page_no, const uint8_t *entry) {
+    (void)page_no;
+    return vac_mark_loc(ctx, ld64(entry), 0, 0);
+}
+
+int ic_tree_mark(ic_tree *t, uint8_t *bitmap, const uint64_t *seg_base, uint32_t nsegs) {
+    vac_marker mk = {t->st, bitmap, seg_base, nsegs};
+    vac_walk w = {t, vac_mark_loc, vac_mark_page, &mk};
+    return vac_walk_tree(&w);
+}
+
+typedef struct {
+    ic_store *st;
+    const uint8_t *victims;   /* one byte per segment number below nflags: nonzero = victim */
+    uint32_t nflags;
+    uint8_t *out;             /* collect: (loc, page_no, sum) x n */
+    uint64_t cap, n;
+    uint64_t *targets;        /* relocate: (level, prefix-or-page) pairs */
+    uint64_t ntargets, tcap;
+} vac_collector;
+
+static inline int vac_is_victim(const vac_collector *c, uint64_t loc) {
+    uint32_t s = loc_seg(loc);
+    return s < c->nflags && c->victims[s];
+}
+
+static int vac_skip_node(void *ctx, uint64_t loc, int level, uint64_t prefix) {
+    (void)ctx; (void)loc; (void)level; (void)prefix;
+    return IC_OK;
+}
+
+static int vac_collect_page(void *ctx, uint64_t page_no, const uint8_t *entry) {
+    vac_collector *c = ctx;
+    if (!vac_is_victim(c, ld64(entry))) return IC_OK;
+    if (c->n >= c->cap) return fail(c->st, IC_RANGE, "vacuum: collect buffer too small");
+    uint8_t *p = c->out + 24 * c->n++;
+    st64(p, ld64(entry)); st64(p + 8, page_no); st64(p + 16, ld64(entry + 8));
+    return IC_OK;
+}
+
+static int vac_cmp_loc(const void *a, const void *b) {
+    uint64_t x = ld64(a), y = ld64(b);
+    return (x > y) - (x < y);
+}
+
+/* Sort (loc, page_no, sum) triples by loc and drop repeats; two trees naming
+ * one slot for different pages (or sums) is damage. */
+static int vac_sort_unique(ic_store *st, uint8_t *out, uint64_t *n) {
+    if (*n == 0) return IC_OK;
+    qsort(out, (size_t)*n, 24, vac_cmp_loc);
+    uint64_t kept = 1;
+    for (uint64_t i = 1; i < *n; i++) {
+        uint8_t *prev = out + 24 * (kept - 1), *cur = out + 24 * i;
+        if (ld64(cur) != ld64(prev)) { memmove(out + 24 * kept++, cur, 24); continue; }
+        if (memcmp(cur + 8, prev + 8, 16))
+            return fail(st, IC_CORRUPT, "seg-%06u slot %u is named by two page-table entries "
+                        "that disagree", loc_seg(ld64(cur)), loc_slot(ld64(cur)));
+    }
+    *n = kept;
+    return IC_OK;
+}
+
+int ic_vac_collect(ic_tree **trees, uint32_t ntrees, const uint8_t *victims, uint32_t nflags,
+                   uint8_t *out, uint64_t cap, uint64_t *n_out) {
+    *n_out = 0;
+    if (!ntrees) return IC_OK;
+    vac_collector c = {trees[0]->st, victims, nflags, out, cap, 0, NULL, 0, 0};
+    int rc = IC_OK;
+    for (uint32_t i = 0; rc == IC_OK && i < ntrees; i++) {
+        vac_walk w = {trees[i], vac_skip_node, vac_collect_page, &c};
+        rc = vac_walk_tree(&w);
+    }
+    if (rc == IC_OK) rc = vac_sort_unique(c.st, out, &c.n);
+    *n_out = rc == IC_OK ? c.n : 0;
+    return rc;
+}
+
+static int vac_push_target(vac_collector *c, uint64_t level, uint64_t key) {
+    if (c->ntargets + 2 > c->tcap) {
+        uint64_t n = c->tcap ? 2 * c->tcap : 256;
+        uint64_t *p = realloc(c->targets, (size_t)n * sizeof *p);
+        if (!p) return fail(c->st, IC_NOMEM, "out of memory in vacuum");
+        c->targets = p;
+        c->tcap = n;
+    }
+    c->targets[c->ntargets++] = level;
+    c->targets[c->ntargets++] = key;
+    return IC_OK;
+}
+
+static int vac_target_node(void *ctx, uint64_t loc, int level, uint64_t prefix) {
+    vac_collector *c = ctx;
+    return vac_is_victim(c, loc) ? vac_push_target(c, (uint64_t)level + 1, prefix) : IC_OK;
+}
+
+static int vac_target_page(void *ctx, uint64_t page_no, const uint8_t *entry) {
+    vac_collector *c = ctx;
+    return vac_is_victim(c, ld64(entry)) ? vac_push_target(c, 0, page_no) : IC_OK;
+}
+
+/* Copy to memory the node at `level` on page_no's path, and every node above
+ * it (leaf_for_write, stopping at a level). */
+static int vac_node_for_write(ic_tree *t, uint64_t page_no, int level) {
+    ic_store *st = t->st;
+    if (!t->root_mem) {
+        t->root_mem = new_mnode(t, t->depth - 1, ld64(t->root) ? t->root : NULL);
+        if (!t->root_mem) return err_code(st);
+    }
+    ic_mnode *m = t->root_mem;
+    for (int l = t->depth - 1; l > level; l--) {
+        uint32_t i = index_at(st, page_no, l);
+        if (!m->kids[i]) {
+            uint8_t *e = m->data + (size_t)i * ENTRY_SIZE;
+            m->kids[i] = new_mnode(t, l - 1, ld64(e) ? e : NULL);
+            if (!m->kids[i]) return err_code(st);
+        }
+        m = m->kids[i];
+    }
+    return IC_OK;
+}
+
+/* The index of old_loc among the n sorted (loc, page_no, sum) triples, or n. */
+static uint64_t vac_lookup(const uint8_t *pages, uint64_t n, uint64_t old_loc) {
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        uint64_t key = ld64(pages + 24 * mid);
+        if (key == old_loc) return mid;
+        if (key < old_loc) lo = mid + 1; else hi = mid;
+    }
+    return n;
+}
+
+static int vac_apply_target(ic_tree *t, uint64_t level, uint64_t key, const uint8_t *pages,
+                            uint64_t n, uint64_t base) {
+    ic_store *st = t->st;
+    if (level) {   /* a disk node at level-1 whose page range starts at key's prefix */
+        int l = (int)level - 1;
+        return vac_node_for_write(t, key << (st->fanout_shift * (l + 1)), l);
+    }
+    uint8_t e[ENTRY_SIZE];
+    int rc = ic_tree_get(t, key, e);
+    if (rc) return rc;
+    uint64_t i = vac_lookup(pages, n, ld64(e));
+    if (i == n || ld64(pages + 24 * i + 8) != key)
+        return fail(st, IC_CORRUPT, "vacuum: page %llu at seg-%06u slot %u has no new place",
+                    (unsigned long long)key, loc_seg(ld64(e)), loc_slot(ld64(e)));
+    st64(e, base + i);
+    return set_entry(t, key, e, NULL);
+}
+
+int ic_vac_relocate(ic_tree *t, const uint8_t *victims, uint32_t nflags, const uint8_t *pages,
+                    uint64_t n, uint64_t base) {
+    vac_collector c = {t->st, victims, nflags, NULL, 0, 0, NULL, 0, 0};
+    vac_walk w = {t, vac_target_node, vac_target_page, &c};
+    int rc = vac_walk_tree(&w);
+    for (uint64_t i = 0; rc == IC_OK && i < c.ntargets; i += 2)
+        rc = vac_apply_target(t, c.targets[i], c.targets[i + 1], pages, n, base);
+    free(c.targets);
+    for (uint32_t s = 0; rc == IC_OK && s < nflags; s++)
+        if (victims[s] && ic_tree_usage(t, s))
+            rc = fail(t->st, IC_CORRUPT, "vacuum: the tree still reaches %llu slots of seg-%06u",
+                      (unsigned long long)ic_tree_usage(t, s), s);
+    return rc;
+}
+
+/* Copy the n collected pages into dst (page after page), each checked against
+ * the checksum its leaf carries first (invariant 1): a damaged page is never
+ * given a fresh home.  pairs_out gets (page_no, sum) per page, as a record
+ * lists them. */
+int ic_vac_copy(ic_store *st, const uint8_t *pages, uint64_t n, uint8_t *dst,
+                uint8_t *pairs_out) {
+    clear_err(st);
+    uint8_t e[ENTRY_SIZE] = {0};
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *p = pages + 24 * i;
+        st64(e, ld64(p)); st64(e + 8, ld64(p + 16));
+        const uint8_t *src = page_bytes(st, ld64(p + 8), e, 0);
+        if (!src) return err_code(st);
+        memcpy(dst + (i << st->page_shift), src, st->page_size);
+        st64(pairs_out + 16 * i, ld64(p + 8));
+        st64(pairs_out + 16 * i + 8, ld64(p + 16));
+    }
+    return IC_OK;
+}
+
+/* ------------------------------------------------------------------ */
 /* dirty pages: open addressing, linear probing                        */
 
 #define EMPTY_KEY UINT64_MAX
@@ -1311,4 +1572,82 @@ void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c) {
     c->prev_sum = c->record_sum;
     c->slot += (uint32_t)c->nslots;
     ic_store_set_limit(t->st, c->segno, c->slot);
+}
+
+/* ------------------------------------------------------------------ */
+/* a whole commit in one call (pager/_store.py, the real file system)  */
+/*
+** ic_commit_write is one commit of the pager's protocol, made in one call:
+** ic_commit_build, one pwrite of the slots it laid out at the commit's slot
+** (pager/__init__, invariant 2: one contiguous write), one fdatasync
+** (F_FULLFSYNC on macOS, whose fsync does not reach the platter), then
+** ic_commit_done.  The pager calls it when its Vfs is the real file system,
+** so that a small commit costs one crossing into C (cffi releases the GIL
+** around it); with any other Vfs (the tests' crash and fault shims) it runs
+** the same steps in Python, through the Vfs, with the same outcomes.  It is
+** the only function of this file that writes to a file, and it writes only
+** the bytes the builder laid out, at c->slot of the segment fd is open on.
+**
+** meta (meta_len bytes) is the record's caller metadata; it is copied into
+** the record during the call and not kept.
+**
+** Outcomes, by return value and io->stage:
+**   IC_OK                  durable and finished: c describes the next commit
+**   IC_FULL, other status  nothing was written and the page table is as it
+**                          was (IC_FULL: the commit does not fit the segment)
+**   IC_IO, IC_STAGE_WRITE  the write failed with errno io->err after
+**                          io->written bytes reached the file; the page
+**                          table is as it was (the caller clears the bytes)
+**   IC_IO, IC_STAGE_SYNC   the sync failed with io->err: what the disk holds
+**                          is unknown; the page table is as it was and the
+**                          caller enters FAILED (invariant 6: never retry)
+** EINTR is retried, as Python's os.pwrite and os.fdatasync retry it (PEP 475).
+*/
+#include <fcntl.h>
+#include <unistd.h>
+
+static int write_whole(int fd, const uint8_t *buf, uint64_t len, uint64_t offset, ic_io *io) {
+    while (io->written < len) {
+        ssize_t n = pwrite(fd, buf + io->written, (size_t)(len - io->written),
+                           (off_t)(offset + io->written));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) { io->err = n < 0 ? errno : EIO; return IC_IO; }
+        io->written += (uint64_t)n;
+    }
+    return IC_OK;
+}
+
+static int sync_data(int fd, ic_io *io) {
+    int rc;
+#if defined(__APPLE__)
+    do rc = fcntl(fd, F_FULLFSYNC); while (rc < 0 && errno == EINTR);
+#else
+    do rc = fdatasync(fd); while (rc < 0 && errno == EINTR);
+#endif
+    if (rc < 0) { io->err = errno; return IC_IO; }
+    return IC_OK;
+}
+
+int ic_commit_write(ic_tree *t, ic_dirty *d, ic_commit *c, int fd, const char *meta,
+                    uint32_t meta_len, ic_io *io) {
+    io->stage = IC_STAGE_NONE; io->err = 0; io->written = 0;
+    c->meta = (const uint8_t *)meta;
+    c->meta_len = meta_len;
+    int rc = ic_commit_build(t, d, c);
+    c->meta = NULL;   /* copied into the record, or not needed: never kept */
+    c->meta_len = 0;
+    if (rc) return rc;
+    uint64_t offset = (uint64_t)c->slot << t->st->page_shift;
+    io->stage = IC_STAGE_WRITE;
+    if (write_whole(fd, c->buf, c->buf_len, offset, io) == IC_OK) {
+        io->stage = IC_STAGE_SYNC;
+        if (sync_data(fd, io) == IC_OK) {
+            io->stage = IC_STAGE_NONE;
+            ic_commit_done(t, d, c);
+            return IC_OK;
+        }
+    }
+    ic_commit_undo(t, c);
+    return fail(t->st, IC_IO, "%s failed: %s", io->stage == IC_STAGE_SYNC ? "sync" : "write",
+                strerror(io->err));
 }

@@ -92,6 +92,15 @@ uint32_t ic_tree_usage_next(ic_tree *t, uint32_t from);
 int ic_tree_set_usage(ic_tree *t, uint32_t segno, uint64_t live);
 int ic_tree_check(ic_tree *t, uint64_t *pages_out, uint64_t *nodes_out);
 
+/* segment cleaning (core.c, "segment cleaning (vacuum)") */
+int ic_tree_mark(ic_tree *t, uint8_t *bitmap, const uint64_t *seg_base, uint32_t nsegs);
+int ic_vac_collect(ic_tree **trees, uint32_t ntrees, const uint8_t *victims, uint32_t nflags,
+                   uint8_t *out, uint64_t cap, uint64_t *n_out);
+int ic_vac_relocate(ic_tree *t, const uint8_t *victims, uint32_t nflags, const uint8_t *pages,
+                    uint64_t n, uint64_t base);
+int ic_vac_copy(ic_store *st, const uint8_t *pages, uint64_t n, uint8_t *dst,
+                uint8_t *pairs_out);
+
 ic_dirty *ic_dirty_new(uint32_t page_size);
 void ic_dirty_free(ic_dirty *d);
 void ic_dirty_clear(ic_dirty *d);
@@ -111,3 +120,14 @@ int ic_read(ic_tree *t, ic_dirty *d, uint64_t addr, uint8_t *out, uint64_t len);
 int ic_write(ic_tree *t, ic_dirty *d, uint64_t addr, const uint8_t *src, uint64_t len);
 int ic_read_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t *out);
 int ic_write_u64(ic_tree *t, ic_dirty *d, uint64_t addr, uint64_t value);
+
+/* ic_commit_write: build, write, sync and finish one commit (core.c, "a whole
+ * commit in one call"); on IC_IO, io says which step failed and how. */
+enum ic_stage { IC_STAGE_NONE = 0, IC_STAGE_WRITE = 1, IC_STAGE_SYNC = 2 };
+typedef struct ic_io {
+    int stage;          /* the step that failed: IC_STAGE_WRITE or IC_STAGE_SYNC */
+    int err;            /* its errno */
+    uint64_t written;   /* bytes of the commit the write passed to the file first */
+} ic_io;
+int ic_commit_write(ic_tree *t, ic_dirty *d, ic_commit *c, int fd, const char *meta,
+                    uint32_t meta_len, ic_io *io);

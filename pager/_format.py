@@ -28,7 +28,7 @@ Record (built by native/core.c, ic_commit_build; read here)::
     48 npages u32  52 nnodes u32  56 nfreed u32  60 meta_len u32
     64 nusage u32  68 depth u16  70 0
     72 root_loc  80 root_sum  88 ckpt_slot  96 prev_ckpt  104 nodes_sum
-    112 slot u32  116 segno u32  120 0 u64
+    112 slot u32  116 segno u32  120 stands_for u64
     128 body: npages x (page_no u64, sum u64), nfreed x page_no u64,
               nusage x (segno u64, live u64), meta bytes
     length - 8: sum = xxh64(record[0 : length - 8], seed salt)
@@ -40,6 +40,14 @@ checkpoint); ``prev_ckpt`` (checkpoints only) locates the previous checkpoint
 record, in this segment or an older one, so old versions are found by walking
 back checkpoint to checkpoint.  A record names its own slot and segment, so a
 copy found anywhere else is never mistaken for it.
+
+Vacuum (pager/_vacuum.py) adds two things, both readable as before by
+images that never saw a vacuum (the field was written as 0, the flag clear):
+``stands_for`` is 0, or 1 + the number of a commit whose logical content this
+record's checkpoint carries (a stand-in, written when that commit's pages
+were moved out of a segment being cleaned); FLAG_SIDE marks a stand-in that
+does not move the head (the log's state is that of the newest record without
+the flag; see pager/__init__, invariant 9).
 
 The hint file ``HINT`` (written without sync; only ever a hint) names the
 newest checkpoint record, so that opening need not read a whole segment::
@@ -64,6 +72,7 @@ HINT_MAGIC = b"IMAGOHNT"
 HEADER_BYTES = 128
 RECORD_BLOCK = 512      # records are whole sectors; the builder in core.c agrees
 FLAG_CHECKPOINT = 1
+FLAG_SIDE = 2          # a stand-in beside the log's state (vacuum)
 MAX_META = 1 << 20      # caller metadata is a label, not a payload
 MAX_PAGE_NO = 1 << 40   # as native/core.c: 4 PiB at 4 KiB pages
 NO_PARENT = (1 << 64) - 1
@@ -140,10 +149,21 @@ class Record:
     freed: bytes             # nfreed x page_no
     usage: list[tuple[int, int]]
     meta: bytes
+    stands_for: int | None = None   # the commit this stand-in carries (vacuum)
 
     @property
     def is_checkpoint(self) -> bool:
         return bool(self.flags & FLAG_CHECKPOINT)
+
+    @property
+    def is_side(self) -> bool:
+        """A stand-in beside the log's state: it does not move the head."""
+        return bool(self.flags & FLAG_SIDE)
+
+    @property
+    def is_state_checkpoint(self) -> bool:
+        """A checkpoint of the log's state (what opening and replay start from)."""
+        return self.is_checkpoint and not self.is_side
 
     @property
     def first_slot(self) -> int:
@@ -175,7 +195,7 @@ def decode_record(seg: memoryview, segno: int, slot: int, salt: int,
         return None
     (_, version, flags, length, seq, parent, prev_sum, time_ns, npages, nnodes, nfreed,
      meta_len, nusage, depth, _, root_loc, root_sum, ckpt_slot, prev_ckpt, nodes_sum,
-     own_slot, own_segno, _) = REC_HEADER.unpack_from(seg, off)
+     own_slot, own_segno, stands_for) = REC_HEADER.unpack_from(seg, off)
     if (version != FORMAT_VERSION or own_slot != slot or own_segno != segno
             or meta_len > MAX_META or length % RECORD_BLOCK
             or length < record_length(npages, nfreed, nusage, meta_len)):
@@ -188,6 +208,8 @@ def decode_record(seg: memoryview, segno: int, slot: int, salt: int,
         return None
     if seq >= 1 << 62 or (parent >= 1 << 62 and parent != NO_PARENT):
         return None
+    if (flags & FLAG_SIDE and not flags & FLAG_CHECKPOINT) or stands_for > seq:
+        return None   # a side record carries a tree; a stand-in follows what it stands for
     p = off + HEADER_BYTES
     pairs = bytes(seg[p:p + 16 * npages])
     if npages and max(struct.unpack_from(f"<{2 * npages}Q", pairs)[::2]) >= MAX_PAGE_NO:
@@ -199,7 +221,27 @@ def decode_record(seg: memoryview, segno: int, slot: int, salt: int,
     p += 16 * nusage
     return Record(segno, slot, record_slots, length, flags, seq, parent, prev_sum, time_ns,
                   npages, nnodes, nfreed, depth, root_loc, root_sum, ckpt_slot, prev_ckpt,
-                  nodes_sum, stored, pairs, freed, usage, bytes(seg[p:p + meta_len]))
+                  nodes_sum, stored, pairs, freed, usage, bytes(seg[p:p + meta_len]),
+                  stands_for - 1 if stands_for else None)
+
+
+def encode_record(*, seq: int, parent: int, prev_sum: int, time_ns: int, flags: int,
+                  segno: int, slot: int, pairs: bytes, usage: list[tuple[int, int]],
+                  meta: bytes, depth: int, root_loc: int, root_sum: int, prev_ckpt: int,
+                  nnodes: int, nodes_sum: int, salt: int, stands_for: int | None,
+                  length: int | None = None) -> bytes:
+    """A checkpoint record as native/core.c builds one (pager/_vacuum.py writes
+    stand-ins with it); ``length`` pads it, which is at least what it needs."""
+    need = record_length(len(pairs) // 16, 0, len(usage), len(meta))
+    length = need if length is None else length
+    assert length >= need and length % RECORD_BLOCK == 0 and flags & FLAG_CHECKPOINT
+    head = REC_HEADER.pack(REC_MAGIC, FORMAT_VERSION, flags, length, seq, parent, prev_sum,
+                           time_ns, len(pairs) // 16, nnodes, 0, len(meta), len(usage), depth,
+                           0, root_loc, root_sum, slot, prev_ckpt, nodes_sum, slot, segno,
+                           0 if stands_for is None else stands_for + 1)
+    body = pairs + b"".join(struct.pack("<QQ", s, n) for s, n in usage) + meta
+    raw = head + body + bytes(length - 8 - len(head) - len(body))
+    return raw + struct.pack("<Q", hash64(raw, salt))
 
 
 def encode_hint(salt: int, segno: int, slot: int, seq: int, record_sum: int) -> bytes:

@@ -2,25 +2,32 @@
 
 This module owns the commit protocol, recovery, segment files and read-only
 views.  The C core (native/) owns page translation, dirty buffers and
-checksums; _format.py owns the byte layout.
+checksums; _format.py owns the byte layout.  With the real file system a
+commit is one C call that also makes its write and sync (ic_commit_write);
+with any other Vfs (the tests' crash and fault shims) the same steps run here,
+each through the Vfs (_commit_through_vfs).
 """
 from __future__ import annotations
 
 import fcntl
+import heapq
 import os
+import struct
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from native import PageReader, ffi, lib
 from pager import _format as fmt
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)
-from pager._native import Dirty, NativeStore, Tree, make_loc, raise_status
+from pager._native import ENTRY_SIZE, Dirty, NativeStore, Tree, make_loc, raise_status
 from pager._segments import (HINT_NAME, Image, SyncFailed, _Tail, empty_tail, make_segment,
                              segment_numbers, sync)
 from pager._vfs import Vfs
+from pager import _vacuum
 
 DEFAULT_PAGE_SIZE = 4096
 # 64 MiB: zero-filling a segment is a pause of well under a second even on an
@@ -80,6 +87,11 @@ class PageView:
         return self.commit
 
     @property
+    def base(self) -> int:
+        """The version it reads (a writer's base; a view reads its commit)."""
+        return self.commit
+
+    @property
     def head_meta(self) -> bytes:
         return self.meta
 
@@ -99,11 +111,21 @@ class PageView:
         """The 64-bit word at a logical address as of this commit."""
         return _read_word(self._require_open(), ffi.NULL, addr)
 
+    def check(self) -> dict:
+        """Walk every page-table node and page this commit reaches, re-verifying
+        each checksum and the per-segment accounting; raise CorruptImage on the
+        first fault.  Returns {"commit", "pages", "nodes"}."""
+        pages, nodes = self._require_open().check()
+        return {"commit": self.commit, "pages": pages, "nodes": nodes}
+
     def close(self) -> None:
         self._reader.rebind(0, 0, None)
         if self._tree is not None:
             self._tree.close()
             self._tree = None
+            on_close = getattr(self, "_on_close", None)
+            if on_close is not None:
+                on_close()   # the store un-pins this commit (pager/_vacuum, READERS)
 
     def __enter__(self) -> PageView:
         return self
@@ -113,6 +135,9 @@ class PageView:
 
 
 _ic_write = lib.ic_write
+_ic_commit_write = lib.ic_commit_write
+_IC_FULL, _IC_IO, _IC_STAGE_SYNC = lib.IC_FULL, lib.IC_IO, lib.IC_STAGE_SYNC
+_new_tuple = tuple.__new__
 _ZERO_BLOCK = bytes(fmt.RECORD_BLOCK)
 _buffer = ffi.buffer
 
@@ -254,6 +279,9 @@ class PageStore:
         self._tree: Tree | None = None
         self._dirty: Dirty | None = None
         self._reader: PageReader | None = None
+        self._views: weakref.WeakSet = weakref.WeakSet()   # open views: vacuum keeps them
+        self._pin: _vacuum.ReaderPin | None = None
+        self._standins = None
         if not os.path.exists(path):
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
@@ -264,9 +292,12 @@ class PageStore:
         if not readonly:
             self._take_lock()
         try:
-            self._image = Image(path, vfs, numbers)
+            if readonly:
+                self._pin = _vacuum.register_reader(path)
+            self._image = self._map_segments(path, vfs, numbers)
             self.page_size = self._image.page_size
             self._load_head()
+            self._update_pins()
             if not readonly:
                 self._prepare_writer()
         except BaseException:
@@ -277,6 +308,24 @@ class PageStore:
         self._bind_reader()
         for note in self.recovery_notes:
             warnings.warn(note, RecoveryWarning, stacklevel=3)
+
+    def _map_segments(self, path: str, vfs: Vfs, numbers: list[int]) -> Image:
+        """Map the segments; one vacuumed between listing and mapping is listed
+        again (a vacuum removes a segment only once nothing needs it)."""
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                return Image(path, vfs, numbers)
+            except FileNotFoundError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise
+                numbers = segment_numbers(path)
+        raise AssertionError("unreachable")
+
+    def _update_pins(self) -> None:
+        """A reader's registration names the commits it uses (pager/_vacuum)."""
+        if self._pin is not None:
+            self._pin.set([self.head] + [v.commit for v in list(self._views)
+                                         if v._tree is not None])
 
     def _take_lock(self) -> None:
         fd = self._vfs.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT)
@@ -328,6 +377,8 @@ class PageStore:
         commit's sync returned before the next was written.  For the same reason
         a newest commit followed by the header of the next one was acknowledged,
         so it stays even if its pages fail; they fail loudly when read."""
+        if records and records[-1].stands_for is not None:
+            records, tail = self._settle_group(segno, records, tail)
         reason = self._image.verify_pages(records[-1]) if records else None
         if reason is None:
             return records, tail
@@ -343,9 +394,33 @@ class PageStore:
             f"{self.path}: dropped commit {newest.seq}, whose pages fail their checksums "
             f"({reason}): an interrupted commit, or damage; the image opens at commit "
             f"{newest.seq - 1}")
-        if not any(r.is_checkpoint for r in records):
+        if not any(r.is_state_checkpoint for r in records):
             return self._scan_from_start(segno, upto=newest.seq - 1)
         return records, self._tail_after(segno, records)
+
+    def _settle_group(self, segno: int, records: list[fmt.Record], tail: _Tail
+                      ) -> tuple[list[fmt.Record], _Tail]:
+        """A vacuum writes its group (Nh0, side records, Nh) in one write, which
+        may land out of order: verify each of a trailing group, not only the
+        newest, and keep the prefix that verifies (pager/_vacuum, CRASH SAFETY)."""
+        start = len(records) - 1
+        while start > 0 and records[start].is_side:
+            start -= 1
+        if not records[-1].is_side and start > 0 and records[start - 1].is_side:
+            start -= 1
+            while start > 0 and records[start].is_side:
+                start -= 1
+        for i in range(start, len(records)):
+            reason = self._image.verify_pages(records[i])
+            if reason is not None:
+                self.recovery_notes.append(
+                    f"{self.path}: an interrupted vacuum left commits {records[i].seq} to "
+                    f"{records[-1].seq} incomplete ({reason}); they were dropped")
+                kept = records[:i]
+                if not any(r.is_state_checkpoint for r in kept):
+                    return self._scan_from_start(segno, upto=records[i].seq - 1)
+                return kept, self._tail_after(segno, kept)
+        return records, tail
 
     def _scan_segment(self, segno: int) -> tuple[list[fmt.Record], _Tail]:
         """The log of one segment from the newest checkpoint the hint names, or
@@ -390,15 +465,21 @@ class PageStore:
     def _set_head(self, records: list[fmt.Record], tail: _Tail) -> None:
         """Make the last of records the head; records begin at or before its
         checkpoint and run on without a gap."""
-        index = max(i for i, r in enumerate(records) if r.is_checkpoint)
-        tree = self._image.tree_from(records[index], records[index + 1:])   # may raise
+        state = list(records)
+        while len(state) > 1 and state[-1].is_side:   # a crashed vacuum's (invariant 9)
+            state.pop()
+        index = max(i for i, r in enumerate(state) if r.is_state_checkpoint)
+        tree = self._image.tree_from(state[index], state[index + 1:])   # may raise
         self._image.native.set_limit(tail.segno, tail.slot)
-        self._ckpt = records[index]
+        self._ckpt = state[index]
         self._tail = tail
-        self.head = self.base = tail.seq
-        self._records_since_ckpt = len(records) - index - 1
+        self.head = self.base = state[-1].seq
+        # After trailing side records the next commit's parent is not its
+        # predecessor, so it must be a checkpoint (invariant 5).
+        self._records_since_ckpt = (len(state) - index - 1 if self.head == tail.seq
+                                    else CHECKPOINT_RECORDS)
         self._tree = tree
-        self.head_meta = records[-1].meta
+        self.head_meta = state[-1].meta
 
     def _note_damage(self, tail: _Tail) -> None:
         if not self._image.slot_dirty(tail.segno, tail.slot) or self._writer_active():
@@ -450,6 +531,10 @@ class PageStore:
         self._seg_fd = self._vfs.open(image.seg_path(self._active), os.O_RDWR)
         self._dirty = Dirty(self.page_size)
         self._commit_args = ffi.new("ic_commit *")
+        self._commit_io = ffi.new("ic_io *")
+        # The real file system: a commit is one C call (_commit_native).  Any
+        # other Vfs (the tests' crash and fault shims) sees every write and sync.
+        self._native_io = type(self._vfs) is Vfs
         self._commit_release = weakref.finalize(self, lib.ic_commit_release, self._commit_args)
         self._clear_torn_tail()
         # Slots from zero_from on are known to be zeros.  Unknown for a segment
@@ -600,16 +685,11 @@ class PageStore:
         self._require_writer()
         if not 0 <= commit_no <= self.head:
             raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
-        ckpt = self._image.checkpoint_before(self._ckpt, commit_no)
-        records, _ = self._image.scan(_Tail(ckpt.segno, ckpt.slot, -1, 0, 0), upto=commit_no)
-        if not records or records[-1].seq != commit_no:
-            raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
-                               f"does not reach commit {commit_no}")
-        tree = self._image.tree_from(ckpt, records[1:])
+        tree, rec = _vacuum.resolve(self, commit_no)
         self._reader.rebind(0, 0, None)
         old_tree, self._tree = self._tree, tree
         self._dirty.clear()
-        self.base, self.head_meta = commit_no, records[-1].meta
+        self.base, self.head_meta = commit_no, rec.meta
         self._records_since_ckpt = CHECKPOINT_RECORDS   # the next commit is a checkpoint
         self._start_log(self._tail, zero_from=self._commit_args.zero_from)
         self._bind_reader()
@@ -619,6 +699,9 @@ class PageStore:
         """Make every write since the last commit durable; returns the commit number."""
         try:
             return self._commit(meta)
+        except BaseException:
+            self._catch_up(meta)
+            raise
         finally:
             # Committed (or undone) dirty copies are freed: pointers to them are stale.
             if self._reader is not None:
@@ -627,14 +710,55 @@ class PageStore:
     def _commit(self, meta: bytes) -> int:
         if self._state is not _WRITER:
             self._require_writer()
-        if meta:
+        if type(meta) is not bytes:
             meta = bytes(meta)
-            if len(meta) > fmt.MAX_META:
-                raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is "
-                                 f"{fmt.MAX_META}")
-            meta_buf = ffi.from_buffer(meta)   # alive until the builder is done with it
+        if len(meta) > fmt.MAX_META:
+            raise ValueError(f"commit metadata is {len(meta)} bytes; the limit is "
+                             f"{fmt.MAX_META}")
+        if not self._native_io:
+            self._commit_through_vfs(meta)
+        # The commit as one C call: build, write, sync, finish (core.c, "a
+        # whole commit in one call").  No Python runs between its write and
+        # its sync, so an interruption (Ctrl-C) lands before the write or
+        # after the commit is durable.
+        elif code := _ic_commit_write(self._tree.ptr, self._dirty.ptr, self._commit_args,
+                                      self._seg_fd, meta, len(meta), self._commit_io):
+            self._native_not_done(code, meta)
         else:
-            meta_buf = ffi.NULL
+            self._finish(self._commit_args, meta, done=True)
+        return self.head
+
+    def _catch_up(self, meta: bytes) -> None:
+        """commit() is raising.  If an interruption (Ctrl-C) landed after the
+        commit was durable and finished in C (c has moved on) but before the
+        store's own bookkeeping, the commit stands: bring the store up to it,
+        so that its head, tail and meta match the page table."""
+        c = getattr(self, "_commit_args", None)
+        if self._state is _WRITER and c is not None and c.seq - 1 != self._tail.seq:
+            self._finish(c, bytes(meta), done=True)
+
+    def _native_not_done(self, code: int, meta: bytes) -> None:
+        """ic_commit_write did not commit (code says why).  When the commit
+        does not fit the segment nothing was written, and the Vfs path starts
+        the next one; otherwise raise what the failure means (invariant 6 for a
+        failed sync)."""
+        io = self._commit_io
+        if code == _IC_FULL:
+            self._commit_through_vfs(meta)
+            return
+        if code != _IC_IO:
+            raise_status(self._image.native.ptr, code)
+        error = OSError(io.err, os.strerror(io.err))
+        if io.stage == _IC_STAGE_SYNC:
+            self._enter_failed(error)
+        if io.written:   # some bytes may have landed
+            self._scrub_failed_commit(self._tail)
+        raise CommitFailed(f"{self.path}: commit {self._tail.seq + 1} could not be written "
+                           f"({error.strerror}); nothing was committed") from error
+
+    def _commit_through_vfs(self, meta: bytes) -> None:
+        """The commit step by step, each write and sync through the Vfs."""
+        meta_buf = ffi.from_buffer(meta) if meta else ffi.NULL   # alive until built
         c = self._build(meta_buf, len(meta))
         if c is None:
             c = self._build_in_new_segment(meta_buf, len(meta))
@@ -660,9 +784,7 @@ class PageStore:
             self._failure = f"interrupted during commit ({type(exc).__name__})"
             self._bind_reader()
             raise
-        self._finish(c)
-        self.head_meta = meta
-        return self.head
+        self._finish(c, meta)
 
     def _start_log(self, tail: _Tail, zero_from: int, seg_slots: int | None = None) -> None:
         """Describe the next commit to the builder: after this, it keeps the
@@ -741,19 +863,20 @@ class PageStore:
         raise StoreFailed(f"{self.path}: a sync failed ({self._failure}); the store refuses "
                           f"further work until it is reopened") from exc
 
-    def _finish(self, c) -> None:
-        """The commit is durable: account it and move the tail past it."""
-        tail = self._tail
-        nslots, record_sum, checkpoint = c.nslots, c.record_sum, c.checkpoint
-        lib.ic_commit_done(self._tree.ptr, self._dirty.ptr, c)
-        seq = tail.seq + 1
-        self._tail = _Tail(tail.segno, tail.slot + nslots, seq, record_sum,
-                           tail.slot if checkpoint else tail.ckpt_slot)
+    def _finish(self, c, meta: bytes, done: bool = False) -> None:
+        """The commit is durable: finish it in C (unless ic_commit_write did),
+        then take the store's state from c, which now describes the commit
+        after.  Setting the tail comes last: until then _catch_up can run
+        this again, and each step but the byte count is idempotent."""
+        nslots, checkpoint = c.nslots, c.checkpoint
+        if not done:
+            lib.ic_commit_done(self._tree.ptr, self._dirty.ptr, c)
+        seq = c.seq - 1
         self.head = self.base = seq
-        self.appended_bytes += nslots * self.page_size
+        self.head_meta = meta
+        self._records_since_ckpt = c.since_ckpt
         if checkpoint:
-            self._records_since_ckpt = 0
-            ckpt = self._image.record_at(tail.segno, tail.slot)
+            ckpt = self._image.record_at(c.segno, c.ckpt_slot)
             if ckpt is None:   # what was just written and synced does not read back
                 self._state = _FAILED
                 self._failure = f"commit {seq} does not read back from disk"
@@ -761,8 +884,10 @@ class PageStore:
                 raise StoreFailed(f"{self.path}: {self._failure}; reopen the image")
             self._ckpt = ckpt
             self._write_hint()
-        else:
-            self._records_since_ckpt += 1
+        self.appended_bytes += nslots * self.page_size
+        # (tuple.__new__ itself: a NamedTuple's __new__ is a Python frame, and
+        # this runs for every commit)
+        self._tail = _new_tuple(_Tail, (c.segno, c.slot, seq, c.prev_sum, c.ckpt_slot))
 
     def _write_hint(self) -> None:
         """Name the newest checkpoint for the next open.  Unsynced and only a
@@ -798,7 +923,8 @@ class PageStore:
         for i, segno in enumerate(numbers):
             later = [f.seq for f in firsts[i + 1:] if f is not None]
             upto = min([self.head] + [seq - 1 for seq in later])
-            last = out[-1] if out else None
+            last = out[-1] if out and segno - 1 in self._image.sizes else None
+            # after a vacuumed segment the log starts afresh (check() accepts that gap)
             tail = empty_tail(segno, last.seq if last else -1, last.sum if last else 0)
             records, _ = self._image.scan(tail, upto=upto)
             out.extend(records)
@@ -811,21 +937,105 @@ class PageStore:
         self._require_open()
         if not 0 <= commit_no <= self.head:
             raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
-        ckpt = self._image.checkpoint_before(self._ckpt, commit_no)
-        start = _Tail(ckpt.segno, ckpt.slot, -1, 0, 0)
-        records, _ = self._image.scan(start, upto=commit_no)
-        if not records or records[-1].seq != commit_no:
-            raise CorruptImage(f"{self.path}: the log from the checkpoint at commit {ckpt.seq} "
-                               f"does not reach commit {commit_no}")
-        return PageView(self._image.tree_from(ckpt, records[1:]), commit_no, self.page_size,
-                        records[-1].meta, self.path)
+        view = None
+        if self._pin is not None:   # pinned before it is built (pager/_vacuum, READERS)
+            self._pin.set([self.head, commit_no] + [v.commit for v in list(self._views)])
+        try:
+            tree, rec = _vacuum.resolve(self, commit_no)
+            view = PageView(tree, commit_no, self.page_size, rec.meta, self.path)
+            view.record = rec   # what carries it: the original, or a vacuum's stand-in
+        finally:
+            if view is not None:
+                self._views.add(view)
+                view._on_close = self._update_pins
+            self._update_pins()
+        return view
+
+    def page_numbers(self, view: PageView) -> Iterator[int]:
+        """The logical pages that view's commit holds (its page table has an
+        entry for them, even if they read as zeros), ascending, each once.
+
+        A generator over the page table, in constant memory but for the pages
+        the commits since the view's checkpoint wrote: the checkpoint's tree is
+        walked on disk, node by verified node, and merged with those pages;
+        only pages those commits wrote or freed are looked up in the view."""
+        self._require_open()
+        tree = view._require_open()
+        if view.path != self.path:
+            raise ValueError(f"the view is of {view.path}, not of {self.path}")
+        ckpt, records = self._replay_of(view)
+        touched: set[int] = set()
+        for rec in records[1:]:
+            touched.update(rec.page_numbers())
+            touched.update(struct.unpack(f"<{rec.nfreed}Q", rec.freed))
+        last = -1
+        for page_no in heapq.merge(self._checkpoint_pages(ckpt), sorted(touched)):
+            if page_no == last:
+                continue
+            last = page_no
+            if page_no not in touched or tree.entry(page_no)[0]:
+                yield page_no
+
+    def _replay_of(self, view: PageView) -> tuple[fmt.Record, list[fmt.Record]]:
+        """The checkpoint view's state is built from, and the records from it to
+        the view's commit.  After a vacuum the view may stand on a stand-in (a
+        checkpoint: nothing to replay), and the checkpoint chain may cross a
+        vacuumed segment (then the holding segment is scanned)."""
+        rec = getattr(view, "record", None)
+        if rec is not None and rec.is_checkpoint:
+            return rec, [rec]
+        try:
+            ckpt = self._image.checkpoint_before(self._ckpt, view.commit)
+            records, _ = self._image.scan(_Tail(ckpt.segno, ckpt.slot, -1, 0, 0),
+                                          upto=view.commit)
+        except KeyError:
+            records = _vacuum._scan_holding_segment(self, view.commit)
+        return records[0], [r for r in records if not r.is_side]
+
+    def _checkpoint_pages(self, ckpt: fmt.Record) -> Iterator[int]:
+        """The pages a checkpoint's on-disk page table holds, ascending."""
+        if ckpt.root_loc:
+            yield from self._node_pages(ckpt.depth - 1, ckpt.root_loc, ckpt.root_sum, 0)
+
+    def _node_pages(self, level: int, loc: int, node_sum: int, prefix: int) -> Iterator[int]:
+        shift = (self.page_size // ENTRY_SIZE).bit_length() - 1
+        node = self._node_bytes(level, loc, node_sum)
+        for i, (child, child_sum, _, _) in enumerate(struct.iter_unpack("<QQQQ", node)):
+            if not child:
+                continue
+            if level == 0:
+                yield prefix << shift | i
+            else:
+                yield from self._node_pages(level - 1, child, child_sum, prefix << shift | i)
+
+    def _node_bytes(self, level: int, loc: int, node_sum: int) -> bytes:
+        """A page-table node's bytes, bounds-checked and verified (invariant 8)."""
+        segno, slot = loc >> 32, loc & 0xFFFFFFFF
+        where = f"{fmt.segment_name(segno)} slot {slot}"
+        if segno not in self._image.sizes or not 1 <= slot < self._image.nslots(segno):
+            raise CorruptImage(f"{self.path}: a page-table node lies outside the log ({where})")
+        off = slot * self.page_size
+        node = bytes(self._image.segment(segno)[off:off + self.page_size])
+        if lib.ic_node_sum(self._image.native.ptr, level, node) != node_sum:
+            raise CorruptImage(f"{self.path}: page-table node at {where} (level {level}) fails "
+                               f"its checksum")
+        return node
 
     def refresh(self) -> int:
         """A reader moves to the newest commit; returns the new head."""
         self._require(_READER)
         for segno in segment_numbers(self.path):
             if segno not in self._image.sizes:
-                self._image.attach(segno)
+                try:
+                    self._image.attach(segno)
+                except FileNotFoundError:
+                    pass   # vacuumed since it was listed
+        try:
+            return self._refresh()
+        finally:
+            self._update_pins()
+
+    def _refresh(self) -> int:
         if self._image.numbers()[-1] == self._tail.segno:
             segno = self._tail.segno
             self._image.native.set_limit(segno, self._image.nslots(segno))
@@ -854,7 +1064,11 @@ class PageStore:
 
     def _advance(self, records: list[fmt.Record], tail: _Tail) -> None:
         """A reader applies the records that followed its head."""
-        ckpts = [i for i, r in enumerate(records) if r.is_checkpoint]
+        ckpts = [i for i, r in enumerate(records) if r.is_state_checkpoint]
+        if not ckpts and all(r.is_side for r in records):
+            self._tail = tail   # a vacuum's side records so far: the state is unchanged
+            return
+        records = records if ckpts else [r for r in records if not r.is_side]
         old_tree = self._tree
         self._reader.rebind(0, 0, None)
         try:
@@ -880,6 +1094,20 @@ class PageStore:
                                       upto=self.head)
         return records[1:]
 
+    # -- segment cleaning ------------------------------------------------------
+
+    def vacuum(self, keep, *, max_live: float = _vacuum.MAX_LIVE,
+               dry_run: bool = False) -> _vacuum.VacuumReport:
+        """Reclaim the segments only unretained versions reach; keep (commit
+        numbers), the head, readers' pins and open views stay openable
+        (pager/_vacuum.py).  The writer must have no uncommitted changes."""
+        return _vacuum.vacuum(self, keep, max_live=max_live, dry_run=dry_run)
+
+    def held_back(self, commits) -> dict[int, int]:
+        """{commit: bytes on disk that only it reaches}, among commits and the head."""
+        self._require_open()
+        return _vacuum.held_back(self, commits)
+
     # -- verification ----------------------------------------------------------
 
     def check(self) -> dict:
@@ -897,7 +1125,8 @@ class PageStore:
             raise CorruptImage(f"{self.path}: the log ends at commit {records[-1].seq}, "
                                f"not at the head {self.head}")
         for a, b in zip(records, records[1:]):
-            if b.seq != a.seq + 1 or b.prev_sum != a.sum:
+            after_vacuum = b.slot == 1 and b.segno - 1 not in self._image.sizes and b.seq > a.seq
+            if (b.seq != a.seq + 1 or b.prev_sum != a.sum) and not after_vacuum:
                 raise CorruptImage(f"{self.path}: the log breaks between commits {a.seq} "
                                    f"and {b.seq}")
         for rec in records:
@@ -912,10 +1141,12 @@ class PageStore:
         """The state invariants of pager/__init__, checked."""
         t = self._tail
         assert self._state in (_READER, _WRITER), self._state
-        assert t.seq == self.head, (t, self.head)
+        # the log may end in a crashed vacuum's side records, past the head (invariant 9)
+        assert t.seq >= self.head, (t, self.head)
         assert 1 <= t.slot <= self._image.nslots(t.segno)
-        assert self._ckpt.is_checkpoint and self._ckpt.seq <= self.head
-        assert t.ckpt_slot == 0 or (self._ckpt.segno, self._ckpt.slot) == (t.segno, t.ckpt_slot)
+        assert self._ckpt.is_state_checkpoint and self._ckpt.seq <= self.head
+        assert t.seq != self.head or t.ckpt_slot == 0 or \
+            (self._ckpt.segno, self._ckpt.slot) == (t.segno, t.ckpt_slot)
         assert self._readonly_or_bounded()
         if self._state == _READER:
             assert self._dirty is None and self._seg_fd < 0 and self._lock_fd < 0
@@ -957,6 +1188,10 @@ class PageStore:
         self._state = _CLOSED
         if self._reader is not None:
             self._reader.rebind(0, 0, None)
+        pin = getattr(self, "_pin", None)
+        if pin is not None:
+            self._pin = None
+            pin.close()
         release = getattr(self, "_commit_release", None)
         if release is not None:
             release()

@@ -29,7 +29,7 @@ def test_exports_are_exactly_the_public_api():
     assert set(image.__all__) == {
         "Blob", "Collection", "CorruptObject", "Handle", "Image", "ImageError", "LAYOUT",
         "Object", "Phase", "ReadOnlyImage", "Special", "StaleHandle", "Table",
-        "Vector", "commit_note", "open", "provide", "register_values"}
+        "Vector", "commit_note", "meta_block_of", "open", "provide", "register_values"}
     for name in image.__all__:
         assert getattr(image, name) is not None
 

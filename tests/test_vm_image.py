@@ -199,6 +199,15 @@ class TestImageForms:
             assert interp.eval("(transaction (set! x 4) x)") == 4
         assert session(path, "x") == 4
 
+    def test_a_top_level_transaction_defines_globals(self, path):
+        """At top level (transaction ...) is the form's own transaction: its definitions are global."""
+        assert values(path, "(transaction (define q 1) (define r 2)) (+ q r)")[-1] == 3
+        assert values(path, "q r") == [1, 2]
+        with pytest.raises(vm.SchemeFailure, match="car"):
+            session(path, "(transaction (define s 1) (car 0))")
+        with pytest.raises(vm.SchemeFailure, match="s"):
+            session(path, "s")
+
     def test_commit_points_keep_what_came_before(self, path):
         """(commit) makes the form's work so far durable; an error after it rolls back only the rest."""
         with image.open(path) as img:
@@ -208,7 +217,7 @@ class TestImageForms:
                 interp.eval("(begin (set! x 1) (commit) (set! x 2) (car 0))")
             assert interp.eval("x") == 1
             with pytest.raises(vm.SchemeFailure, match="commit: not inside"):
-                interp.eval("(transaction (commit))")
+                interp.eval("(let () (transaction (commit)))")
         assert session(path, "x") == 1
 
     def test_gc_frees_what_nothing_reaches(self, path):

@@ -531,7 +531,7 @@ def test_inlined_data_procedures_in_generated_code():
     text = "\n".join(python_source(expand_toplevel(form, env.syntax), env)
                      for form in read_all(INLINED_DATA))
     for fragment in ("v_", "R_vectors", "R_list_set(", "R_chars[R_ord(", ".cp <", "R_len(s_",
-                     ".chunks.append(", "R_alloc(R_Pair)", ".car = ", "== 120"):
+                     ".chunks.append(", "R_make_pair(", "== 120"):
         assert fragment in text, fragment
 
 

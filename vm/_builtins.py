@@ -143,10 +143,11 @@ import time
 import unicodedata
 from collections.abc import Callable
 from fractions import Fraction
-from itertools import pairwise, repeat
+from itertools import pairwise
 from typing import Any, NoReturn
 
 from image import ImageError
+from native._fastpath import pair_chars_text, pair_list_items, pair_reverse
 from vm._printer import (display, hash_table_text, number_to_string, register_printer, write,
                          write_abbreviated, write_shared, write_simple)
 from vm._reader import Reader, parse_number, to_float
@@ -400,22 +401,8 @@ def _symbol(who: str, x: Any) -> Symbol:
 
 def _list_items(who: str, x: Any) -> list:
     """The elements of a proper list (an error for improper and circular lists)."""
-    items: list = []
-    append = items.append
-    node = mark = x
-    power = 8
-    while type(node) is Pair:   # transient pairs, the common case, first
-        for _ in repeat(None, power):
-            append(node.car)
-            node = node.cdr
-            if node is mark or type(node) is not Pair:
-                break           # the end, or a cycle: the general walk below reports it
-        else:                   # Brent: a cycle comes back to the pair marked last
-            mark = node
-            power += power
-            continue
-        break
-    if node is NIL:
+    items = pair_list_items(x)  # transient pairs, the common case, in C (None otherwise)
+    if items is not None:
         return items
     try:
         return to_list(x)
@@ -1262,6 +1249,9 @@ def append(*lists: Any) -> Any:
 
 @primitive("reverse")
 def reverse(lst: Any) -> Any:
+    result = pair_reverse(lst)  # transient pairs, in C (None otherwise)
+    if result is not None:
+        return result
     result = NIL
     for x in _list_items("reverse", lst):
         result = Pair(x, result)
@@ -1631,7 +1621,10 @@ def string_to_list(s: Any, start: Any = 0, end: Any = _ABSENT) -> Any:
 
 @primitive("list->string")
 def list_to_string(lst: Any) -> MString:
-    return MString(_chars_text("list->string", _list_items("list->string", lst)))
+    text = pair_chars_text(lst)   # a transient list of characters, in C (None otherwise)
+    if text is None:
+        text = _chars_text("list->string", _list_items("list->string", lst))
+    return MString(text)
 
 
 @primitive("string->vector")

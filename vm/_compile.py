@@ -60,8 +60,9 @@ CODE SHAPE (three-address style)
   procedure (which signals the error, or handles what the read could not);
   an index is tested non-negative first (Python would count it from the
   end).  A table key must be a str or an int, which the image takes as it
-  is.  cons allocates with ``HandleBase.__new__`` and stores the slots
-  itself: Pair.__init__ was most of the cost of a cons.
+  is.  cons is one call of native._fastpath.cons, which makes the Pair in C
+  (Pair.__init__ was most of the cost of a cons, then HandleBase.__new__
+  and two slot stores were; see vm/_types.Pair).
 - Measured (bench/bench_vm.py, and bytecode: ``type(x)`` is specialised to
   PRECALL_NO_KW_TYPE_1 in 3.11, ``x.__class__`` is a generic attribute
   lookup): the integer tests were most of what generated fib and tak cost
@@ -129,7 +130,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from native._fastpath import HandleBase
+from native._fastpath import cons as make_pair
 
 from ._env import Environment, mangle
 from ._runtime import ARITY, GENERATED_FILENAME_PREFIX, resolve
@@ -613,14 +614,11 @@ def _negation(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
 
 
 def _cons(gen: _FnGen, fallback: str, args: list[_E]) -> _E:
-    """A Pair made without running Pair.__init__ (a Python frame: most of
-    what a cons cost), its two slots stored by the generated code."""
+    """native._fastpath.cons: one C call makes the Pair (it calls nothing
+    of Scheme's, so the expression has a call only if an argument has)."""
     car, cdr = args
-    temp = gen.unit.fresh("t")
-    gen.emit(f"{temp} = R_alloc(R_Pair)")
-    gen.emit(f"{temp}.car = {car.code}")
-    gen.emit(f"{temp}.cdr = {cdr.code}")
-    return _E(temp, "name")
+    return _E(f"R_make_pair({car.code}, {cdr.code})", "expr", False,
+              car.has_call or cdr.has_call)
 
 
 # -- inlined data procedures (vm/_builtins) ----------------------------------------------------
@@ -1556,7 +1554,7 @@ def _install_helpers(env: Environment) -> None:
         return
     namespace.update(R_TailCall=TailCall, R_resolve=resolve, R_int=int, R_Pair=Pair, R_NIL=NIL,
                      R_type=type, R_list=_list_of, R_len=len, R_no_clause=_no_clause,
-                     R_alloc=HandleBase.__new__, R_str=str, R_Char=Char, R_chars=CHARS,
+                     R_make_pair=make_pair, R_str=str, R_Char=Char, R_chars=CHARS,
                      R_chr=chr, R_ord=ord, R_SVector=SVector, R_list_set=list.__setitem__,
                      R_vectors=frozenset(VECTOR_TYPES), R_Table=ImageTable,
                      R_KeyError=KeyError, R_Exception=Exception)

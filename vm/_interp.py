@@ -31,6 +31,16 @@ the image is journaled in the same transaction, with the commit number it
 makes (the image's only writer is this process, so that number is the head
 plus one).
 
+THE VERSION FORMS: (snapshots) lists the snapshots as alists; (snapshot!
+"label") labels the last committed version; (history 'name) the versions in
+which a global changed (snapshots.history); (at version expr) evaluates expr
+(unevaluated, at top level) in a second Interpreter over a read-only view of
+that version (``Interpreter(view, view_of=version)``: define and set! of a
+global raise there, and so does a write to stored data), copies the value
+out as transient data (a procedure cannot leave) and closes the view.  The
+live interpreter then registers its image procedures and record classes
+again, which the view's interpreter replaced process-wide.
+
 STATES: READY --eval--> RUNNING A FORM --ok: commit / error: roll back--> READY;
 BOOTING (replaying syntax and unstorable definitions) happens once, in
 __init__, and journals nothing.
@@ -75,15 +85,22 @@ class ImageEnvironment(Environment):
         self.booting = False
         self._log: list[tuple[str, Any]] = []   # (key, value before) of each write in the running form
         self.unstored: list[Symbol] = []      # defined by the running form, not storable
+        self.view_of: int | None = None       # a view of that version (at): globals are read-only
         super().__init__(primitives, syntax)
 
+    def _refuse_in_view(self, what: str, sym: Symbol) -> None:
+        if self.view_of is not None and not self.booting:
+            raise SchemeError(f"at: version {self.view_of} is read-only: cannot {what} {sym.name}")
+
     def define(self, sym: Symbol, value: Any) -> None:
+        self._refuse_in_view("define", sym)
         self._remember(sym)
         super().define(sym, self._store(sym, value))
 
     def set(self, sym: Symbol, value: Any) -> None:
         if not self.is_bound(sym):
             super().set(sym, value)   # raises "unbound variable"
+        self._refuse_in_view("set!", sym)
         self._remember(sym)
         super().set(sym, self._store(sym, value))
 
@@ -143,19 +160,24 @@ class ImageEnvironment(Environment):
 class Interpreter:
     """Scheme over one image (see the module docstring)."""
 
-    def __init__(self, img: image.Image) -> None:
+    def __init__(self, img: image.Image, view_of: int | None = None) -> None:
+        """view_of: img is a read-only view of that version, for (at ...):
+        defining or setting a global there is an error."""
         from ._builtins import PRIMITIVES
         from ._expand import SyntacticEnv
         self.img = img
         procedures = dict(PRIMITIVES)
         procedures.update(RUNTIME)
         self.env = ImageEnvironment(img, procedures, SyntacticEnv.standard())
+        self.env.view_of = view_of
         _persist.register_system_procedures(procedures)
         _persist.register_runtime_constants()
         _persist.install(img, self.env)
+        self._image_procedures: dict[str, Any] = {}
         self._install_image_forms()
+        self._install_version_forms()
         self.boot_notes: list[str] = []
-        self._seen_head = (img.head, img.base)
+        self._seen_head = _version_of(img)
         self._boot()
 
     # -- the image forms ---------------------------------------------------------------
@@ -178,11 +200,14 @@ class Interpreter:
 
         def transaction_form(form: Any, ctx: Any) -> Any:
             body = ctx.arguments(form, 1, None, "(transaction body ...)")
+            if ctx.is_toplevel:
+                # A top-level form is already one transaction: its definitions stay global.
+                return ctx.expander.toplevel_sequence(list(body))
             thunk = ctx.expand(from_iterable([ctx.keyword("lambda"), NIL, *body]))
             return from_iterable([from_iterable([QUOTE, in_transaction]), thunk])
 
         register_special_form(self.env.syntax, "transaction", transaction_form)
-        _persist.register_system_procedures({"image:in-transaction": in_transaction})
+        self._register({"image:in-transaction": in_transaction})
         def commit() -> None:
             self._commit_point()
 
@@ -196,10 +221,101 @@ class Interpreter:
                       "blob?": lambda x: isinstance(x, image.Blob), "blob-read": _blob_read,
                       "blob-hash": lambda b: bytes(_check_blob("blob-hash", b).hash),
                       "blob-length": lambda b: len(_check_blob("blob-length", b))}
+        self._define_standard(procedures)
+
+    def _define_standard(self, procedures: dict[str, Any]) -> None:
         for name, proc in procedures.items():
             proc.scheme_name = name
             self.env.define_standard(intern(name), proc)
-        _persist.register_system_procedures({f"image:{k}": v for k, v in procedures.items()})
+        self._register({f"image:{k}": v for k, v in procedures.items()})
+
+    def _register(self, procedures: dict[str, Any]) -> None:
+        """Registers this interpreter's image procedures by name (stored code
+        embeds them); kept, to register again after another interpreter (a
+        view's, in (at ...)) has registered its own under the same names."""
+        self._image_procedures.update(procedures)
+        _persist.register_system_procedures(procedures)
+
+    # -- the version forms -----------------------------------------------------------
+
+    def _install_version_forms(self) -> None:
+        """(snapshots), (snapshot! label), (at version expr), (history 'name)."""
+        from ._expand import QUOTE, register_special_form, strip_syntax
+
+        def at_form(form: Any, ctx: Any) -> Any:
+            version, expr = ctx.arguments(form, 2, 2, "(at version expr)")
+            return from_iterable([from_iterable([QUOTE, at]), ctx.expand(version),
+                                  from_iterable([QUOTE, strip_syntax(expr)])])
+
+        def at(version: Any, datum: Any) -> Any:
+            return self._at(version, datum)
+
+        register_special_form(self.env.syntax, "at", at_form)
+        self._register({"image:at": at})
+        self._define_standard({"snapshots": lambda: self._snapshots(),
+                               "snapshot!": lambda label: self._snapshot(label),
+                               "history": lambda name: self._history(name)})
+
+    def _snapshots(self) -> Any:
+        """(snapshots): every snapshot, oldest first, each an alist
+        ((id . n) (time . t) (kind . "boot") (label . "x" or #f) (status . "good") (branch . "main"))."""
+        import snapshots   # noqa: F401  (provides img.snapshots)
+        return from_iterable(_alist(s.as_json()) for s in self.img.snapshots())
+
+    def _snapshot(self, label: Any) -> int:
+        """(snapshot! "label"): labels the last committed version (the forms
+        before this one); returns its id."""
+        import snapshots   # noqa: F401  (provides img.snapshot)
+        if not isinstance(label, (str, MString)) or not str(_text(label)).strip():
+            raise SchemeError("snapshot!: expected a label (a non-empty string), got", label)
+        if self.img.readonly:
+            raise SchemeError("snapshot!: this image is read-only")
+        return self.img.snapshot(_text(label)).id
+
+    def _history(self, name: Any) -> Any:
+        """(history 'name): the versions in which global name changed, oldest
+        first: ((commit . c) (time . t) (how . "changed") (form . "text" or #f))."""
+        import snapshots
+        if not isinstance(name, (Symbol, str, MString)):
+            raise SchemeError("history: expected a global's name, got", name)
+        key = name.name if isinstance(name, Symbol) else _text(name)
+        try:
+            versions = snapshots.history(self.img, key)
+        except (ValueError, image.ImageError, PagerError) as exc:
+            raise SchemeError(f"history: {exc}") from None
+        return from_iterable(_alist({"commit": v.commit, "time": v.time, "how": v.how,
+                                     "form": v.forms[-1] if v.forms else False}) for v in versions)
+
+    def _at(self, version: Any, datum: Any) -> Any:
+        """(at version expr): expr evaluated in a read-only view of that
+        version, beside the live image (its globals are that version's); the
+        value is copied out and the view closed."""
+        if type(version) is not int:
+            raise SchemeError("at: expected a version (a snapshot id, a commit number), got", version)
+        try:
+            view = self.img.at(version)
+        except (KeyError, image.ImageError, PagerError) as exc:
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise SchemeError(f"at: there is no version {version} ({reason})") from None
+        live_classes = dict(self.img._handle_classes)
+        try:
+            inner = Interpreter(view, view_of=version)
+            # The view's interpreter registered its own image procedures and,
+            # replaying its record types, their classes in every open image:
+            # the live image keeps its own.
+            _persist.register_system_procedures(self._image_procedures)
+            for index, cls in live_classes.items():
+                if self.img._handle_classes.get(index) is not cls:
+                    self.img.set_handle_class(index, cls)
+            try:
+                value = inner.run_form(datum)
+            except SchemeFailure as exc:
+                if isinstance(exc.condition, BaseException):   # the view refused a write
+                    raise SchemeError(f"at: version {version} is read-only ({exc})") from None
+                raise SchemeRaise(exc.condition) from None
+            return _detach(value, version, self.img)
+        finally:
+            view.close()
 
     def _commit_point(self) -> None:
         """(commit): makes what the running form has done so far durable; the
@@ -258,7 +374,7 @@ class Interpreter:
             if boot or old is _UNBOUND or (old is not value and not callable(old)):
                 self.env._names.setdefault(key, intern(name))
                 namespace[key] = value
-        self._seen_head = (self.img.head, self.img.base)
+        self._seen_head = _version_of(self.img)
 
     def _boot(self) -> None:
         """Syntax and record types first (stored records read as records only
@@ -319,8 +435,9 @@ class Interpreter:
     def run_form(self, datum: Any, positions: dict | None = None, *, journal: bool = True) -> Any:
         """One top-level form, one transaction: its value, or SchemeFailure."""
         img, env = self.img, self.env
-        if (img.head, img.base) != self._seen_head:   # the root changed under us (Python, a rewind)
-            self._load_root(boot=img.base != self._seen_head[1])
+        version = _version_of(img)
+        if version != self._seen_head:   # the root changed under us (Python, a rewind)
+            self._load_root(boot=version[1] != self._seen_head[1])
         self._running = datum
         self._marks = (env.syntax.version, _persist.record_types_made)
         try:
@@ -342,7 +459,7 @@ class Interpreter:
             env.form_failed()
             raise
         env.form_done()
-        self._seen_head = (img.head, img.base)
+        self._seen_head = _version_of(img)
         return value
 
     def _record(self, datum: Any, text: str) -> None:
@@ -398,6 +515,68 @@ class Interpreter:
     def journal(self) -> list[tuple]:
         state = self._state()
         return list(state["journal"]) if state is not None else []
+
+
+def _version_of(img: image.Image) -> tuple[int, int]:
+    """(head, base) of img: a rewind changes the base, a commit the head."""
+    return img.head, img.base
+
+
+def _alist(fields: dict) -> Any:
+    """A Scheme alist of a dict: symbol keys; None becomes #f."""
+    return from_iterable(Pair(intern(k), False if v is None else v) for k, v in fields.items())
+
+
+def _text(x: Any) -> str:
+    return x.s if isinstance(x, MString) else x
+
+
+def _detach(x: Any, version: int, live: image.Image) -> Any:
+    """A value read in a view, copied out as transient data (the view closes):
+    pairs, strings, vectors, tables and records by content; a procedure of
+    that version cannot leave it."""
+    from ._builtins import PRIMITIVES
+    from ._types import Record, SVector
+    if isinstance(x, _persist.PersistentPair):
+        items, tail = [], x
+        while isinstance(tail, _persist.PersistentPair):
+            items.append(_detach(tail.car, version, live))
+            tail = tail.cdr
+        return from_iterable(items, _detach(tail, version, live))
+    if isinstance(x, _persist.PersistentString):
+        return MString(x.s)
+    if isinstance(x, image.Vector):
+        return SVector(_detach(item, version, live) for item in x)
+    if isinstance(x, tuple) and type(x) is not Values:
+        return tuple(_detach(item, version, live) for item in x)
+    if isinstance(x, image.Table):
+        table = PRIMITIVES["make-hash-table"]()
+        for key, value in x.items():
+            table.set(_detach(key, version, live), _detach(value, version, live))
+        return table
+    if isinstance(x, Record) and getattr(x, "_addr", None) is not None:
+        return _detach_record(x, version, live)
+    if isinstance(x, (_persist.StoredProcedure, image.Handle)):
+        kind = "procedure" if callable(x) else type(x).__name__.lower()
+        raise SchemeError(f"at: a {kind} of version {version} cannot leave its view; "
+                          "return data computed from it")
+    return x
+
+
+def _detach_record(x: Any, version: int, live: image.Image) -> Any:
+    """A transient copy of a stored record, of the live image's record type
+    of the same name and fields when it has one (so its predicate holds)."""
+    from ._types import field_slot
+    rtd = type(x).record_type
+    for cls in list(live._handle_classes.values()):
+        live_type = getattr(cls, "record_type", None)
+        if live_type is not None and (live_type.name, live_type.fields) == (rtd.name, rtd.fields):
+            rtd = live_type
+            break
+    copy = rtd.cls.__new__(rtd.cls)
+    for field in rtd.fields:
+        setattr(copy, field_slot(field), _detach(getattr(x, field_slot(field)), version, live))
+    return copy
 
 
 def _check_blob(who: str, x: Any) -> Any:

@@ -399,7 +399,8 @@ def become(value: Any, handle: Any, img: image.Image) -> Any:
     persistent = _PERSISTENT_CLASSES.get(type(value))
     if persistent is None or type(handle) is not persistent:
         return handle
-    for name in type(value).__slots__:   # the transient's own fields: the image holds them now
+    # The transient's own fields: the image holds them now.
+    for name in getattr(type(value), "transient_fields", type(value).__slots__):
         if hasattr(value, name):
             delattr(value, name)
     value.__class__ = persistent

@@ -69,7 +69,7 @@ from fractions import Fraction
 from typing import Any, Callable, Iterable
 
 from image import Table as ImageTable, Vector as ImageVector
-from native._fastpath import HandleBase
+from native._fastpath import HandleBase, PairBase, set_char_class, set_pair_class
 
 
 class _Singleton:
@@ -131,24 +131,26 @@ def is_interned(sym: Symbol) -> bool:
     return _SYMBOLS.get(sym.name) is sym
 
 
-class Pair(HandleBase):
-    """A cons cell: .car and .cdr, both assignable.  On the image's handle
-    base (unset while transient) so that, once stored, it can become the
-    handle of its image copy (vm/_persist.py).
+class Pair(PairBase):
+    """A cons cell: .car and .cdr, both assignable.  Its layout is
+    native/fastpath.c's PairBase: the image's handle fields (unset while
+    transient), so that, once stored, it can become the handle of its image
+    copy (vm/_persist.py), then car and cdr.
 
-    Compiled code makes pairs without calling the class: HandleBase.__new__
-    (C, no frame), then it stores the two slots itself (vm/_compile, cons);
-    running this __init__ cost more than the rest of a cons.  So __init__
-    must stay what a bare allocation plus the two stores can replace."""
+    ``Pair(car, cdr)`` and ``cons(car, cdr)`` (native._fastpath, what
+    compiled code calls) make one in C.  A pair that reaches only immutable
+    values (numbers, strings, characters, symbols, '() and such pairs) is not
+    tracked by the cyclic collector until a car or cdr is written: see
+    fastpath.c, "Scheme pairs", for the invariants (``check_pairs()``)."""
 
-    __slots__ = ("car", "cdr")
-
-    def __init__(self, car: Any, cdr: Any) -> None:
-        self.car = car
-        self.cdr = cdr
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return f"Pair({self.car!r}, {self.cdr!r})"
+
+
+# become: (vm/_persist.py) clears a transient's own fields; a Pair's are PairBase's, in C.
+Pair.transient_fields = ("car", "cdr")
 
 
 class Char:
@@ -229,6 +231,12 @@ class SVector(list):
         return f"SVector({list.__repr__(self)})"
 
     __hash__ = None
+
+
+# Instances of these hold only numbers and strs (their contract), so a pair
+# holding one may stay out of the cyclic collector (native/fastpath.c).
+set_pair_class(Pair, NIL, (Char, Symbol, _Singleton, MString))
+set_char_class(Char)   # list->string reads the code points in C
 
 
 # Values that live in the image are Scheme values as they are: a persistent

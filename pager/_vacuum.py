@@ -1,0 +1,1113 @@
+"""Vacuum (segment cleaning): reclaim the segments that only unretained
+versions reach, keeping every retained version openable by its commit number.
+
+WHAT IT OWNS: the vacuum pass, the resolution of a commit number to the
+record that now carries its state (the original, or its newest stand-in), the
+reader registry (pins), and the per-version "held back" accounting.
+
+THE PROBLEM.  A version is a page table (a radix tree) plus its record.  Its
+tree points into any segment: the commit's own, older ones (pages it shares),
+and its record lies in one segment.  Deleting a segment V must not lose any
+retained version, yet the trees that point into V live on disk and are never
+rewritten in place (pager/__init__, invariant 1).
+
+THE DESIGN (one pass per batch of victim segments V, oldest first)
+
+  1. The retained set: the commits the caller keeps (snapshots.retained: the
+     retention policy), the head, the commits open readers pin (see READERS),
+     and the commits of this process's open views.  Each is resolved to the
+     record that carries its state ("units": commits sharing a record share one
+     tree).
+  2. A sealed segment is a victim when the slots the retained trees reach in it
+     (pages and on-disk nodes, a union taken with per-tree bitmaps, see
+     ic_tree_mark) are at most MAX_LIVE of it: each byte copied then frees at
+     least one.  The active segment is never a victim.  Victims are taken in
+     batches whose live slots fit 3/4 of a segment (_batches): each retained
+     tree is rewritten once per batch, and a batch's copies stay within one
+     segment of extra disk.
+  3. For a victim, every live page slot is copied once to the head, into the
+     data area of one new record; the relocation map is old slot -> new slot.
+     Every unit whose tree reaches V, or whose record lies in V (or, for a
+     plain commit record, whose checkpoint's nodes do: replay reads them),
+     gets a stand-in: its tree with every reference into V moved (leaf
+     entries through the map, disk nodes in V copied to memory:
+     ic_vac_relocate, which checks usage[V] == 0 after), written as
+     a checkpoint copy-on-write (only the changed path nodes), with the same
+     caller meta, and ``stands_for`` naming the commit it carries (one record
+     per retained commit; commits sharing a tree share its nodes: the later
+     ones are aliases, records with the same root and no nodes).
+     The write is one contiguous group, one fdatasync::
+
+         [Nh0: the head's state, + the copied pages, + its nodes]
+         [S1 .. Sk: side stand-ins, each its nodes]          (FLAG_SIDE)
+         [Nh: the head's state again: Nh0's root, no nodes]  (only if k > 0)
+
+     Nh0 and Nh are ordinary checkpoints with the head's content, so the
+     newest record is the head's and the writer goes on after Nh as after any
+     commit.  Side records do not move the head (pager/__init__, invariant 9).
+  4. The group is durable: the trees adopt their new roots, the writer's page
+     table becomes Nh's.  The pins are read again (a reader may have opened a
+     view meanwhile); if none reaches V, V is unlinked and the directory fsynced.
+     Extra disk: the copied pages and stand-ins, about one segment beyond the
+     image.  When the active segment has no room, the group is the body of a
+     new segment (_streamed_group, make_segment_from): under its temporary
+     name the copied pages are written straight from a reused buffer of
+     STREAM_WRITE bytes, then the records and nodes, then zeros for the rest
+     and the header; one fsync covers segment and group, then the rename and
+     the directory fsync.  Every byte is written once, and the group needs no
+     fdatasync of its own.  No spare segment is kept made in advance: its
+     cost would only move to another pass or to a commit.
+
+CRASH SAFETY (a SIGKILL anywhere; tests/test_vacuum.py kills a loop of vacuums)
+  - before the group's sync: the group is an interrupted write.  Opening
+    verifies every record of a trailing group, not only the newest (one write
+    can land out of order), and keeps the prefix that verifies: nothing, Nh0,
+    or Nh0 and some side records.  The state is that of the newest non-side
+    record: the old head, or Nh0 (same content).  V is still there.
+  - after the sync, before the unlink: V lingers; the next vacuum finds that no
+    retained tree reaches it (they resolve to their stand-ins) and deletes it
+    without copying.
+  - the unlink without the directory fsync: V exists or not; both are whole.
+  - while a new segment is made for the group: only seg-N.tmp exists (never
+    read: opening lists seg-NNNNNN names only; made again with O_TRUNC).  It
+    is renamed after its fsync, so seg-N appears whole with the whole group,
+    or not at all (invariant 7); a rename that the crash undoes (before the
+    directory fsync) is a group never written.  V is unlinked only after the
+    directory fsync.  (tests/test_vacuum.py TestNewSegment cuts the power at
+    each write of the segment.)
+
+RESOLUTION (resolve(): views, rewind, vacuum).  The original records first (the
+checkpoint chain, else a scan of the segment that holds the commit); if that
+fails, or the tree reaches a segment that is gone, the newest stand-in, taken
+transitively (a stand-in of a stand-in carries the same content).  A commit
+that neither resolves is "commit N was vacuumed" (KeyError).
+
+READERS (the registry).  A read-only store registers a file
+``readers/<pid>-<token>`` under the image directory, held with an exclusive
+flock for its lifetime (made under a .tmp name and flocked before the rename,
+so it is never seen unlocked); it holds the commits that reader uses (its head,
+its open views) with a checksum.  Vacuum probes each file: if the flock can be
+taken the reader died, and the file is removed; otherwise its commits are
+retained.  A reader also keeps every segment it mapped readable after an
+unlink (a mapping holds the file), so its head is safe even before it pins.
+
+INVARIANTS (checked in code: _check_moved before any unlink, check_group on
+every group read back, ic_vac_relocate on every moved tree)
+  V1. After a pass over V, no retained unit's tree reaches V (usage[V] == 0)
+      and no retained unit's record lies in V.
+  V2. The newest record of every acknowledged group is a non-side checkpoint
+      with the head's content; side records sit only between Nh0 and Nh, or
+      trail after a crash (then the next commit is a checkpoint: invariant 5).
+  V3. A stand-in's stands_for is older than itself, so resolution ends.
+
+OPEN QUESTIONS: views of stand-ins in a process whose open views still map V
+keep V's blocks allocated until those views close (the file is unlinked, its
+space freed when the last mapping goes); a vacuum with many retained versions
+spread over a segment writes one set of path nodes per version, per batch
+(written/copied 1.6 on 8 MiB segments, 1.06 on 64 MiB in bench_vacuum.py).
+
+COSTS.  The per-page and per-node work is C: one walk per tree collects the
+batch's live pages for every retained tree (ic_vac_collect), one walk per tree
+relocates it (ic_vac_relocate), one call copies and verifies the pages into the
+group's buffer, or a STREAM_WRITE chunk of it (ic_vac_copy).  What remains
+per batch is fixed: a sync for the group, one for the directory when it
+starts a segment; the unlinks share one directory fsync at the end of the
+pass (_sync_unlinks).  Resolving the retained commits reads each
+checkpoint's log once (_scan_from); the stand-in index hops from record header
+to record header and decodes only stand-ins (_standin_records: about 30x
+cheaper than decoding every record; still a read per record on disk, a cost
+that grows with the image).  A new segment costs its zeros past the group
+and its fsync: the disk writes a whole segment for a group (64 MiB for about
+50 MiB on bench_vacuum.py's history).  Measured: see bench/README.md.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import fcntl
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from native import ffi, lib
+from pager import _format as fmt
+from pager._errors import CommitFailed, CorruptImage, PagerError
+from pager._native import Tree, hash64, make_loc
+from pager._segments import SyncFailed, _Tail, empty_tail, make_segment_from, sync
+
+MAX_LIVE = 0.5          # a victim's live slots at most this share: a copied byte frees one
+READERS_DIR = "readers"
+STALE_TMP_SECONDS = 60  # a .tmp registration older than this was left by a dead reader
+PIN_READ_ATTEMPTS = 5   # a pin file caught mid-rewrite fails its checksum: read again
+
+
+# -- resolution ---------------------------------------------------------------------
+
+
+def resolve(store, commit_no: int, scans: dict | None = None) -> tuple[Tree, fmt.Record]:
+    """The page table and record that carry commit_no's state (see RESOLUTION).
+    scans, when given, keeps the log read from each checkpoint between calls
+    (_scan_from: commits resolved in ascending order share one read)."""
+    image = store._image
+    damage = None
+    try:
+        tree, rec = _from_original(store, commit_no, scans)
+        if _reaches_only(tree, image.sizes):
+            return tree, rec
+        tree.close()
+    except KeyError:
+        pass
+    except CorruptImage as exc:   # damage, unless a stand-in serves the commit
+        damage = exc
+    rec = _newest_standin(store, commit_no)
+    if rec is None:
+        if damage is not None:
+            raise damage
+        raise KeyError(f"commit {commit_no} was vacuumed")
+    tree = image.tree_from(rec, [])
+    if not _reaches_only(tree, image.sizes):
+        tree.close()
+        raise KeyError(f"commit {commit_no} was vacuumed")
+    return tree, rec
+
+
+def _reaches_only(tree: Tree, segments) -> bool:
+    return all(segno in segments for segno in tree.usage())
+
+
+def _from_original(store, commit_no: int, scans: dict | None = None
+                   ) -> tuple[Tree, fmt.Record]:
+    image = store._image
+    try:
+        ckpt = image.checkpoint_before(store._ckpt, commit_no)
+        records = _scan_from(image, ckpt, commit_no, {} if scans is None else scans)
+    except KeyError:
+        records = _scan_holding_segment(store, commit_no)
+    if records and records[-1].seq < commit_no and records[-1].segno + 1 not in image.sizes:
+        raise KeyError(f"commit {commit_no} is not on disk")   # it was in a vacuumed segment
+    if not records or records[-1].seq != commit_no:
+        start = records[0].seq if records else "?"
+        raise CorruptImage(f"{store.path}: the log from the checkpoint at commit {start} "
+                           f"does not reach commit {commit_no}")
+    target = records[-1]
+    if target.is_side:
+        return image.tree_from(target, []), target
+    start = max(i for i, r in enumerate(records) if r.is_state_checkpoint)
+    if not all(segno in image.sizes for segno, _ in records[start].usage):
+        # replaying copies the checkpoint's nodes: one lies in a vacuumed segment
+        raise KeyError(f"commit {commit_no} is not on disk")
+    replay = [r for r in records[start + 1:] if not r.is_side]
+    return image.tree_from(records[start], replay), target
+
+
+def _scan_from(image, ckpt: fmt.Record, commit_no: int, scans: dict) -> list[fmt.Record]:
+    """The log from ckpt up to commit_no, continuing an earlier read of it."""
+    key = (ckpt.segno, ckpt.slot, ckpt.sum)
+    records, tail = scans.get(key, ([], _Tail(ckpt.segno, ckpt.slot, -1, 0, 0)))
+    if tail.seq < commit_no:
+        more, tail = image.scan(tail, upto=commit_no)
+        records = records + more
+        scans[key] = (records, tail)
+    return [r for r in records if r.seq <= commit_no]
+
+
+def _scan_holding_segment(store, commit_no: int) -> list[fmt.Record]:
+    """The records of the segment holding commit_no, from its newest state
+    checkpoint at or before it (the checkpoint chain may cross a vacuumed segment)."""
+    image = store._image
+    holder = None
+    for segno in image.numbers():
+        first = image.record_at(segno, 1)
+        if first is not None and first.seq <= commit_no:
+            holder = segno
+    if holder is None:
+        raise KeyError(f"commit {commit_no} is not on disk")
+    records, _ = image.scan(empty_tail(holder), upto=commit_no)
+    starts = [i for i, r in enumerate(records) if r.is_state_checkpoint]
+    return records[starts[-1]:] if starts else []
+
+
+def standin_index(store) -> dict[int, fmt.Record]:
+    """{commit: the newest record standing for it}, over every segment on disk
+    (cached until the segments or the log's end change).  Built by hopping
+    from record header to record header (_standin_records): only stand-ins are
+    decoded, so the cost is a header read per record, not a decode."""
+    image = store._image
+    key = (tuple(image.numbers()), store._tail)
+    cached = getattr(store, "_standins", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    index: dict[int, fmt.Record] = {}
+    for segno in image.numbers():
+        _index_standins(index, _standin_records(image, segno), store.head)
+    store._standins = (key, index)
+    return index
+
+
+def _index_standins(index: dict[int, fmt.Record], records, head: int) -> None:
+    for rec in records:
+        # past the head: a crashed vacuum's trailing side records (not yet part of the history)
+        if rec.stands_for is not None and rec.seq <= head:
+            old = index.get(rec.stands_for)
+            if old is None or old.seq < rec.seq:
+                index[rec.stands_for] = rec
+
+
+_HEADER = fmt.REC_HEADER
+_SUM = struct.Struct("<Q")
+
+
+def _standin_records(image, segno: int):
+    """The stand-in records of a segment's log, in order.  The log is followed
+    as Image.scan follows it (each record in the slot where the one before
+    ended, at its own slot and segment, numbered one past it, naming its
+    checksum) but from the header fields alone; a record whose header names a
+    commit it stands for is decoded in full (checksum verified) and must be a
+    checkpoint at its own slot.  The first thing that does not continue the
+    log ends it.  check_standin_index compares this with a full scan."""
+    seg, ps = image.segment(segno), image.page_size
+    nslots = len(seg) // ps
+    slot, seq, last_sum = 1, -1, 0
+    while slot < nslots:
+        off = slot * ps
+        if seg[off:off + 8] != fmt.REC_MAGIC:
+            return
+        fields = _HEADER.unpack_from(seg, off)
+        length, rec_seq, prev_sum, npages, nnodes = (fields[3], fields[4], fields[6],
+                                                     fields[8], fields[9])
+        own_slot, own_segno, stands_for = fields[20], fields[21], fields[22]
+        end = slot + -(-length // ps) + npages + nnodes
+        if (own_slot != slot or own_segno != segno or length < fmt.HEADER_BYTES
+                or length % fmt.RECORD_BLOCK or end > nslots
+                or (seq >= 0 and (rec_seq != seq + 1 or prev_sum != last_sum))):
+            return
+        if stands_for:
+            rec = fmt.decode_record(seg, segno, slot, image.salt, ps)
+            if rec is None or not rec.is_checkpoint or rec.ckpt_slot != slot:
+                return
+            yield rec
+        last_sum = _SUM.unpack_from(seg, off + length - 8)[0]
+        seq, slot = rec_seq, end
+
+
+def check_standin_index(store) -> None:
+    """The hopped index (standin_index) against a full decode of every record."""
+    image = store._image
+    full: dict[int, fmt.Record] = {}
+    for segno in image.numbers():
+        _index_standins(full, image.scan(empty_tail(segno))[0], store.head)
+    store._standins = None
+    hopped = standin_index(store)
+    if {c: (r.segno, r.slot) for c, r in hopped.items()} != \
+            {c: (r.segno, r.slot) for c, r in full.items()}:
+        raise CorruptImage(f"{store.path}: the stand-in index read from record headers "
+                           f"differs from a full scan of the log")
+
+
+def _newest_standin(store, commit_no: int) -> fmt.Record | None:
+    index = standin_index(store)
+    rec = None
+    while commit_no in index:   # stands_for is older than the stand-in (V3): this ends
+        rec = index[commit_no]
+        commit_no = rec.seq
+    return rec
+
+
+# -- the reader registry --------------------------------------------------------------
+
+
+def _pin_text(commits) -> bytes:
+    body = " ".join(str(c) for c in sorted(set(commits)))
+    return f"imago-pins {body} {zlib.crc32(body.encode()):08x}\n".encode()
+
+
+def _parse_pins(raw: bytes) -> set[int] | None:
+    try:
+        words = raw.decode("ascii").split()
+        if len(words) < 2 or words[0] != "imago-pins" or not raw.endswith(b"\n"):
+            return None
+        body = " ".join(words[1:-1])
+        if int(words[-1], 16) != zlib.crc32(body.encode()):
+            return None
+        return {int(w) for w in words[1:-1]}
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+class ReaderPin:
+    """One read-only store's registration: the commits it uses, held with flock."""
+
+    def __init__(self, image_path: str) -> None:
+        self.fd = -1
+        folder = os.path.join(image_path, READERS_DIR)
+        os.makedirs(folder, exist_ok=True)
+        name = f"{os.getpid()}-{os.urandom(4).hex()}"
+        temp = os.path.join(folder, name + ".tmp")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, _pin_text([]))
+            self.path = os.path.join(folder, name)
+            os.rename(temp, self.path)   # seen by vacuum only once locked
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+        self.fd = fd
+
+    def set(self, commits) -> None:
+        if self.fd < 0:
+            return
+        data = _pin_text(commits)
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(fd)   # releases the flock
+
+
+def register_reader(image_path: str) -> ReaderPin | None:
+    """A registration for a reader, or None where the image directory is not
+    writable (a read-only medium: nothing can vacuum it either)."""
+    try:
+        return ReaderPin(image_path)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return None
+        raise
+
+
+def live_pins(image_path: str) -> set[int]:
+    """The commits live readers pin; registrations of dead readers are removed."""
+    folder = os.path.join(image_path, READERS_DIR)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return set()
+    pins: set[int] = set()
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(".tmp"):
+            try:
+                if time.time() - os.stat(path).st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(path)
+            except OSError:
+                pass
+            continue
+        pins |= _pins_of(path)
+    return pins
+
+
+def _pins_of(path: str) -> set[int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return set()
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:   # a live reader holds it
+            for _ in range(PIN_READ_ATTEMPTS):
+                pins = _parse_pins(os.pread(fd, 1 << 20, 0))
+                if pins is not None:
+                    return pins
+                time.sleep(0.001)
+            raise PagerError(f"{path}: a reader's registration cannot be read; "
+                             f"vacuum refuses rather than guess what it uses")
+        os.unlink(path)   # the lock was free: its reader is gone
+        return set()
+    finally:
+        os.close(fd)
+
+
+# -- what each version reaches ------------------------------------------------------
+
+
+class _Layout:
+    """A bitmap over every slot of every segment on disk: bit seg_base[s] + slot."""
+
+    def __init__(self, image) -> None:
+        numbers = image.numbers()
+        self.numbers = numbers
+        top = numbers[-1] + 1
+        self.base = ffi.new("uint64_t[]", top)
+        self.ranges: dict[int, tuple[int, int]] = {}
+        total = 0
+        for s in range(top):
+            self.base[s] = (1 << 64) - 1
+        for s in numbers:
+            self.base[s] = total
+            self.ranges[s] = (total, image.nslots(s))
+            total += image.nslots(s)
+        self.nbits = total
+        self.nsegs = top
+
+    def reach(self, tree: Tree) -> int:
+        """The slots tree reaches, as a Python int used as a bitset."""
+        bitmap = bytearray((self.nbits + 7) // 8)
+        tree.store.check(lib.ic_tree_mark(tree.ptr, ffi.from_buffer(bitmap), self.base,
+                                          self.nsegs))
+        return int.from_bytes(bitmap, "little")
+
+    def count(self, bits: int, segno: int) -> int:
+        start, n = self.ranges[segno]
+        return ((bits >> start) & ((1 << n) - 1)).bit_count()
+
+
+def held_back(store, commits) -> dict[int, int]:
+    """{commit: bytes of disk only that commit reaches}, among commits and the head."""
+    layout = _Layout(store._image)
+    reach: dict[int, int] = {}
+    for commit in sorted(set(commits) | {store.head}):
+        try:
+            tree, _ = resolve(store, commit)
+        except KeyError:
+            continue
+        try:
+            reach[commit] = layout.reach(tree)
+        finally:
+            tree.close()
+    order = list(reach)
+    before, acc = [], 0
+    for c in order:
+        before.append(acc)
+        acc |= reach[c]
+    after, acc = [0] * len(order), 0
+    for i in range(len(order) - 1, -1, -1):
+        after[i] = acc
+        acc |= reach[order[i]]
+    return {c: (reach[c] & ~(before[i] | after[i])).bit_count() * store.page_size
+            for i, c in enumerate(order)}
+
+
+# -- the pass --------------------------------------------------------------------------
+
+
+@dataclass
+class VacuumReport:
+    """What a vacuum did (or, for a dry run, would do)."""
+    retained: list[int]
+    removed: list[int] = field(default_factory=list)     # segments deleted
+    busy: list[int] = field(default_factory=list)        # victims a new reader pin kept
+    copied_bytes: int = 0                                # live page bytes moved
+    groups: int = 0                                      # group writes (one sync each)
+    written_bytes: int = 0                               # all bytes appended
+    reclaimed_bytes: int = 0                             # segment bytes deleted
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    unresolved: list[int] = field(default_factory=list)  # retained ids already gone
+
+
+@dataclass
+class _Unit:
+    """Retained commits that share one page table (one root), and that tree."""
+    tree: Tree
+    recs: dict[int, fmt.Record]   # commit -> the record that carries it now
+    image: object                 # the store's segments (pager._segments.Image)
+
+    @property
+    def commits(self) -> set[int]:
+        return set(self.recs)
+
+    def lies_in(self, victims) -> bool:
+        """Does a record it needs (its own, or the checkpoint a plain record
+        replays from, whose nodes the replay reads) lie in the victims?"""
+        return any(r.segno in victims or _replay_base(self, r) & set(victims)
+                   for r in self.recs.values())
+
+    def reaches(self, victims) -> bool:
+        return any(lib.ic_tree_usage(self.tree.ptr, v) for v in victims)
+
+
+def _replay_base(unit: _Unit, rec: fmt.Record) -> set[int]:
+    """The segments the checkpoint a plain record replays from reaches."""
+    if rec.is_checkpoint:
+        return set()
+    ckpt = unit.image.record_at(rec.segno, rec.ckpt_slot)
+    return {segno for segno, _ in ckpt.usage} if ckpt is not None else set()
+
+
+def vacuum(store, keep, *, max_live: float = MAX_LIVE, dry_run: bool = False) -> VacuumReport:
+    """Clean every sealed segment whose live share is at most max_live."""
+    started = time.perf_counter()
+    _require_quiet(store)
+    image = store._image
+    report = VacuumReport(retained=[], dry_run=dry_run)
+    report.bytes_before = sum(image.sizes.values())
+    units = _units(store, _retained(store, keep), report)
+    try:
+        layout = _Layout(image)
+        union = 0
+        for unit in units:
+            union |= layout.reach(unit.tree)
+        victims = _victims(store, units, layout, union, max_live)
+        if dry_run:
+            report.removed = victims
+            report.copied_bytes = sum(layout.count(union, v) for v in victims) * store.page_size
+            report.reclaimed_bytes = sum(image.sizes[v] for v in victims)
+            report.bytes_after = report.bytes_before - report.reclaimed_bytes + report.copied_bytes
+        else:
+            scratch = _Scratch()
+            try:
+                for batch in _batches(store, victims, layout, union):
+                    _clean(store, units, batch, report, scratch)
+            finally:
+                scratch.close()
+            _sync_unlinks(store, report)
+            report.bytes_after = sum(store._image.sizes.values())
+    finally:
+        for unit in units:
+            unit.tree.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _require_quiet(store) -> None:
+    store._require_writer()
+    if store.dirty_pages:
+        raise PagerError(f"{store.path}: vacuum needs a clean writer: commit or roll back first")
+    if store.base != store.head:
+        raise PagerError(f"{store.path}: vacuum after a rewind needs the rewind's commit first")
+
+
+def _retained(store, keep) -> set[int]:
+    views = {v.commit for v in list(store._views) if v._tree is not None}
+    return {int(c) for c in keep} | {store.head} | views | live_pins(store.path)
+
+
+def _units(store, retained: set[int], report: VacuumReport) -> list[_Unit]:
+    """The retained commits grouped by the page table they resolve to; the
+    head's unit last."""
+    units: dict[tuple, _Unit] = {}
+    scans: dict = {}
+    for commit in sorted(retained):
+        if not 0 <= commit <= store.head:
+            report.unresolved.append(commit)
+            continue
+        try:
+            tree, rec = _resolve_for_vacuum(store, commit, scans)
+        except KeyError:
+            report.unresolved.append(commit)
+            continue
+        key = (("root", rec.root_loc, rec.depth) if rec.is_checkpoint
+               else ("rec", rec.segno, rec.slot))
+        if key in units:
+            tree.close()
+            units[key].recs[commit] = rec
+        else:
+            units[key] = _Unit(tree, {commit: rec}, store._image)
+        report.retained.append(commit)
+    out = sorted(units.values(), key=lambda u: store.head in u.recs)
+    assert out and store.head in out[-1].recs, "the head resolves to itself"
+    return out
+
+
+def _resolve_for_vacuum(store, commit: int, scans: dict) -> tuple[Tree, fmt.Record]:
+    """Like resolve(), but a stand-in first: after a crash between a group and
+    its unlink, the originals still reach the victim and would be copied again."""
+    rec = _newest_standin(store, commit) if commit != store.head else None
+    if rec is not None and rec.segno in store._image.sizes:
+        tree = store._image.tree_from(rec, [])
+        if _reaches_only(tree, store._image.sizes):
+            return tree, rec
+        tree.close()
+    return resolve(store, commit, scans)
+
+
+def _victims(store, units: list[_Unit], layout: _Layout, union: int,
+             max_live: float) -> list[int]:
+    image = store._image
+    holders = {r.segno for u in units for r in u.recs.values()}
+    victims = []
+    for segno in image.numbers():
+        if segno == store._active:
+            continue
+        live = layout.count(union, segno) + (1 if segno in holders else 0)
+        if live <= max_live * (image.nslots(segno) - 1):
+            victims.append(segno)
+    return victims
+
+
+def _batches(store, victims: list[int], layout: _Layout, union: int):
+    """Victims cleaned together: their live slots together at most 3/4 of a
+    segment (the rest for stand-ins), so one group stays within one segment of
+    extra disk, and
+    each retained tree is rewritten once per batch, not once per victim."""
+    budget = (min(store._image.sizes.values()) // store.page_size) * 3 // 4
+    batch, live = [], 0
+    for v in victims:
+        n = layout.count(union, v)
+        if batch and live + n > budget:
+            yield batch
+            batch, live = [], 0
+        batch.append(v)
+        live += n
+    if batch:
+        yield batch
+
+
+def _clean(store, units: list[_Unit], batch: list[int], report: VacuumReport,
+           scratch: _Scratch) -> None:
+    head = units[-1]
+    needing = [u for u in units[:-1] if u.lies_in(batch) or u.reaches(batch)]
+    if needing or head.lies_in(batch) or head.reaches(batch):
+        _write_group(store, head, needing, batch, report, scratch)
+    _check_moved(store, units, batch)
+    free = []
+    for victim in batch:
+        if _pinned_since(store, units, victim):
+            report.busy.append(victim)
+        else:
+            free.append(victim)
+    _delete(store, free, report)
+
+
+def _check_moved(store, units: list[_Unit], batch: list[int]) -> None:
+    """Invariant V1, before anything is unlinked."""
+    for unit in units:
+        if unit.lies_in(batch) or unit.reaches(batch):
+            raise CorruptImage(f"{store.path}: vacuum left commits {sorted(unit.commits)} "
+                               f"depending on segments {batch}; nothing was removed")
+
+
+def _pinned_since(store, units: list[_Unit], victim: int) -> bool:
+    """Does a commit a reader pinned during this pass still reach the victim?"""
+    known = set().union(*(u.commits for u in units))
+    for commit in live_pins(store.path) - known:
+        try:
+            tree, rec = resolve(store, commit)
+        except KeyError:
+            continue
+        try:
+            if rec.segno == victim or lib.ic_tree_usage(tree.ptr, victim):
+                return True
+        finally:
+            tree.close()
+    return False
+
+
+def _delete(store, victims: list[int], report: VacuumReport) -> None:
+    """Unlink the victims.  Their directory fsync waits (_sync_unlinks): an
+    unlink that a crash undoes leaves a whole segment no retained tree
+    reaches, which the next vacuum deletes without copying (CRASH SAFETY);
+    the next group's new segment or the end of the pass syncs the directory."""
+    image = store._image
+    views_open = any(v._tree is not None for v in list(store._views))
+    try:
+        for victim in victims:
+            size = image.sizes.pop(victim)
+            store._vfs.unlink(image.seg_path(victim))
+            if not views_open:
+                image.native.unmap(victim)   # else open views still read it: freed with them
+            report.removed.append(victim)
+            report.reclaimed_bytes += size
+    except OSError as exc:
+        store._enter_failed(exc)
+    store._standins = None
+
+
+def _sync_unlinks(store, report: VacuumReport) -> None:
+    """One directory fsync for the pass's unlinks (invariant 7)."""
+    if report.removed:
+        try:
+            store._vfs.fsync_dir(store.path)
+        except OSError as exc:
+            store._enter_failed(exc)
+
+
+# -- writing a group ---------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    """One record of a group: where it goes and what it holds."""
+    unit: _Unit
+    stands_for: int
+    flags: int
+    length: int               # record bytes (a bound: the usage table may shrink)
+    record_slots: int
+    npages: int
+    nnodes: int               # 0: an alias, sharing the root of the unit's record before it
+    slot: int                 # where its record goes
+
+    @property
+    def end(self) -> int:
+        return self.slot + self.record_slots + self.npages + self.nnodes
+
+
+def _write_group(store, head: _Unit, needing: list[_Unit], batch: list[int],
+                 report: VacuumReport, scratch: _Scratch) -> None:
+    """Copy what head and needing reach in the batch to the log's end, with
+    their stand-ins, durably (steps 3 and 4 of the design)."""
+    image = store._image
+    movers = [head] + needing
+    live = _LivePages(movers, batch)
+    segno, slot0 = store._tail.segno, store._tail.slot
+    room = image.nslots(segno) - slot0   # a group in the active segment leaves a zero slot
+    if _nh0_slots(store, head, live.n) + live.n < room:
+        plan = _plan(store, head, needing, live, segno, slot0)
+        total = plan[-1].end - slot0
+        if total < room:
+            frame = _Frame(scratch.take((total + 1) * store.page_size), slot0, store.page_size)
+            pairs = live.copy(store._image, frame.ptr(plan[0].slot + plan[0].record_slots))
+            laid = _lay_out(store, plan, segno, frame, pairs)
+            _write_durably(store, frame.buf, slot0)
+            _finish_group(store, laid, segno, slot0 + total, live, total, report)
+            return
+        _reload(store, movers)   # the nodes made it too large: undo, go to a new segment
+    segno, slot0 = store._active + 1, 1
+    plan = _plan(store, head, needing, live, segno, slot0)
+    total = plan[-1].end - slot0
+    laid: list = []
+    _start_segment(store, total + 1, _streamed_group(store, plan, live, segno, slot0, total,
+                                                     scratch, laid))
+    _finish_group(store, laid, segno, slot0 + total, live, total, report)
+
+
+def _finish_group(store, laid: list, segno: int, end: int, live: _LivePages, total: int,
+                  report: VacuumReport) -> None:
+    _adopt(store, laid, segno, end)
+    report.groups += 1
+    report.copied_bytes += live.n * store.page_size
+    report.written_bytes += total * store.page_size
+
+
+class _LivePages:
+    """Every page slot in the batch the units reach: (old loc, page_no, sum)
+    triples in a C buffer, sorted by loc, each slot once (ic_vac_collect).
+    Page i of the list goes to data slot i of the group."""
+
+    def __init__(self, units: list[_Unit], batch: list[int]) -> None:
+        self.nflags = max(batch) + 1
+        self.flags = ffi.new("uint8_t[]", self.nflags)
+        for victim in batch:
+            self.flags[victim] = 1
+        cap = sum(lib.ic_tree_usage(u.tree.ptr, v) for u in units for v in batch)
+        self.triples = ffi.new("uint8_t[]", 24 * max(cap, 1))
+        trees = ffi.new("ic_tree *[]", [u.tree.ptr for u in units])
+        n = ffi.new("uint64_t *")
+        units[0].tree.store.check(lib.ic_vac_collect(trees, len(units), self.flags, self.nflags,
+                                                     self.triples, cap, n))
+        self.n = n[0]
+
+    def relocate(self, tree: Tree, base: int) -> None:
+        """Point tree's references into the batch at the copies from base on."""
+        tree.store.check(lib.ic_vac_relocate(tree.ptr, self.flags, self.nflags, self.triples,
+                                             self.n, base))
+
+    def copy(self, image, into) -> bytes:
+        """Copy the pages (each verified: invariant 8) into the buffer `into`;
+        returns the (page_no, sum) pairs the record lists."""
+        pairs = ffi.new("uint8_t[]", 16 * max(self.n, 1))
+        self.copy_range(image, 0, self.n, into, pairs)
+        return bytes(ffi.buffer(pairs, 16 * self.n))
+
+    def copy_range(self, image, first: int, count: int, into, pairs) -> None:
+        """Copy pages first..first+count (verified) into `into`; their (page_no,
+        sum) pairs go to their places in `pairs` (16 bytes per page of the list)."""
+        assert 0 <= first and first + count <= self.n
+        image.native.check(lib.ic_vac_copy(image.native.ptr, self.triples + 24 * first, count,
+                                           into, pairs + 16 * first))
+
+
+def _reload(store, units: list[_Unit]) -> None:
+    """Rebuild units' trees from disk (undoing a relocation that was not written)."""
+    for unit in units:
+        unit.tree.close()
+        commit, rec = next(iter(unit.recs.items()))
+        if rec.is_checkpoint:
+            unit.tree = store._image.tree_from(rec, [])
+        else:
+            unit.tree, _ = _from_original(store, commit)
+
+
+def _record_size(npages: int, nusage: int, meta: bytes, ps: int) -> tuple[int, int]:
+    length = fmt.record_length(npages, 0, nusage, len(meta))
+    return length, -(-length // ps)
+
+
+def _nh0_slots(store, head: _Unit, npages: int) -> int:
+    # A usage table can only lose victims and gain segno: its size now plus one bounds it.
+    return _record_size(npages, len(head.tree.usage()) + 1, head.recs[store.head].meta,
+                        store.page_size)[1]
+
+
+def _plan(store, head: _Unit, needing: list[_Unit], live: _LivePages, segno: int,
+          slot0: int) -> list[_Planned]:
+    """Relocate the trees toward segno from slot0 and lay out the group:
+    Nh0 (with the pages), each needing unit's stand-ins (nodes once, then
+    aliases), the head unit's other commits as aliases, and Nh.  Sizes do not
+    depend on where the group goes, only locations do."""
+    ps = store.page_size
+    bound = len(head.tree.usage()) + 1
+    meta = head.recs[store.head].meta
+    length, rslots = _record_size(live.n, bound, meta, ps)
+    nh0 = _Planned(head, store.head, fmt.FLAG_CHECKPOINT, length, rslots, live.n, 0, slot0)
+    base = make_loc(segno, slot0 + rslots)
+    for unit in [head] + needing:
+        live.relocate(unit.tree, base)
+    nh0.nnodes = lib.ic_tree_dirty_nodes(head.tree.ptr)
+    plan = [nh0]
+    side = fmt.FLAG_CHECKPOINT | fmt.FLAG_SIDE
+    for unit in needing + [head]:
+        nodes = 0 if unit is head else lib.ic_tree_dirty_nodes(unit.tree.ptr)
+        for commit in sorted(unit.commits - {store.head}):
+            length, rslots = _record_size(0, len(unit.tree.usage()) + 1,
+                                          unit.recs[commit].meta, ps)
+            plan.append(_Planned(unit, commit, side, length, rslots, 0, nodes, plan[-1].end))
+            nodes = 0   # the unit's next commits share the root just written
+    if len(plan) > 1:
+        length, rslots = _record_size(0, bound, meta, ps)
+        plan.append(_Planned(head, store.head, fmt.FLAG_CHECKPOINT, length, rslots, 0, 0,
+                             plan[-1].end))
+    return plan
+
+
+class _Scratch:
+    """One zeroed buffer the pass's groups are laid out in, grown as needed.
+    Anonymous memory mapped populated: touching a fresh multi-MiB buffer
+    page by page costs a fault per 4 KiB (measured: 50 MiB in 50 ms as a
+    bytearray, 25 ms populated)."""
+
+    _POPULATE = getattr(mmap, "MAP_POPULATE", 0)   # Linux only; elsewhere faulted in
+
+    def __init__(self) -> None:
+        self._map: mmap.mmap | None = None
+
+    def take(self, nbytes: int) -> memoryview:
+        if self._map is None or len(self._map) < nbytes:
+            self.close()
+            self._map = mmap.mmap(-1, max(nbytes, 1),
+                                  flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | self._POPULATE)
+        else:   # reused: clear what the last group left
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(self._map)), 0, nbytes)
+        return memoryview(self._map)[:nbytes]
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:   # a view of it is still held: the collector frees it
+                pass
+            self._map = None
+
+
+class _Frame:
+    """A group's bytes from slot0 on, in one zeroed buffer, except (with a
+    hole) the page slots hole[0]..hole[0]+hole[1], which are streamed to the
+    file instead (_streamed_group): records and nodes never lie in the hole."""
+
+    def __init__(self, buf: memoryview | bytearray, slot0: int, page_size: int,
+                 hole: tuple[int, int] = (0, 0)) -> None:
+        self.buf, self.slot0, self.ps, self.hole = buf, slot0, page_size, hole
+        self.base = ffi.cast("uint8_t *", ffi.from_buffer(buf))
+
+    def offset(self, slot: int) -> int:
+        """Where slot's bytes lie in buf."""
+        first, n = self.hole
+        if n and slot >= first:
+            assert slot >= first + n, "nothing is laid out in the streamed pages"
+            slot -= n
+        return (slot - self.slot0) * self.ps
+
+    def ptr(self, slot: int):
+        return self.base + self.offset(slot)
+
+    def view(self, slot: int, nslots: int) -> memoryview:
+        off = self.offset(slot)
+        return memoryview(self.buf)[off:off + nslots * self.ps]
+
+    def pieces(self) -> list[tuple[int, memoryview]]:
+        """(slot, bytes) of the buffer's parts: before the hole, after it."""
+        first, n = self.hole
+        if not n:
+            return [(self.slot0, memoryview(self.buf))]
+        split = (first - self.slot0) * self.ps
+        return [(self.slot0, memoryview(self.buf)[:split]),
+                (first + n, memoryview(self.buf)[split:])]
+
+
+STREAM_WRITE = 4 << 20   # bytes of copied pages per write into a new segment
+
+
+def _streamed_group(store, plan: list[_Planned], live: _LivePages, segno: int, slot0: int,
+                    total: int, scratch: _Scratch, laid: list):
+    """The group's bytes as (file offset, bytes) pieces for make_segment_from:
+    the copied pages first, through one reused buffer of STREAM_WRITE bytes
+    (a group-sized buffer costs a page fault per 4 KiB of it), then its records
+    and nodes.  Appends the records' layout to `laid`."""
+    image, ps = store._image, store.page_size
+    pages_at = plan[0].slot + plan[0].record_slots
+    per_write = max(1, STREAM_WRITE // ps)
+    pairs = ffi.new("uint8_t[]", 16 * max(live.n, 1))
+    if live.n:
+        chunk = scratch.take(min(live.n, per_write) * ps)
+        into = ffi.cast("uint8_t *", ffi.from_buffer(chunk))
+    for first in range(0, live.n, per_write):
+        count = min(per_write, live.n - first)
+        live.copy_range(image, first, count, into, pairs)
+        yield (pages_at + first) * ps, chunk[:count * ps]
+    frame = _Frame(bytearray((total - live.n) * ps), slot0, ps, hole=(pages_at, live.n))
+    laid.extend(_lay_out(store, plan, segno, frame, bytes(ffi.buffer(pairs, 16 * live.n))))
+    for slot, part in frame.pieces():
+        if len(part):
+            yield slot * ps, part
+
+
+def _lay_out(store, plan: list[_Planned], segno: int, frame: _Frame, pairs: bytes) -> list:
+    """The group's records and nodes in the frame (its pages are there or
+    streamed; pairs lists them); the layout _adopt takes."""
+    image, ps, salt = store._image, store.page_size, store._image.salt
+    seq, prev_sum = store._tail.seq, store._tail.sum
+    prev_ckpt = make_loc(store._ckpt.segno, store._ckpt.slot)
+    roots: dict[int, tuple[bytes, int, dict]] = {}   # id(unit) -> its root as laid out
+    laid, nh0_seq, now = [], seq + 1, time.time_ns()
+    for p in plan:
+        seq += 1
+        nodes_at = p.slot + p.record_slots + p.npages
+        if id(p.unit) not in roots or p.nnodes:
+            roots[id(p.unit)] = _serialize(p.unit.tree, segno, nodes_at, frame.ptr(nodes_at),
+                                           p.nnodes)
+        root_bytes, depth, usage = roots[id(p.unit)]
+        root_loc, root_sum = struct.unpack_from("<QQ", root_bytes)
+        source = p.unit.recs[p.stands_for]
+        is_head = not p.flags & fmt.FLAG_SIDE
+        record = fmt.encode_record(
+            seq=seq, parent=(store.head if p is plan[0] else nh0_seq) if is_head else source.parent,
+            prev_sum=prev_sum, time_ns=now if is_head else source.time_ns, flags=p.flags,
+            segno=segno, slot=p.slot, pairs=pairs if p.npages else b"",
+            usage=sorted(usage.items()), meta=source.meta, depth=depth, root_loc=root_loc,
+            root_sum=root_sum, prev_ckpt=prev_ckpt, nnodes=p.nnodes,
+            nodes_sum=hash64(frame.view(nodes_at, p.nnodes), salt) if p.nnodes else 0,
+            salt=salt, stands_for=p.stands_for, length=p.length)
+        frame.view(p.slot, p.record_slots)[:len(record)] = record
+        prev_sum = struct.unpack_from("<Q", record, len(record) - 8)[0]
+        prev_ckpt = make_loc(segno, p.slot)
+        laid.append((p, root_bytes, depth, make_loc(segno, nodes_at)))
+    return laid
+
+
+def _serialize(tree: Tree, segno: int, nodes_at: int, out, nnodes: int
+               ) -> tuple[bytes, int, dict[int, int]]:
+    """Write tree's memory nodes at out (as if at segno, nodes_at on); its root,
+    depth and the usage table its record carries."""
+    root, depth = ffi.new("uint8_t[]", 32), ffi.new("int *")
+    tree.store.check(lib.ic_tree_serialize(tree.ptr, make_loc(segno, nodes_at), out, nnodes,
+                                           root, depth))
+    usage = dict(tree.usage())
+    if nnodes:
+        usage[segno] = usage.get(segno, 0) + nnodes
+    return bytes(ffi.buffer(root, 32)), depth[0], usage
+
+
+def _write_durably(store, buf: bytearray, slot0: int) -> None:
+    """One write, one fdatasync (invariants 2 and 6), as a commit does."""
+    tail = store._tail
+    try:
+        store._vfs.pwrite(store._seg_fd, buf, slot0 * store.page_size)
+        sync(store._vfs, store._seg_fd)
+    except SyncFailed as exc:
+        store._enter_failed(exc.error)
+    except OSError as exc:
+        if getattr(exc, "written", None) != 0:
+            store._scrub_failed_commit(tail)
+        raise CommitFailed(f"{store.path}: vacuum could not write its copies "
+                           f"({exc.strerror or exc}); nothing was removed") from exc
+    except BaseException:
+        store._state = "failed"   # interrupted between write and sync: unknown, as in commit
+        store._failure = "interrupted during vacuum"
+        store._bind_reader()
+        raise
+
+
+def _adopt(store, laid: list, segno: int, end: int) -> None:
+    """The group is durable: trees take their new roots, the writer its new head."""
+    image = store._image
+    image.native.set_limit(segno, end)
+    records = []
+    for p, root, depth, first_loc in laid:
+        rec = image.record_at(segno, p.slot)
+        if rec is None:
+            store._state, store._failure = "failed", "a vacuum record does not read back"
+            store._bind_reader()
+            raise CorruptImage(f"{store.path}: {store._failure}; reopen the image")
+        records.append(rec)
+        if p.nnodes or p is laid[0][0]:
+            lib.ic_tree_adopt(p.unit.tree.ptr, ffi.from_buffer(root), depth, first_loc, p.nnodes)
+        p.unit.recs[p.stands_for] = rec
+    check_group(records)
+    last = records[-1]
+    c = store._commit_args
+    zero_from = max(c.zero_from if c.segno == segno else 1, end)
+    store._reader.rebind(0, 0, None)
+    old_tree, store._tree = store._tree, image.tree_from(last, [])
+    store._ckpt = last
+    store._tail = _Tail(segno, end, last.seq, last.sum, last.slot)
+    store.head = store.base = last.seq
+    store._records_since_ckpt = 0
+    store._start_log(store._tail, zero_from=zero_from)
+    store._bind_reader()
+    old_tree.close()
+    store._write_hint()
+    store.appended_bytes += (end - records[0].slot) * store.page_size
+    store._standins = None
+    head_unit = laid[0][0].unit
+    head_unit.recs[last.seq] = last   # the head is now Nh's number
+
+
+def _start_segment(store, need_slots: int, pieces) -> int:
+    """Start the next segment, large enough for need_slots after its header,
+    holding the group's pieces (offset, bytes) from slot 1 on, need_slots - 1
+    slots of them (durable with the segment: make_segment_from)."""
+    image, ps = store._image, store.page_size
+    segno = store._active + 1
+    nominal = min(image.sizes.values())
+    size = max(nominal, (need_slots + 1) * ps)   # + the header's slot
+    try:
+        make_segment_from(store._vfs, store.path, segno, size, ps, image.image_id, image.salt,
+                          pieces, need_slots * ps)
+    except SyncFailed as exc:
+        store._enter_failed(exc.error)
+    except OSError as exc:
+        raise CommitFailed(f"{store.path}: vacuum could not start {fmt.segment_name(segno)} "
+                           f"({exc.strerror or exc}); nothing was removed") from exc
+    try:   # the group is durable now: a writer that cannot follow it must stop
+        image.attach(segno)
+        fd = store._vfs.open(image.seg_path(segno), os.O_RDWR)
+    except OSError as exc:
+        store._enter_failed(exc)
+    old_fd, store._seg_fd, store._active = store._seg_fd, fd, segno
+    store._tail = empty_tail(segno, store._tail.seq, store._tail.sum)
+    try:
+        store._vfs.close(old_fd)
+    except OSError:
+        pass
+    image.native.set_limit(segno, 1)
+    store._start_log(store._tail, zero_from=1)
+    return segno
+
+
+def check_group(records: list[fmt.Record]) -> None:
+    """Invariants V2 and V3 over a group as read back from disk."""
+    if not records or records[-1].is_side or records[0].is_side:
+        raise CorruptImage("a vacuum group must begin and end with the head's state")
+    for rec in records:
+        if not rec.is_checkpoint or rec.stands_for is None or rec.stands_for >= rec.seq:
+            raise CorruptImage(f"vacuum record {rec.seq} is no stand-in of an older commit")
+    if any(not rec.is_side for rec in records[1:-1]):
+        raise CorruptImage("a vacuum group holds side records only between its ends")

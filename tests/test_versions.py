@@ -1,0 +1,304 @@
+"""Versions: branches, history, diff, the changes journal, replay, the Scheme
+forms (snapshots) (snapshot!) (at) (history), and the recovery story end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import image
+import snapshots
+import vm
+from browser.cli import main
+from snapshots import SnapshotLog
+from snapshots._branches import check as check_branches
+
+
+def imago(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "browser", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def values(result: subprocess.CompletedProcess) -> list[str]:
+    """What a command printed, without its ;; notes."""
+    return [line for line in result.stdout.splitlines() if not line.startswith(";;")]
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    return str(tmp_path / "v.image")
+
+
+@pytest.fixture
+def session(path):
+    """An image with an interpreter; yields (img, interp)."""
+    img = image.open(path)
+    yield img, vm.Interpreter(img)
+    img.close()
+
+
+class TestBranches:
+    """Named lines: create, list, switch; names and tips validated."""
+
+    def test_create_and_switch_keep_each_line(self, session):
+        """A branch starts at the current version; switching moves the writer and back."""
+        img, interp = session
+        interp.eval("(define x 1)")
+        made = snapshots.create_branch(img, "feature")
+        interp.eval("(set! x 2)")
+        snapshots.switch(img, "feature")
+        interp = vm.Interpreter(img)
+        assert interp.eval("x") == 1 and snapshots.current_branch(img) == "feature"
+        interp.eval("(define y 3)")
+        snapshots.switch(img, "main")
+        interp = vm.Interpreter(img)
+        assert interp.eval("x") == 2 and "y" not in img.root
+        listed = {b.name: b for b in snapshots.branches(img)}
+        assert listed["main"].current and listed["feature"].from_commit == made.tip
+        assert check_branches(img) == 2
+
+    def test_the_branch_survives_reopening(self, path, session):
+        """The current branch is in the heap: it is what the image says after a reopen."""
+        img, interp = session
+        snapshots.create_branch(img, "b2")
+        snapshots.switch(img, "b2")
+        img.close()
+        with image.open(path, readonly=True) as again:
+            assert snapshots.current_branch(again) == "b2"
+
+    @pytest.mark.parametrize("name", ["", "bad name", "-x", "a~1", "x" * 65, "é"])
+    def test_bad_names_are_refused(self, session, name):
+        img, _ = session
+        with pytest.raises(ValueError, match="not a branch name"):
+            snapshots.create_branch(img, name)
+
+    def test_duplicate_unknown_and_missing_versions_are_refused(self, session):
+        """A name taken, a branch that does not exist, a tip that is no version: one clear error each."""
+        img, _ = session
+        snapshots.create_branch(img, "one")
+        with pytest.raises(ValueError, match="already exists"):
+            snapshots.create_branch(img, "one")
+        with pytest.raises(ValueError, match="already exists"):
+            snapshots.create_branch(img, "main")
+        with pytest.raises(ValueError, match="no branch 'nope'"):
+            snapshots.switch(img, "nope")
+        with pytest.raises(ValueError, match="no version 999"):
+            snapshots.create_branch(img, "two", 999)
+        with pytest.raises(ValueError, match="no version 0"):   # commit 0 holds no object memory
+            snapshots.create_branch(img, "three", 0)
+        with pytest.raises(ValueError, match="already on"):
+            snapshots.switch(img, "main")
+
+    def test_a_crash_between_the_log_entry_and_the_commit_leaves_the_old_branch(self, path, session):
+        """Invariant 4: the tip entry of the current branch, written before a switch that never
+        committed, is ignored; the writer is on its old branch at its old tip."""
+        img, interp = session
+        interp.eval("(define x 1)")
+        snapshots.create_branch(img, "side")
+        tip = img.head
+        SnapshotLog(path).record_branch("main", tip, None)   # the switch's first step, then a crash
+        img.close()
+        with image.open(path) as again:
+            listed = snapshots.branches(again)
+            assert (listed[0].name, listed[0].tip) == ("main", tip)
+            check_branches(again)
+
+    def test_cli_branch_and_switch(self, path):
+        """imago branch lists and makes branches; imago switch moves; errors are one line."""
+        assert imago("eval", path, "(define x 1)").returncode == 0
+        assert imago("branch", path, "exp").returncode == 0
+        assert imago("eval", path, "(set! x 2)").returncode == 0
+        assert imago("switch", path, "exp").returncode == 0
+        assert values(imago("eval", path, "x")) == ["1"]
+        listing = imago("branch", path).stdout
+        assert "* exp" in listing and "  main" in listing
+        bad = imago("switch", path, "ghost")
+        assert bad.returncode == 1 and "no branch 'ghost'" in bad.stderr and "Traceback" not in bad.stderr
+        assert imago("branch", path, "x y").returncode == 1
+        assert imago("branch", path, "z", "--from", "12345").returncode == 1
+
+    def test_snapshots_carry_the_branch(self, path, session):
+        img, _ = session
+        snapshots.create_branch(img, "lab")
+        snapshots.switch(img, "lab")
+        assert img.snapshot("on lab").branch == "lab"
+
+
+class TestJournal:
+    """imago changes and snapshots.changes."""
+
+    def test_changes_lists_each_changing_form(self, path, session):
+        img, interp = session
+        interp.eval("(define a 1) (+ a 1) (set! a 5)")
+        first = img.head
+        interp.eval("(define b 2)")
+        listed = snapshots.changes(img)
+        assert [c.form for c in listed] == ["(define a 1)", "(set! a 5)", "(define b 2)"]
+        assert [c.n for c in listed] == [1, 2, 3]
+        assert [c.form for c in snapshots.changes(img, since=first)] == ["(define b 2)"]
+
+    def test_cli_json_has_exactly_the_field_names(self, path):
+        assert imago("eval", path, "(define a 1) (define b 2)").returncode == 0
+        listed = json.loads(imago("changes", path, "--json").stdout)
+        assert [set(c) for c in listed] == [{"n", "commit", "time", "form"}] * 2
+        assert listed[1]["form"] == "(define b 2)"
+        since = imago("changes", path, "--since", str(listed[0]["commit"]), "--json")
+        assert [c["n"] for c in json.loads(since.stdout)] == [2]
+
+    def test_unknown_versions_and_branches(self, path):
+        assert imago("eval", path, "(define a 1)").returncode == 0
+        for args in (("--since", "999"), ("--from", "nope")):
+            bad = imago("changes", path, *args)
+            assert bad.returncode == 1 and bad.stderr.startswith("imago: error:")
+
+
+class TestDiffAndHistory:
+    """Globals compared by content across versions."""
+
+    def test_diff_sees_added_removed_and_mutated_in_place(self, path, session):
+        """A vector-set! and a hash-table-set! change content, not identity: still 'changed'."""
+        img, interp = session
+        interp.eval("(define v (vector 1 2)) (define h (make-hash-table)) (define gone 1) (define same 1)")
+        before = img.head
+        interp.eval('(vector-set! v 0 9) (hash-table-set! h "k" 1) (define new 1)')
+        img.root.pop("gone")
+        d = snapshots.diff(img, before, img.head)
+        assert (d.added, d.removed, d.changed) == (["new"], ["gone"], ["h", "v"])
+        assert snapshots.diff(img, img.head, img.head) == snapshots.Diff([], [], [])
+
+    def test_fingerprints_are_bounded_and_content_based(self, session):
+        """Equal content, equal digest; a change past the budget is not seen, the length always is."""
+        img, _ = session
+        img.root["a"] = list(range(100))
+        img.root["b"] = list(range(100))
+        assert snapshots.fingerprint(img.root["a"]) == snapshots.fingerprint(img.root["b"])
+        img.root["b"][99] = -1
+        assert snapshots.fingerprint(img.root["a"]) != snapshots.fingerprint(img.root["b"])
+        assert snapshots.fingerprint(img.root["a"], 10) == snapshots.fingerprint(img.root["b"], 10)
+        img.root["b"].append(1)
+        assert snapshots.fingerprint(img.root["a"], 10) != snapshots.fingerprint(img.root["b"], 10)
+        cyclic = {"self": None}
+        img.root["c"] = cyclic
+        img.root["c"]["self"] = img.root["c"]
+        assert len(snapshots.fingerprint(img.root["c"])) == 16
+
+    def test_history_names_the_forms(self, session):
+        img, interp = session
+        interp.eval("(define inbox (vector)) (define other 1) (set! inbox (vector 1))")
+        interp.eval("(vector-set! inbox 0 2) (set! other 2)")
+        img.root.pop("inbox")   # the Python API: no form
+        found = snapshots.history(img, "inbox")
+        assert [v.how for v in found] == ["defined", "changed", "changed", "removed"]
+        assert found[1].forms == ("(set! inbox (vector 1))",)
+        assert found[2].forms == ("(vector-set! inbox 0 2)",) and found[3].forms == ()
+
+    def test_cli_diff_and_history(self, path):
+        assert imago("eval", path, "(define x 1)").returncode == 0
+        first = json.loads(imago("changes", path, "--json").stdout)[0]["commit"]
+        assert imago("eval", path, "(set! x 2) (define y 1)").returncode == 0
+        head = json.loads(imago("changes", path, "--json").stdout)[-1]["commit"]
+        assert imago("diff", path, str(first), str(head)).stdout.split("\n")[:2] == ["+ y", "~ x"]
+        lines = imago("history", path, "x").stdout.splitlines()
+        assert "defined" in lines[0] and "(set! x 2)" in lines[1]
+        bad = imago("diff", path, "1", "4242")
+        assert bad.returncode == 1 and "no version 4242" in bad.stderr
+
+
+class TestSchemeForms:
+    """(snapshots) (snapshot! label) (at version expr) (history 'name)."""
+
+    def test_snapshots_and_at(self, session):
+        """(at id expr) sees that version's globals; the live image keeps its own."""
+        img, interp = session
+        interp.eval("(define-record-type point (mk x y) point? (x px) (y py))")
+        interp.eval('(define data (list 1 "s" (vector 2) (mk 3 4)))')
+        sid = interp.eval('(snapshot! "kept")')
+        interp.eval("(set! data #f)")
+        assert interp.eval("(cdr (assq 'label (car (reverse (snapshots)))))") == "kept"
+        assert interp.eval(f"(at {sid} (length data))") == 4
+        assert interp.eval(f"(let ((p (list-ref (at {sid} data) 3))) (and (point? p) (px p)))") == 3
+        assert interp.eval("data") is False
+        assert interp.eval("(point? (mk 1 2))") is True   # the live record type is unharmed
+
+    @pytest.mark.parametrize("form, message", [
+        ("(at {sid} (define z 1))", "read-only: cannot define z"),
+        ("(at {sid} (set! data 1))", "read-only: cannot set! data"),
+        ("(at {sid} (vector-set! v 0 1))", "read-only"),
+        ("(at {sid} f)", "cannot leave its view"),
+        ("(at 424242 1)", "no version 424242"),
+        ("(at 0 1)", "no version 0"),
+        ('(at "x" 1)', "expected a version"),
+        ("(snapshot! 7)", "expected a label"),
+        ("(history 7)", "expected a global's name"),
+    ])
+    def test_errors_are_clear(self, session, form, message):
+        img, interp = session
+        interp.eval("(define data 1) (define v (vector 0)) (define (f) 1)")
+        sid = interp.eval('(snapshot! "s")')
+        with pytest.raises(vm.SchemeFailure, match=message):
+            interp.eval(form.format(sid=sid))
+        assert interp.eval("data") == 1
+
+    def test_history_from_scheme(self, session):
+        _, interp = session
+        interp.eval("(define n 1) (set! n 2)")
+        forms = interp.eval("(map (lambda (v) (cdr (assq 'how v))) (history 'n))")
+        assert vm._types.to_list(forms) == ["defined", "changed"]
+
+
+class TestReplay:
+    """imago replay: entries after a version, from the line that has them."""
+
+    def test_bad_input(self, path):
+        """Malformed --skip, unknown entries, unknown versions, no line with entries: one line each."""
+        assert imago("eval", path, "(define a 1)").returncode == 0
+        since = json.loads(imago("changes", path, "--json").stdout)[0]["commit"]
+        for args, text in ((("--skip", "x"), "not an entry number"), (("--skip", "5-2"), "N <= M"),
+                           ((), "no other branch has journal entries")):
+            bad = imago("replay", path, "--since", str(since), *args)
+            assert bad.returncode in (1, 2) and text in bad.stderr and "Traceback" not in bad.stderr
+        assert "no version 777" in imago("replay", path, "--since", "777").stderr
+
+    def test_replay_stops_at_the_first_error(self, path):
+        """A form that fails stops the replay; the forms before it stay committed."""
+        assert imago("boot", path, stdin="(define a 1)\n").returncode == 0
+        good = snapshots.SnapshotLog(path).newest_good().id
+        assert imago("boot", path, stdin="(define b 2)\n(define c (+ b 1))\n(define d 4)\n").returncode == 0
+        assert imago("boot", path, "--snapshot", str(good)).returncode == 0
+        result = imago("replay", path, "--since", str(good), "--skip", "2")   # b is skipped: c fails
+        assert result.returncode == 1 and "replay stopped at entry 3" in result.stderr
+        assert values(imago("eval", path, "a")) == ["1"]
+        assert imago("eval", path, "d").returncode == 1   # after the failing form: not replayed
+
+
+def test_the_recovery_story(path):
+    """Define data, destroy it, quit; boot the snapshot before; replay skipping the damage."""
+    setup = "(define inbox (vector \"mail 1\" \"mail 2\"))\n(define notes (list 1 2 3))\n(define count 7)\n"
+    assert imago("boot", path, stdin=setup).returncode == 0
+    before = snapshots.SnapshotLog(path).newest_good().id
+    damage = "(begin (set! inbox #f) (set! notes #f) (set! count #f))\n(define later \"made after the damage\")\n"
+    assert imago("boot", path, stdin=damage).returncode == 0
+    assert values(imago("eval", path, "(list inbox notes count)")) == ["(#f #f #f)"]
+    booted = imago("boot", path, "--snapshot", str(before), stdin="")
+    assert booted.returncode == 0 and "kept as branch main~" in booted.stdout
+    entries = json.loads(imago("changes", path, "--since", str(before), "--json").stdout)
+    assert entries == []   # the current line has none: they are on the line left behind
+    branch = booted.stdout.split("kept as branch ")[1].split()[0]
+    lost = json.loads(imago("changes", path, "--since", str(before), "--from", branch, "--json").stdout)
+    destroyer = next(c["n"] for c in lost if "(set! inbox #f)" in c["form"])
+    replayed = imago("replay", path, "--since", str(before), "--skip", str(destroyer))
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"skipped {destroyer}" in replayed.stdout
+    final = imago("eval", path, "(list inbox notes count later)")
+    assert values(final) == ['(#("mail 1" "mail 2") (1 2 3) 7 "made after the damage")']
+    with image.open(path) as img:
+        img.check()
+        check_branches(img)
+
+
+def test_cli_main_registers_the_version_commands(capsys):
+    """build_parser loads browser._cmd_versions (and skips the optional modules that are missing)."""
+    assert main(["branch", "/nonexistent/x.image"]) == 1
+    assert "no image" in capsys.readouterr().err
