@@ -73,7 +73,9 @@ def print_report(report: FsckReport, out) -> None:
     """One line per version, newest first, then the verdict."""
     for r in reversed(report.results):
         what = r.kind + (f" {r.label}" if r.label else "")
-        if r.ok:
+        if r.vacuumed:
+            detail = "vacuumed (a vacuum dropped it; not verified)"
+        elif r.ok:
             detail = (f"ok      {r.pages:,} pages, {r.nodes:,} page-table nodes, "
                       f"{r.objects:,} objects, {r.blobs:,} blobs")
         else:
@@ -84,4 +86,6 @@ def print_report(report: FsckReport, out) -> None:
         print(f"{report.path}: {len(failed)} of {len(report.results)} versions FAILED: "
               f"{', '.join(str(r.id) for r in failed)}", file=out)
     else:
-        print(f"{report.path}: ok: {len(report.results)} versions verified", file=out)
+        dropped = f", {len(report.vacuumed)} vacuumed" if report.vacuumed else ""
+        print(f"{report.path}: ok: {len(report.results) - len(report.vacuumed)} versions verified"
+              f"{dropped}", file=out)

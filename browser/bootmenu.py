@@ -1,7 +1,9 @@
 """The boot menu: which snapshot to boot (prompt_toolkit, full screen).
 
 Lists the snapshots newest first, one line each: id, time, kind, status,
-branch, labels.  Below the list, for the selected snapshot, the last forms of
+branch, labels (control characters escaped, so a label holding a newline or
+a terminal escape still takes one line).  A snapshot a vacuum dropped
+(status "vacuumed") is not offered: its pages may be gone.  Below the list, for the selected snapshot, the last forms of
 the changes journal before it (read from a view of that version by the
 caller's forms_before(id), asked once per snapshot and kept).
 
@@ -31,6 +33,7 @@ __all__ = ["BootMenu", "choose"]
 
 FORMS_SHOWN = 5     # journal forms shown under the list
 PAGE = 10           # rows PageUp/PageDown move
+VACUUMED = "vacuumed"   # the status of a snapshot a vacuum dropped (snapshots/_log.py invariant 5)
 
 STYLE = Style.from_dict({"title": "bold", "selected": "reverse", "good": "ansigreen",
                          "crashed": "ansired", "unknown": "ansiyellow", "dim": "ansibrightblack"})
@@ -40,9 +43,10 @@ class BootMenu:
     """The menu's state: the snapshots (newest first) and the cursor."""
 
     def __init__(self, snapshots: Sequence[Snapshot], forms_before: Callable[[int], list[str]]) -> None:
-        if not snapshots:
-            raise ValueError("the boot menu needs at least one snapshot")
-        self.rows = sorted(snapshots, key=lambda s: s.id, reverse=True)
+        self.rows = sorted((s for s in snapshots if s.status != VACUUMED), key=lambda s: s.id,
+                           reverse=True)
+        if not self.rows:
+            raise ValueError("the boot menu needs at least one snapshot (not vacuumed)")
         self.forms_before = forms_before
         self._forms: dict[int, list[str]] = {}
         good = [i for i, s in enumerate(self.rows) if s.status == "good"]
@@ -50,8 +54,9 @@ class BootMenu:
         self.chosen: int | None = None
 
     def check(self) -> None:
-        """The cursor is on a row."""
+        """The cursor is on a row; no row is a vacuumed snapshot."""
         assert 0 <= self.cursor < len(self.rows), (self.cursor, len(self.rows))
+        assert all(s.status != VACUUMED for s in self.rows)
 
     @property
     def selected(self) -> Snapshot:
@@ -96,8 +101,8 @@ class BootMenu:
 
 def row_text(s: Snapshot) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time))
-    labels = f"  {', '.join(s.labels)}" if s.labels else ""
-    return f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<7}  {s.branch}{labels}"
+    labels = f"  {s.labels_text}" if s.labels else ""
+    return f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<8}  {s.branch}{labels}"
 
 
 def application(menu: BootMenu, **kwargs) -> Application:

@@ -199,7 +199,7 @@ def _menu_choice(path: str):
     if not os.path.isdir(path):
         return None
     with image.open(path, readonly=True) as img:
-        listed = snapshots.log_of(img).snapshots()
+        listed = [s for s in snapshots.log_of(img).snapshots() if s.status != "vacuumed"]
         if len(listed) < 2:
             return None
         chosen = choose(listed, lambda sid: _forms_before(img, sid))
@@ -227,11 +227,14 @@ def _boot_version(img, log, args, interactive: bool, out) -> None:
         if target not in {s.id for s in log.snapshots()} and target != img.head:
             raise ValueError(f"{args.image} has no snapshot {target} (imago snapshots lists them)")
     elif args.latest or not interactive:
-        good = log.newest_good()
-        target = good.id if good is not None else None
-        if good is not None and good.id != img.head:
-            print(f";; booting the newest known-good snapshot, {good.id} "
+        good = snapshots.boot_target(img, log)
+        if good is not None:
+            target = good.id
+            print(f";; the last session crashed: booting the newest known-good snapshot, {good.id} "
                   f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(good.time))})", file=out)
+        else:
+            print(f";; booting version {img.head}, the newest of branch "
+                  f"{snapshots.current_branch(img)} (its last session did not crash)", file=out)
     if target is not None and target != img.base:
         kept = snapshots.rewind_keeping_line(img, target)
         print(f";; booted version {target}; the line you left is kept as branch {kept} "
@@ -263,18 +266,20 @@ def cmd_snapshots(args, out) -> int:
         return 0
     for s in reversed(listed):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time))
-        label = f"  {', '.join(s.labels)}" if s.labels else ""
+        label = f"  {s.labels_text}" if s.labels else ""   # escaped: one snapshot, one line
         size = f"  {_human(sizes[s.id])}" if s.id in sizes else ""
-        print(f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<7}  {s.branch}{size}{label}", file=out)
+        print(f"{s.id:>8}  {when}  {s.kind:<5}  {s.status:<8}  {s.branch}{size}{label}", file=out)
     return 0
 
 
 def cmd_snapshot(args, out) -> int:
     import snapshots
+    if not args.label.strip():   # as (snapshot! ""): a blank label names nothing, yet is kept forever
+        raise ValueError("snapshot: expected a label (a non-empty string), got " + repr(args.label))
     with image.open(_existing(args.image), readonly=True) as img:
         head, branch = img.head, snapshots.current_branch(img)
     snap = snapshots.SnapshotLog(args.image).take(head, "label", args.label, branch)
-    print(f"snapshot {snap.id}: {args.label}", file=out)
+    print(f"snapshot {snap.id}: {snap.labels_text}", file=out)
     return 0
 
 

@@ -84,6 +84,13 @@ STATES (PageStore._state; _verify_state() checks each, check() calls it)
     that no one takes them for a commit, and the uncommitted pages are kept so
     the caller may commit again or roll back.
 
+    On the real file system (the plain Vfs) a commit's build, write, sync and
+    finish are one C call (ic_commit_write) with the GIL released, so nothing
+    can interrupt it between write and sync; an interrupt raised as it returns
+    leaves the commit standing, and PageStore._catch_up brings the store up to
+    it.  A Vfs subclass (the fault shims of the tests) takes the Python path
+    above, where the interrupted-write transition applies.
+
 RECOVERY is what opening does: find the newest valid record (invariant 3),
 verify its pages (a failure drops it, with a RecoveryWarning; only the newest
 can be torn, so the one before it is trusted), load its checkpoint and replay
@@ -114,8 +121,8 @@ segment such an image opens in 3 s); lazily mapping them is the next step.
 Vacuum (segment cleaning, _vacuum.py) copies what retained versions reach out
 of mostly-dead segments and writes stand-ins for the versions whose trees
 pointed there; its throughput is bounded by per-batch syncs, the fixed cost of
-a new segment and the stand-ins' path nodes (bench/bench_vacuum.py: about
-0.25x of the disk's sequential bandwidth on 64 MiB segments, 0.09x on 8 MiB).
+a new segment and the stand-ins' path nodes (bench/bench_vacuum.py: 0.32-0.38x
+of the disk's sequential bandwidth on 64 MiB segments, 0.09-0.13x on 8 MiB).
 """
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)

@@ -17,6 +17,8 @@ What is built:
     create_branch(img, name, from_commit=None), switch(img, name)
     rewind_keeping_line(img, commit)   booting an older snapshot: the line left
                                        is kept as the branch "<branch>~<tip>"
+  Booting without a menu (_boot.py): boot_target(img, log) -> the newest good
+    snapshot of the current line if its last session crashed, else None (the head)
   Versions (_versions.py: the journal, fingerprints):
     journal(img) / changes(img, since, branch) -> [Change(n, commit, time, form)]
     history(img, name) -> [Version(commit, time, how, forms)]
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import image
 
+from snapshots._boot import boot_target
 from snapshots._branches import (DEFAULT_BRANCH, Branch, branches, create_branch, current_branch,
                                  rewind_keeping_line, switch)
 from snapshots._bundle import BundleError, BundleInfo, export, import_bundle, verify
@@ -53,11 +56,12 @@ from snapshots._vacuum import held_back, vacuum_image
 from snapshots._versions import (Change, Diff, Version, changes, diff, fingerprint, history, journal,
                                  replay_source)
 
-__all__ = ["DEFAULT_BRANCH", "KINDS", "Branch", "BundleError", "BundleInfo", "Change", "Diff",
-           "FsckReport", "Snapshot", "SnapshotLog", "Version", "VersionResult", "branches", "changes",
-           "create_branch", "current_branch", "diff", "export", "fingerprint", "fsck", "history",
-           "held_back", "import_bundle", "journal", "log_of", "Policy", "parse_policy", "replay_source",
-           "retained", "rewind_keeping_line", "switch", "vacuum_image", "verify"]
+__all__ = ["Branch", "BundleError", "BundleInfo", "Change", "DEFAULT_BRANCH", "Diff", "FsckReport",
+           "KINDS", "Policy", "Snapshot", "SnapshotLog", "Version", "VersionResult", "boot_target",
+           "branches", "changes", "create_branch", "current_branch", "diff", "export",
+           "fingerprint", "fsck", "held_back", "history", "import_bundle", "journal", "log_of",
+           "parse_policy", "replay_source", "retained", "rewind_keeping_line", "switch",
+           "vacuum_image", "verify"]
 
 
 def log_of(img: image.Image) -> SnapshotLog:

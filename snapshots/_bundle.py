@@ -28,12 +28,20 @@ nearly free.  A page with no entry reads as zeros in the source and in the
 import alike.  The commit's time, the image's other versions, its snapshot
 log and its pager identity (image id and checksum salt) are not carried: an
 import is a new image whose history starts with this version, labelled as a
-snapshot "imported (commit N of the exported image)".
+snapshot "imported (commit N of the exported image)".  The changes journal
+in the heap keeps the exporter's commit numbers (the head holds exactly the
+bundle's pages); the imported version is its line's origin, so changes,
+history and replay read those entries as made by it (snapshots/_versions.py,
+A LINE'S ORIGIN).
 
 INVARIANTS (each checked where named)
  1. A bundle appears whole or not at all under its final name: it is written
     as ``OUT.tmp-PID``, fsynced, renamed over OUT, and the directory fsynced;
-    any failure removes the temp file (_write_atomically).
+    any failure removes the temp file (_write_atomically).  Only a regular
+    file is ever replaced: an existing OUT that is a directory, a FIFO, a
+    device or a socket is refused before anything is written (a rename
+    would destroy the node); a symbolic link to a regular file has its
+    target replaced, a dangling one is refused (_export_target).
  2. Export and import run in constant memory whatever the image size: pages
     stream through zstd in batches of BATCH_BYTES; import commits a batch at
     a time.  (The page-number walk keeps only the pages the commits since
@@ -59,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import time
 from collections.abc import Iterator
@@ -120,6 +129,7 @@ def export(source: str | os.PathLike | image.Image, commit: int | None,
     commit None means the current version (the head of a path, an open
     image's base).  Returns what the bundle's header says."""
     out_path = os.fspath(out_path)
+    _export_target(out_path)   # refuse a bad target before reading the image; checked again at the rename
     if isinstance(source, image.Image):
         store = source.store
         if not isinstance(store, PageStore):
@@ -182,10 +192,26 @@ def _write_bundle(f: BinaryIO, store: PageStore, view: PageView, info: BundleInf
     f.write(TRAILER.pack(END_MAGIC, frame_length, digest.digest()))
 
 
-def _write_atomically(out_path: str, write) -> None:
-    """write(f) fills a temp file that becomes out_path whole (invariant 1)."""
+def _export_target(out_path: str) -> str:
+    """The path a bundle may be renamed to for out_path (invariant 1)."""
     if os.path.isdir(out_path):
         raise IsADirectoryError(f"{out_path} is a directory, not a bundle file")
+    if not os.path.lexists(out_path):
+        return out_path
+    try:
+        mode = os.stat(out_path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{out_path} is a symbolic link to nothing; "
+                                "export will not write through it") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{out_path} exists and is not a regular file (a FIFO, a device or a "
+                         "socket): export replaces only a regular file")
+    return os.path.realpath(out_path)
+
+
+def _write_atomically(out_path: str, write) -> None:
+    """write(f) fills a temp file that becomes out_path whole (invariant 1)."""
+    out_path = _export_target(out_path)
     temp = f"{out_path}.tmp-{os.getpid()}"
     try:
         with open(temp, "xb") as f:

@@ -19,8 +19,15 @@ its verification); a fault in one never stops the others.  The report is
 FAILED if any version failed; the CLI then exits with status 1.  Only
 opening the image at all (its head must be found) can raise.
 
+A snapshot the log marks "vacuumed" (a vacuum's policy dropped it, _log.py
+invariant 5) is not verified: its pages may be gone, and that is no damage.
+It is listed with vacuumed=True and counts as passed.  Every other snapshot
+is a promise, so one whose version is not on disk FAILS ("commit N was
+vacuumed" for a snapshot the log still offers is a lost version).
+
 INVARIANT (FsckReport.check): one result per version, ascending by commit,
-the head among them; a result holds an error or its counts, never both.
+the head among them; a result holds an error or its counts, never both; a
+vacuumed result holds neither and is never the head.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 
 import image
 from pager import PagerError, PageStore
-from snapshots._log import SnapshotLog
+from snapshots._log import VACUUMED, SnapshotLog
 
 
 @dataclass(frozen=True)
@@ -38,11 +45,12 @@ class VersionResult:
     id: int                  # the commit (a snapshot's id is its commit)
     kind: str                # "head", or the snapshot's kind: boot, label, auto
     label: str | None
-    error: str | None        # None: every check passed
+    error: str | None        # None: every check passed (or, vacuumed, none was made)
     pages: int = 0
     nodes: int = 0
     objects: int = 0
     blobs: int = 0
+    vacuumed: bool = False   # a vacuum dropped it: not verified, not a failure
 
     @property
     def ok(self) -> bool:
@@ -70,6 +78,12 @@ class FsckReport:
         assert self.head in ids, (self.head, ids)
         for r in self.results:
             assert (r.error is None) or (r.pages, r.nodes, r.objects, r.blobs) == (0, 0, 0, 0), r
+            assert not r.vacuumed or (r.error is None and r.id != self.head
+                                      and (r.pages, r.nodes, r.objects, r.blobs) == (0, 0, 0, 0)), r
+
+    @property
+    def vacuumed(self) -> list[VersionResult]:
+        return [r for r in self.results if r.vacuumed]
 
 
 def fsck(path: str | os.PathLike) -> FsckReport:
@@ -80,19 +94,24 @@ def fsck(path: str | os.PathLike) -> FsckReport:
         raise FileNotFoundError(f"no image at {path}")
     with PageStore.open(path, readonly=True) as store:
         versions = _versions(path, store.head)
-        results = tuple(_verify_version(store, commit, kind, label)
-                        for commit, (kind, label) in sorted(versions.items()))
+        results = tuple(_vacuumed(commit, kind, label) if dropped and commit != store.head
+                        else _verify_version(store, commit, kind, label)
+                        for commit, (kind, label, dropped) in sorted(versions.items()))
         report = FsckReport(path, store.head, results)
     report.check()
     return report
 
 
-def _versions(path: str, head: int) -> dict[int, tuple[str, str | None]]:
-    """commit -> (kind, label) for every snapshot, and the head."""
-    versions = {s.id: (s.kind, ", ".join(s.labels) or None)
+def _versions(path: str, head: int) -> dict[int, tuple[str, str | None, bool]]:
+    """commit -> (kind, label, vacuumed) for every snapshot, and the head."""
+    versions = {s.id: (s.kind, s.labels_text or None, s.status == VACUUMED)
                 for s in SnapshotLog(path).snapshots()}
-    versions.setdefault(head, ("head", None))
+    versions.setdefault(head, ("head", None, False))
     return versions
+
+
+def _vacuumed(commit: int, kind: str, label: str | None) -> VersionResult:
+    return VersionResult(commit, kind, label, None, vacuumed=True)
 
 
 def _verify_version(store: PageStore, commit: int, kind: str, label: str | None) -> VersionResult:

@@ -9,7 +9,7 @@ FORMAT: append-only text, one entry a line: ``<crc32 of the json, 8 hex> <json>`
 
     {"op": "snapshot", "id": 12, "time": 1.7e9, "kind": "boot"|"label"|"auto",
      "label": "before cleanup" | null, "branch": "main"}
-    {"op": "status", "id": 12, "status": "good"}
+    {"op": "status", "id": 12, "status": "good"|"crashed"|"unknown"|"vacuumed"}
     {"op": "branch", "name": "feature", "tip": 40, "from": 31}   (snapshots/_branches.py)
 
 INVARIANTS
@@ -24,8 +24,20 @@ INVARIANTS
    session may still run (the image is locked by a writer) and "crashed" once
    it cannot (the lock is free, yet the session never marked it good).  A
    label snapshot with none is "good", an auto one "unknown".
+   "vacuumed" is terminal: no later status entry changes it.
 4. The summary (below) is only a hint: a listing answers exactly what folding
    every line of the log would answer, with or without it.
+5. A snapshot listed with any status but "vacuumed" can be opened (a
+   vacuum's doing; damage is fsck's to find).  Vacuum (_vacuum.py) marks the
+   snapshots its policy drops "vacuumed" BEFORE the pager deletes a segment:
+   a crash in between leaves a snapshot marked vacuumed whose pages are still
+   on disk (it is only not offered any more), never one listed bootable whose
+   pages are gone.  A vacuumed snapshot stays in the listing (its id, time and
+   labels are history), but nothing offers it as a version to boot.
+
+SANE FIELDS (invariant 2): an id or tip is an int in 1 .. 2**63-1 (not a
+bool), a time a finite number of seconds between 0 and the end of year 9999,
+a kind one of KINDS, a status one of STATUSES, a label and a branch strings.
 
 THE SUMMARY, ``NAME.image/SNAPSHOTS.summary``, makes listing 10,000 snapshots
 cost milliseconds.  Parsing a JSON line costs ~30 us on the target machine
@@ -68,6 +80,7 @@ import marshal
 import os
 import threading
 import time
+import unicodedata
 import zlib
 from bisect import bisect_left
 from collections import namedtuple
@@ -77,8 +90,12 @@ from functools import partial
 LOG_NAME = "SNAPSHOTS"
 SUMMARY_NAME = "SNAPSHOTS.summary"
 SUMMARY_MAGIC = b"imago-snapshot-summary"
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2   # 2: stricter field checks, "vacuumed" terminal (a v1 summary is refolded)
 KINDS = ("boot", "label", "auto")
+STATUSES = ("good", "crashed", "unknown", "vacuumed")
+VACUUMED = "vacuumed"
+MAX_ID = 2**63 - 1                # commit numbers are unsigned 64-bit on disk; Python ints beyond are bogus
+MAX_TIME = 253402300799.0         # 9999-12-31 23:59:59 UTC: the last second time.localtime formats
 # Tail lines folded at each listing before the summary is rewritten: at ~30 us
 # a line, 256 lines cost ~8 ms, about what rewriting the summary costs.
 TAIL_REFRESH_LINES = 256
@@ -102,12 +119,30 @@ class Snapshot(_SnapshotFields):
         return super().__new__(cls, id, time, kind, label, branch, status,
                                [] if labels is None else labels)
 
+    @property
+    def labels_text(self) -> str:
+        """Its labels as one line of text: ", "-joined, control characters
+        (newlines, terminal escapes) escaped as repr would."""
+        return ", ".join(map(one_line, self.labels))
+
     def as_json(self) -> dict:
         return {"id": self.id, "time": self.time, "kind": self.kind, "label": self.label,
                 "status": self.status, "branch": self.branch}
 
 
 _make_snapshot = partial(tuple.__new__, Snapshot)   # a row -> Snapshot, with no Python frame
+
+
+def one_line(text: str) -> str:
+    """text with its control and line-separator characters escaped as repr
+    escapes them (a newline becomes \\n, ESC \\x1b): printed, it takes one line
+    and moves no terminal cursor.  Other characters are left as they are."""
+    if text.isprintable():
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTED else c for c in text)
+
+
+_UNPRINTED = ("Cc", "Zl", "Zp")   # control characters; line and paragraph separators
 
 
 def _line(entry: dict) -> bytes:
@@ -137,16 +172,29 @@ def _parse_lines(data: bytes) -> list[dict]:
     return out
 
 
+def _is_id(value) -> bool:
+    return type(value) is int and 0 < value <= MAX_ID
+
+
+def _is_time(value) -> bool:
+    return type(value) in (int, float) and 0 <= value <= MAX_TIME   # NaN fails both comparisons
+
+
 def _is_snapshot_entry(e: dict) -> bool:
-    """Whether a checksummed snapshot entry has the fields it must (a line
-    written by another tool or version may not): such a line is skipped."""
-    return (isinstance(e.get("id"), int) and isinstance(e.get("time"), (int, float))
+    """Whether a checksummed snapshot entry has sane fields (module docstring;
+    a line written by another tool or version may not): such a line is skipped."""
+    return (_is_id(e.get("id")) and _is_time(e.get("time"))
             and e.get("kind") in KINDS and isinstance(e.get("label"), (str, type(None)))
             and isinstance(e.get("branch", "main"), str))
 
 
+def _is_status_entry(e: dict) -> bool:
+    return _is_id(e.get("id")) and e.get("status") in STATUSES
+
+
 def _is_branch_entry(e: dict) -> bool:
-    return isinstance(e.get("name"), str) and isinstance(e.get("tip"), int)
+    return (isinstance(e.get("name"), str) and _is_id(e.get("tip"))
+            and (e.get("from") is None or _is_id(e.get("from"))))
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -181,7 +229,7 @@ class _Table:
         op = e["op"]
         if op == "snapshot" and _is_snapshot_entry(e):
             self._apply_snapshot(e)
-        elif op == "status" and e.get("id") in self.index and isinstance(e.get("status"), str):
+        elif op == "status" and _is_status_entry(e) and e["id"] in self.index:
             self._apply_status(self.index[e["id"]], e["status"])
         elif op == "branch" and _is_branch_entry(e):
             self.branch_entries.append(e)
@@ -206,6 +254,8 @@ class _Table:
 
     def _apply_status(self, pos: int, status: str) -> None:
         sid = self.ids[pos]
+        if self.statuses[pos] == VACUUMED:   # terminal (invariant 3): its pages may be gone
+            return
         if status == "unknown":   # says nothing: the status the kind implies
             self.explicit.discard(sid)
             self.statuses[pos] = _DEFAULT_STATUS[self.columns[_KIND][pos]]
@@ -257,6 +307,7 @@ class _Table:
         assert not self.in_order or self.ids == sorted(self.ids)
         for sid, kind, status in zip(self.ids, kinds, statuses):
             assert kind in KINDS and (sid in self.explicit or status == _DEFAULT_STATUS[kind])
+            assert status in STATUSES, (sid, status)
         assert self.explicit <= set(self.ids)
         assert self.newest_boot is None or self.newest_boot in self.index
 
@@ -361,21 +412,33 @@ class SnapshotLog:
 
     def mark(self, snapshot_id: int, status: str) -> None:
         """Records what became of a boot snapshot ("good")."""
+        if status not in STATUSES:
+            raise ValueError(f"a snapshot's status is {', '.join(STATUSES)}, not {status!r}")
         self._append({"op": "status", "id": snapshot_id, "status": status})
+
+    def mark_vacuumed(self, snapshot_ids) -> None:
+        """Records that a vacuum may delete these snapshots' pages: one write and
+        one fsync for all, made before the vacuum deletes anything (invariant 5)."""
+        self._append_lines(b"".join(_line({"op": "status", "id": sid, "status": VACUUMED})
+                                    for sid in sorted(snapshot_ids)))
 
     def record_branch(self, name: str, tip: int, from_commit: int | None) -> None:
         """Records that branch name's line ends at commit tip (durable when this returns)."""
         self._append({"op": "branch", "name": name, "tip": tip, "from": from_commit})
 
     def _append(self, entry: dict) -> None:
+        self._append_lines(_line(entry))
+
+    def _append_lines(self, lines: bytes) -> None:
+        if not lines:
+            return
         created = not os.path.exists(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
-            line = _line(entry)
             if size and not self._ends_in_newline(size):
-                line = b"\n" + line   # after a torn last line, start afresh (invariant 2)
-            os.write(fd, line)
+                lines = b"\n" + lines   # after a torn last line, start afresh (invariant 2)
+            _write_all(fd, lines)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -17,20 +17,36 @@ most, and every vector's and table's length is always part of the digest; a
 change deeper than that in a bigger value is not seen.  Shared structure and
 cycles are walked once (a back-reference after that).
 
+A LINE'S ORIGIN is its oldest version on disk that holds an object memory.
+The journal entries that version already held were made before it, in
+commits this image does not have: by the image a bundle was exported from
+(their numbers are that image's, and may equal later commits of this one),
+or in versions vacuum removed.  They are read as made by the origin: the
+origin stands for all of them (an import's head, or the oldest version
+vacuum kept).  Entries are told apart by position, not by commit number:
+the journal grows at its end only, so the origin's entries are the first
+ones of every later version's journal.  A normal image's origin is its
+formatting commit, whose journal is empty.
+
 INVARIANTS
 1. Nothing here writes: versions are read through views (img.at), each
    closed before the function returns.
 2. A journal entry is used only from the line that holds it: entries are
    read from the view of that line's tip.
+3. Every commit a journal entry names is a version of its line: the
+   entries the origin held name the origin (line_journal; check_line_journal
+   verifies it).
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import image
+from image import meta_block_of
 
 from snapshots._branches import Branch, branches, branch_named, require_version, version_of
 
@@ -75,7 +91,9 @@ class Diff:
 # -- the journal ------------------------------------------------------------------------
 
 def journal(img: image.Image) -> list[Change]:
-    """The changes journal of img's version, oldest first."""
+    """The changes journal of img's version, oldest first, as stored: the
+    commit numbers are those of the image that made each entry (changes and
+    history read them through line_journal)."""
     system = img.system
     state = system.get("scheme") if hasattr(system, "get") else None
     entries = state.get("journal") if hasattr(state, "get") else None
@@ -96,8 +114,44 @@ def changes(img: image.Image, since: int | None = None, branch: str | None = Non
     tip = version_of(img) if branch is None else branch_named(img, branch).tip
     if since is not None:
         require_version(img, since)
-    entries = journal(img) if tip == version_of(img) else journal_at(img, tip)
+    entries = line_journal(img, tip)
     return [c for c in entries if since is None or c.commit > since]
+
+
+def line_journal(img: image.Image, tip: int, commits: list | None = None) -> list[Change]:
+    """The journal of the line ending at tip, the entries its origin already
+    held naming the origin (see A LINE'S ORIGIN; invariant 3).  commits:
+    the store's commits() when the caller has them."""
+    entries = _journal_of_version(img, tip)
+    origin, inherited = _origin(img, tip, commits)
+    if not inherited:
+        return entries
+    return [replace(c, commit=origin) if i < inherited else c for i, c in enumerate(entries)]
+
+
+def _journal_of_version(img: image.Image, commit: int) -> list[Change]:
+    return journal(img) if commit == version_of(img) else journal_at(img, commit)
+
+
+def _origin(img: image.Image, tip: int, commits: list | None) -> tuple[int, int]:
+    """The origin of tip's line and how many journal entries it held (0, 0 if none)."""
+    records = {c.number: c for c in (commits if commits is not None else _writer_store(img).commits())}
+    origin, commit = None, tip
+    while commit in records:
+        if meta_block_of(records[commit].meta):
+            origin = commit
+        commit = records[commit].parent
+    if origin is None:
+        return 0, 0
+    return origin, len(_journal_of_version(img, origin))
+
+
+def check_line_journal(img: image.Image, tip: int) -> None:
+    """Invariant 3: every entry of tip's line journal names a version of that line."""
+    on_line = set(line_of(img, tip))
+    stray = [c for c in line_journal(img, tip) if c.commit not in on_line]
+    if stray:
+        raise AssertionError(f"journal entries name commits off the line of {tip}: {stray}")
 
 
 # -- lines of commits --------------------------------------------------------------------
@@ -135,7 +189,7 @@ def replay_source(img: image.Image, since: int, branch: str | None = None) -> tu
     for b in branches(img):
         if b.current or since not in line_of(img, b.tip):
             continue
-        entries = [c for c in journal_at(img, b.tip) if c.commit > since]
+        entries = [c for c in line_journal(img, b.tip) if c.commit > since]
         if entries:
             found.append((b.tip, b, entries))
     if not found:
@@ -243,24 +297,40 @@ def history(img: image.Image, name: str, tip: int | None = None) -> list[Version
     """The versions of the line ending at tip (default: the current version)
     in which global name was defined, changed or removed, oldest first.
     Versions are sampled at the commits of the journal's forms, and at the
-    tip (a change made by the Python API shows there, with no form)."""
+    tip (a change made by the Python API shows there, with no form).  A
+    version several forms made (a line's origin stands for all the forms
+    before it) lists those of them that name the global, if any do: the
+    states between them are not on disk to tell which did it."""
     tip = version_of(img) if tip is None else tip
     require_version(img, tip)
-    entries = journal(img) if tip == version_of(img) else journal_at(img, tip)
+    commits = _writer_store(img).commits()
     on_line = set(line_of(img, tip))
     forms: dict[int, list[str]] = {}
-    for c in entries:
+    for c in line_journal(img, tip, commits):
         if c.commit in on_line:
             forms.setdefault(c.commit, []).append(c.form)
-    times = {c.number: c.time for c in _writer_store(img).commits()}
+    times = {c.number: c.time for c in commits}
     found, before = [], None
     for commit in sorted(set(forms) | {tip}):
         now = _fingerprint_at(img, commit, name)
         if now != before:
             how = "removed" if now is None else "defined" if before is None else "changed"
-            found.append(Version(commit, times.get(commit), how, tuple(forms.get(commit, ()))))
+            found.append(Version(commit, times.get(commit), how, _forms_naming(forms.get(commit, []), name)))
         before = now
     return found
+
+
+# Characters that end a Scheme identifier (R7RS 7.1.1 delimiters, and quote marks).
+_DELIMITERS = r"""\s()\[\]";'`,|"""
+
+
+def _forms_naming(forms: list[str], name: str) -> tuple[str, ...]:
+    """forms, or when there are several, those in which name appears as an identifier (if any)."""
+    if len(forms) < 2:
+        return tuple(forms)
+    pattern = re.compile(rf"(?:^|[{_DELIMITERS}]){re.escape(name)}(?=$|[{_DELIMITERS}])")
+    naming = tuple(f for f in forms if pattern.search(f))
+    return naming or tuple(forms)
 
 
 def _fingerprint_at(img: image.Image, commit: int, name: str) -> bytes | None:

@@ -27,7 +27,9 @@ class TestDefault:
         again = subprocess.run([sys.executable, "-m", "browser"], input="seen\n", capture_output=True,
                                text=True, env={**os.environ, **home}, timeout=60)
         assert again.returncode == 0 and "created" not in again.stdout
-        assert again.stdout.split() == ["1"]
+        notes = [line for line in again.stdout.splitlines() if line.startswith(";;")]
+        assert [line for line in again.stdout.splitlines() if not line.startswith(";;")] == ["1"]
+        assert notes and "booting version" in notes[0]     # a pipe boot says which version
 
 
 class TestSubcommands:

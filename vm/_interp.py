@@ -37,9 +37,13 @@ which a global changed (snapshots.history); (at version expr) evaluates expr
 (unevaluated, at top level) in a second Interpreter over a read-only view of
 that version (``Interpreter(view, view_of=version)``: define and set! of a
 global raise there, and so does a write to stored data), copies the value
-out as transient data (a procedure cannot leave) and closes the view.  The
-live interpreter then registers its image procedures and record classes
-again, which the view's interpreter replaced process-wide.
+out as transient data and closes the view (_Detacher: everything the value
+reaches is copied, stored or made in the view; a procedure made in the view
+cannot leave it, the standard procedures can).  The live interpreter then
+registers its image procedures and record classes again, which the view's
+interpreter replaced process-wide.  Inside a view, (at W expr) opens W from
+the live image too, and (history 'name) answers for the line up to the
+view's version.
 
 STATES: READY --eval--> RUNNING A FORM --ok: commit / error: roll back--> READY;
 BOOTING (replaying syntax and unstorable definitions) happens once, in
@@ -166,6 +170,9 @@ class Interpreter:
         from ._builtins import PRIMITIVES
         from ._expand import SyntacticEnv
         self.img = img
+        # The image versions are opened from: img itself, or for a view's
+        # interpreter the live image (a view cannot open another version).
+        self._origin = img
         procedures = dict(PRIMITIVES)
         procedures.update(RUNTIME)
         self.env = ImageEnvironment(img, procedures, SyntacticEnv.standard())
@@ -279,8 +286,8 @@ class Interpreter:
         if not isinstance(name, (Symbol, str, MString)):
             raise SchemeError("history: expected a global's name, got", name)
         key = name.name if isinstance(name, Symbol) else _text(name)
-        try:
-            versions = snapshots.history(self.img, key)
+        try:   # in a view: the history of the line up to the view's version
+            versions = snapshots.history(self._origin, key, tip=self.env.view_of)
         except (ValueError, image.ImageError, PagerError) as exc:
             raise SchemeError(f"history: {exc}") from None
         return from_iterable(_alist({"commit": v.commit, "time": v.time, "how": v.how,
@@ -293,29 +300,39 @@ class Interpreter:
         if type(version) is not int:
             raise SchemeError("at: expected a version (a snapshot id, a commit number), got", version)
         try:
-            view = self.img.at(version)
+            view = self._origin.at(version)
         except (KeyError, image.ImageError, PagerError) as exc:
             reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise SchemeError(f"at: there is no version {version} ({reason})") from None
         live_classes = dict(self.img._handle_classes)
         try:
             inner = Interpreter(view, view_of=version)
-            # The view's interpreter registered its own image procedures and,
-            # replaying its record types, their classes in every open image:
-            # the live image keeps its own.
-            _persist.register_system_procedures(self._image_procedures)
-            for index, cls in live_classes.items():
-                if self.img._handle_classes.get(index) is not cls:
-                    self.img.set_handle_class(index, cls)
+            inner._origin = self._origin   # an (at ...) inside opens from the live image too
+            self._take_back(live_classes)
             try:
                 value = inner.run_form(datum)
             except SchemeFailure as exc:
                 if isinstance(exc.condition, BaseException):   # the view refused a write
                     raise SchemeError(f"at: version {version} is read-only ({exc})") from None
                 raise SchemeRaise(exc.condition) from None
-            return _detach(value, version, self.img)
+            finally:   # an (at ...) inside made one more interpreter
+                self._take_back(live_classes)
+            try:
+                return _detach(value, version, self.img)
+            except RecursionError:
+                raise SchemeError(f"at: the value is nested too deeply to copy out of version "
+                                  f"{version}") from None
         finally:
             view.close()
+
+    def _take_back(self, classes: dict) -> None:
+        """A view's interpreter registered its own image procedures and,
+        replaying its record types, their classes in every open image: this
+        interpreter's image keeps its own."""
+        _persist.register_system_procedures(self._image_procedures)
+        for index, cls in classes.items():
+            if self.img._handle_classes.get(index) is not cls:
+                self.img.set_handle_class(index, cls)
 
     def _commit_point(self) -> None:
         """(commit): makes what the running form has done so far durable; the
@@ -532,51 +549,129 @@ def _text(x: Any) -> str:
 
 
 def _detach(x: Any, version: int, live: image.Image) -> Any:
-    """A value read in a view, copied out as transient data (the view closes):
-    pairs, strings, vectors, tables and records by content; a procedure of
-    that version cannot leave it."""
-    from ._builtins import PRIMITIVES
-    from ._types import Record, SVector
-    if isinstance(x, _persist.PersistentPair):
-        items, tail = [], x
-        while isinstance(tail, _persist.PersistentPair):
-            items.append(_detach(tail.car, version, live))
-            tail = tail.cdr
-        return from_iterable(items, _detach(tail, version, live))
-    if isinstance(x, _persist.PersistentString):
-        return MString(x.s)
-    if isinstance(x, image.Vector):
-        return SVector(_detach(item, version, live) for item in x)
-    if isinstance(x, tuple) and type(x) is not Values:
-        return tuple(_detach(item, version, live) for item in x)
-    if isinstance(x, image.Table):
-        table = PRIMITIVES["make-hash-table"]()
-        for key, value in x.items():
-            table.set(_detach(key, version, live), _detach(value, version, live))
-        return table
-    if isinstance(x, Record) and getattr(x, "_addr", None) is not None:
-        return _detach_record(x, version, live)
-    if isinstance(x, (_persist.StoredProcedure, image.Handle)):
-        kind = "procedure" if callable(x) else type(x).__name__.lower()
-        raise SchemeError(f"at: a {kind} of version {version} cannot leave its view; "
-                          "return data computed from it")
-    return x
+    """A value computed in a view, copied out as transient data (the view
+    closes): see _Detacher."""
+    return _Detacher(version, live).copy(x)
 
 
-def _detach_record(x: Any, version: int, live: image.Image) -> Any:
-    """A transient copy of a stored record, of the live image's record type
-    of the same name and fields when it has one (so its predicate holds)."""
-    from ._types import field_slot
-    rtd = type(x).record_type
-    for cls in list(live._handle_classes.values()):
-        live_type = getattr(cls, "record_type", None)
-        if live_type is not None and (live_type.name, live_type.fields) == (rtd.name, rtd.fields):
-            rtd = live_type
-            break
-    copy = rtd.cls.__new__(rtd.cls)
-    for field in rtd.fields:
-        setattr(copy, field_slot(field), _detach(getattr(x, field_slot(field)), version, live))
-    return copy
+class _Detacher:
+    """Copies a value out of a view of version V: every pair, string, vector,
+    table, record and condition it reaches, stored in V or made while the
+    view ran, so that nothing the result holds reads the closed view.  A
+    procedure made in the view (a lambda, a stored procedure, a record
+    constructor, a continuation, a parameter, a promise) cannot leave it: its
+    code reads V's globals.  The standard procedures are the same in every
+    version and pass as they are.  Shared structure and cycles are copied once:
+    the memo maps id(original) -> (original, copy), keeping each original
+    alive so that its id is not reused during the walk."""
+
+    def __init__(self, version: int, live: image.Image) -> None:
+        self.version, self.live = version, live
+        self.memo: dict[int, tuple[Any, Any]] = {}
+        self._standard: frozenset[int] | None = None
+
+    def copy(self, x: Any) -> Any:
+        if type(x) in _ATOMS:
+            return x
+        done = self.memo.get(id(x))
+        if done is not None:
+            return done[1]
+        copier = self._copier(x)
+        return x if copier is None else copier(x)
+
+    def _copier(self, x: Any) -> Any:
+        """The method that copies x, None for a value that holds nothing of the view."""
+        from ._builtins import HashTable
+        from ._runtime import Promise
+        from ._types import Record, SVector
+        if isinstance(x, Pair):
+            return self._pair
+        if isinstance(x, MString):
+            return lambda s: self._keep(s, MString(s.s))
+        if isinstance(x, (SVector, image.Vector)):
+            return self._vector
+        if isinstance(x, (HashTable, image.Table)):
+            return self._table
+        if isinstance(x, Record):
+            return self._record
+        if isinstance(x, tuple):
+            return self._tuple
+        if isinstance(x, ErrorObject):
+            return lambda e: ErrorObject(e.message, self._tuple(e.irritants), e.kind)
+        if isinstance(x, (_persist.StoredProcedure, Promise)) or callable(x):
+            return self._procedure
+        if isinstance(x, image.Handle):
+            raise SchemeError(f"at: a {type(x).__name__.lower()} of version {self.version} cannot "
+                              "leave its view; return data computed from it")
+        return None
+
+    def _keep(self, original: Any, copy: Any) -> Any:
+        self.memo[id(original)] = (original, copy)
+        return copy
+
+    def _pair(self, x: Any) -> Any:
+        """Along the cdrs without recursion (a long list), into the cars by copy()."""
+        first = last = None
+        cell = x
+        while isinstance(cell, Pair) and id(cell) not in self.memo:
+            new = self._keep(cell, Pair(NIL, NIL))
+            if last is None:
+                first = new
+            else:
+                last.cdr = new
+            new.car = self.copy(cell.car)
+            last, cell = new, cell.cdr
+        last.cdr = self.copy(cell)
+        return first
+
+    def _vector(self, x: Any) -> Any:
+        from ._types import SVector
+        new = self._keep(x, SVector())
+        new.extend(self.copy(item) for item in x)
+        return new
+
+    def _tuple(self, x: tuple) -> tuple:
+        items = tuple(self.copy(item) for item in x)
+        return Values(items) if type(x) is Values else items
+
+    def _table(self, x: Any) -> Any:
+        from ._builtins import PRIMITIVES, HashTable
+        if isinstance(x, HashTable):   # made in the view: its equivalence must leave too
+            new = HashTable(self.copy(x.equivalence), self.copy(x.hash_function))
+        else:
+            new = PRIMITIVES["make-hash-table"]()
+        self._keep(x, new)
+        for key, value in list(x.items()):
+            new.set(self.copy(key), self.copy(value))
+        return new
+
+    def _record(self, x: Any) -> Any:
+        """A transient copy, of the live image's record type of the same name
+        and fields when it has one (so the live predicate holds)."""
+        from ._types import field_slot
+        rtd = type(x).record_type
+        for cls in list(self.live._handle_classes.values()):
+            live_type = getattr(cls, "record_type", None)
+            if live_type is not None and (live_type.name, live_type.fields) == (rtd.name, rtd.fields):
+                rtd = live_type
+                break
+        copy = self._keep(x, rtd.cls.__new__(rtd.cls))
+        for field in rtd.fields:
+            setattr(copy, field_slot(field), self.copy(getattr(x, field_slot(field))))
+        return copy
+
+    def _procedure(self, x: Any) -> Any:
+        if self._standard is None:
+            from ._builtins import PRIMITIVES
+            self._standard = frozenset(id(p) for p in (*PRIMITIVES.values(), *RUNTIME.values()))
+        if id(x) in self._standard:
+            return x
+        raise SchemeError(f"at: a procedure of version {self.version} cannot leave its view "
+                          "(procedures cannot leave a view); return data computed from it")
+
+
+# Values that hold nothing of a view, copied out as they are.
+_ATOMS = frozenset((int, float, complex, Fraction, str, bytes, bool, type(None), Symbol, Char))
 
 
 def _check_blob(who: str, x: Any) -> Any:
