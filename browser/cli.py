@@ -231,10 +231,10 @@ def _boot_version(img, log, args, interactive: bool, out) -> None:
         if good is not None:
             target = good.id
             print(f";; the last session crashed: booting the newest known-good snapshot, {good.id} "
-                  f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(good.time))})", file=out)
-        else:
+                  f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(good.time))})", file=sys.stderr)
+        else:   # a note, on stderr: a script's stdout holds only its values
             print(f";; booting version {img.head}, the newest of branch "
-                  f"{snapshots.current_branch(img)} (its last session did not crash)", file=out)
+                  f"{snapshots.current_branch(img)} (its last session did not crash)", file=sys.stderr)
     if target is not None and target != img.base:
         kept = snapshots.rewind_keeping_line(img, target)
         print(f";; booted version {target}; the line you left is kept as branch {kept} "

@@ -121,7 +121,7 @@ class TestBoot:
         assert statuses[-1] == "crashed"
         result = imago("boot", path, "--latest", stdin="x\n")
         assert result.returncode == 0 and result.stdout.split()[-1] == "1"
-        assert "newest known-good snapshot" in result.stdout
+        assert "newest known-good snapshot" in result.stderr
 
     def test_booting_an_older_snapshot_makes_a_branch(self, path):
         """Data destroyed after a labelled snapshot is back when that snapshot is booted; new
