@@ -1002,7 +1002,7 @@ def _streamed_group(store, plan: list[_Planned], live: _LivePages, segno: int, s
 def _lay_out(store, plan: list[_Planned], segno: int, frame: _Frame, pairs: bytes) -> list:
     """The group's records and nodes in the frame (its pages are there or
     streamed; pairs lists them); the layout _adopt takes."""
-    image, ps, salt = store._image, store.page_size, store._image.salt
+    salt = store._image.salt
     seq, prev_sum = store._tail.seq, store._tail.sum
     prev_ckpt = make_loc(store._ckpt.segno, store._ckpt.slot)
     roots: dict[int, tuple[bytes, int, dict]] = {}   # id(unit) -> its root as laid out

@@ -181,7 +181,7 @@ def _interrupt_after_commit(monkeypatch) -> None:
     real = store_module._ic_commit_write
 
     def commit_then_interrupt(*args):
-        code = real(*args)
+        real(*args)
         raise _Interrupted()
 
     monkeypatch.setattr(store_module, "_ic_commit_write", commit_then_interrupt)
