@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from browser.cli import _human
+
 
 def register(sub) -> None:
     """Add the vacuum command to an argparse subparsers object."""
@@ -58,10 +60,3 @@ def _print_held(log, held: dict[int, int], out) -> None:
             what = f"{when}  {snap.kind}" + (f"  {', '.join(snap.labels)}" if snap.labels else "")
         print(f"  {commit:>8}  {_human(held[commit]):>10}  {what}", file=out)
 
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
