@@ -111,6 +111,45 @@ class TestGlobalsPersist:
             assert img.root["total"] == 3
 
 
+class TestWalksOverStoredStructure:
+    """Walks that tell objects apart by identity (write's datum labels,
+    equal?'s cycle check) over stored lists, whose pairs are handles made
+    and freed as the walk goes: a freed handle's id passes to the next one,
+    and must not be taken for the same object."""
+
+    MANY = """(define many (let loop ((i 0) (acc '()))
+                 (if (= i 300) acc (loop (+ i 1) (cons (list i (list i i) (if (= i 0) 'x i)) acc)))))
+              (define same (let loop ((i 0) (acc '()))
+                 (if (= i 300) acc (loop (+ i 1) (cons (list i (list i i) i) acc)))))"""
+
+    def test_write_labels_only_real_sharing(self, path):
+        """R7RS 6.13.3: write gives datum labels to cycles alone, not to pairs
+        that merely had the same id one after the other."""
+        session(path, self.MANY + " (define numbers '(1 4.5 -7 100000000000000000000))"
+                " (define nested (list 1 (vector 2 \"three\" 'four) (list 5 (list 6))))")
+        text = session(path, """(let ((port (open-output-string)))
+                                  (write (list numbers nested many) port) (get-output-string port))""")
+        text = vm._interp.to_python(text)
+        assert "#0" not in text
+        assert text.startswith('((1 4.5 -7 100000000000000000000) (1 #(2 "three" four) (5 (6))) '
+                               '((299 (299 299) 299) (298 (298 298) 298) ')
+        assert text.endswith("(1 (1 1) 1) (0 (0 0) x)))")
+
+    def test_write_still_labels_a_stored_cycle(self, path):
+        """A cycle through stored pairs is labelled once, where it closes."""
+        session(path, "(define c (list 1 2 3)) (set-cdr! (cddr c) c)")
+        text = vm._interp.to_python(session(path, """(let ((port (open-output-string)))
+                                                       (write c port) (get-output-string port))"""))
+        assert text == "#0=(1 2 3 . #0#)"
+
+    def test_equal_compares_every_stored_pair(self, path):
+        """R7RS 6.1 equal?: two stored lists that differ only at their very
+        end are not equal, and the same ones are."""
+        session(path, self.MANY)
+        assert values(path, "(equal? many same) (equal? same same) (equal? (cdr many) (cdr same))"
+                      " (equal? (list-copy same) same)") == [False, True, False, True]
+
+
 class TestFormsAreTransactions:
     """Each top-level form is one transaction."""
 

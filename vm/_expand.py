@@ -2010,19 +2010,19 @@ def strip_syntax(datum: Any) -> Any:
 
 def _contains_alias(datum: Any) -> bool:
     stack = [datum]
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}     # id -> the object, held so that its id stays its own
     while stack:
         x = stack.pop()
         while isinstance(x, Pair):
             if id(x) in seen:
                 break
-            seen.add(id(x))
+            seen[id(x)] = x
             stack.append(x.car)
             x = x.cdr
         if type(x) is Alias:
             return True
         if isinstance(x, SVector) and id(x) not in seen:
-            seen.add(id(x))
+            seen[id(x)] = x
             stack.extend(x)
     return False
 

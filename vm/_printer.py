@@ -368,20 +368,27 @@ class _ScanFrame:
 
 
 def _find_labels(root: Any, shared: bool, max_depth: int | None,
-                 max_length: int | None) -> set[int]:
+                 max_length: int | None) -> tuple[set[int], list]:
     """The ids of the groups to label: those met again while still open (a
     cycle), or, when shared, met twice at all.  Stays within the limits.
+    Also returns every group met, which the caller holds until it has
+    emitted: an image's pair or vector is a handle that lives only while
+    someone holds it, and an id is unique only among live objects, so a
+    handle let go during the scan could hand its id to another group and
+    give that one a label it never earned.  Held, a handle is also the one
+    the image hands out again for its address, so the emitter meets the
+    very objects (and ids) the scan labelled.
 
     ``reached`` maps the id of every group met to the frame that met it: a
     group is on the path while that frame is not done.  Runs of atoms are
     skipped in inner loops (the common case)."""
     labels: set[int] = set()
     reached: dict[int, _ScanFrame] = {}
-    keep: list = []      # objects made by __getitem__: held so that ids stay unique
+    keep: list = []      # every group met: held so that ids stay unique (see above)
     stack: list[_ScanFrame] = []
     cache = _CACHES[0]
 
-    def enter(x: Any, depth: int, fresh: bool) -> None:
+    def enter(x: Any, depth: int) -> None:
         t = type(x)
         kind = (cache.get(t) or _classify(t, False))[0]
         if kind is _ATOM or kind is _BYTES or (max_depth is not None and depth >= max_depth):
@@ -394,8 +401,7 @@ def _find_labels(root: Any, shared: bool, max_depth: int | None,
                     labels.add(id(x))
                 return
             reached[id(x)] = frame
-            if fresh:
-                keep.append(x)
+            keep.append(x)
         if kind is _PAIR:
             frame.pair = x
         else:
@@ -403,36 +409,35 @@ def _find_labels(root: Any, shared: bool, max_depth: int | None,
             frame.count = _cut(frame.items, max_length)[0]
         stack.append(frame)
 
-    enter(root, 0, False)
+    enter(root, 0)
     while stack:
         frame = stack[-1]
         if frame.pair is not None:
-            _scan_spine(frame, enter, reached, labels, shared, max_length, cache)
+            _scan_spine(frame, enter, reached, labels, keep, shared, max_length, cache)
         elif frame.index < frame.count:
             _scan_items(frame, enter, cache)
         else:
             frame.done = True
             stack.pop()
-    return labels
+    return labels, keep
 
 
 def _scan_items(frame: _ScanFrame, enter: Callable, cache: dict) -> None:
     """Scans the frame's items from its index: atoms in a loop, until a group (entered)."""
     items, i, count = frame.items, frame.index, frame.count
-    fresh = not isinstance(items, list)    # __getitem__ may make a new object each time
     while i < count:
         item = items[i]
         i += 1
         t = type(item)
         if (cache.get(t) or _classify(t, False))[0] is not _ATOM:
             frame.index = i
-            enter(item, frame.depth + 1, fresh)
+            enter(item, frame.depth + 1)
             return
     frame.index = i
 
 
-def _scan_spine(frame: _ScanFrame, enter: Callable, reached: dict, labels: set, shared: bool,
-                max_length: int | None, cache: dict) -> None:
+def _scan_spine(frame: _ScanFrame, enter: Callable, reached: dict, labels: set, keep: list,
+                shared: bool, max_length: int | None, cache: dict) -> None:
     """Walks the frame's list from its current pair: atoms in a loop, until a
     car that is a group (entered first, and the walk resumes after it) or the end.
     A car is scanned before the next pair is reached, so that structure shared
@@ -446,14 +451,14 @@ def _scan_spine(frame: _ScanFrame, enter: Callable, reached: dict, labels: set, 
             t = type(car)
             if (cache.get(t) or _classify(t, False))[0] is not _ATOM:
                 frame.pair, frame.index, frame.car_done = pair, index, True
-                enter(car, depth, False)
+                enter(car, depth)
                 return
         car_done = False
         index += 1
         rest = pair.cdr
         if not isinstance(rest, Pair):
             frame.index = index
-            enter(rest, depth, False)
+            enter(rest, depth)
             return
         if max_length is not None and index >= max_length:
             return
@@ -463,6 +468,7 @@ def _scan_spine(frame: _ScanFrame, enter: Callable, reached: dict, labels: set, 
                 labels.add(id(rest))
             return
         reached[id(rest)] = frame
+        keep.append(rest)
         pair = rest
 
 
@@ -720,7 +726,7 @@ def _flat(x: Any, shared: bool, displaying: bool, max_depth: int | None = None,
     kind, text = _classify(type(x), displaying)
     if kind is _ATOM:
         return text(x)
-    labels = _find_labels(x, shared, max_depth, max_length)
+    labels, _held = _find_labels(x, shared, max_depth, max_length)
     sink = _FlatSink()
     _Emitter(sink, labels, displaying, max_depth, max_length).run(x)
     return "".join(sink.out)
@@ -759,7 +765,7 @@ def pretty(x: Any, depth: int | None = 12, length: int | None = 100, width: int 
     kind, text = _classify(type(x), displaying)
     if kind is _ATOM:
         return text(x)
-    labels = _find_labels(x, False, depth, length)
+    labels, _held = _find_labels(x, False, depth, length)
     sink = _TreeSink()
     _Emitter(sink, labels, displaying, depth, length).run(x)
     return _layout(sink.root.items[0], width)

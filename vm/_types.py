@@ -409,11 +409,16 @@ def eqv(a: Any, b: Any) -> bool:
 def equal(a: Any, b: Any) -> bool:
     """equal? (R7RS 6.1): eqv?, or the same structure of pairs, strings,
     vectors and bytevectors.  Iterative on the cdr, and terminates on cycles
-    (a pair of objects already being compared is taken as equal)."""
-    return _equal(a, b, set())
+    (a pair of objects already being compared is taken as equal).
+
+    ``seen`` maps the ids of each pair of objects compared to the objects
+    themselves: an image's pair is a handle that lives only while held, and
+    a freed one's id can be handed to the next handle made, which would then
+    pass for "already compared" (and so equal) without being looked at."""
+    return _equal(a, b, {})
 
 
-def _equal(a: Any, b: Any, seen: set) -> bool:
+def _equal(a: Any, b: Any, seen: dict) -> bool:
     while True:
         if eqv(a, b):
             return True
@@ -421,7 +426,7 @@ def _equal(a: Any, b: Any, seen: set) -> bool:
             key = (id(a), id(b))
             if key in seen:
                 return True
-            seen.add(key)
+            seen[key] = (a, b)
             if not _equal(a.car, b.car, seen):
                 return False
             a, b = a.cdr, b.cdr
@@ -434,7 +439,7 @@ def _equal(a: Any, b: Any, seen: set) -> bool:
             key = (id(a), id(b))
             if key in seen:
                 return True
-            seen.add(key)
+            seen[key] = (a, b)
             return all(_equal(x, y, seen) for x, y in zip(a, b))
         if isinstance(a, BYTEVECTOR_TYPES) and isinstance(b, BYTEVECTOR_TYPES):
             return bytes(a) == bytes(b)
