@@ -22,6 +22,14 @@ most ids lie past the head, which a listing never looks at).
    checkpoint's worth of records), and ``img.at(old)`` reading one root
    value (the object memory over that view); beside them, as the reference
    in the same run, opening the head read-only (``PageStore.open``); median ms.
+4. History of one global over 10,000 journal entries (500 with --quick):
+   ``snapshots.history(img, "target")`` on a third image whose forms mostly
+   change other data (hash-table-set! of new keys, vector-set! of another
+   vector), set! another global every 100th form and change the target
+   every 1,000th (every 100th with --quick).  Beside it, in the same run,
+   the reference (a view per journaled version, history_reference) and the
+   fast way over the same first 1,000 entries (200 with --quick), and the
+   number of versions each opened.  Printed, never judged: no target.
 
 Targets (verdicts at the end): (1) a snapshot under SNAPSHOT_MS_TARGET ms and
 (2) a listing under LIST_MS_TARGET ms on both images; (3) both within
@@ -40,7 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -67,10 +75,15 @@ class Config:
     large_bytes: int
     old_commits: int
     reps: int
+    history_entries: int = 10_000
+    reference_entries: int = 1_000
+    target_every: int = 1_000
 
 
 FULL = Config(large_bytes=1 << 30, old_commits=10_000, reps=15)
-QUICK = Config(large_bytes=32 << 20, old_commits=500, reps=7)
+QUICK = Config(large_bytes=32 << 20, old_commits=500, reps=7, history_entries=500,
+               reference_entries=200, target_every=100)
+OTHER_GLOBAL_EVERY = 100   # a set! of another global: it writes the root table's entries
 
 
 # -- building ----------------------------------------------------------------------------
@@ -177,6 +190,56 @@ def _read_at(img: image.Image, old: int) -> None:
         view.root.get("n")
 
 
+def history_form(i: int, cfg: Config) -> str:
+    """The i-th form of the history workload (see 4. in the module docstring)."""
+    if i % cfg.target_every == cfg.target_every - 1:
+        return f"(vector-set! target 0 {i})"
+    if i % OTHER_GLOBAL_EVERY == OTHER_GLOBAL_EVERY // 2:
+        return f"(set! counter {i})"
+    if i % 2:
+        return f'(hash-table-set! notes "k{i}" "note {i}: some text of a typical length")'
+    return f"(vector-set! scratch {i % 64} {i})"
+
+
+def build_history(base: str, cfg: Config) -> tuple[str, int, float]:
+    """The history image; returns (path, the commit of the reference_entries-th form, seconds)."""
+    import vm
+    started = time.perf_counter()
+    path = os.path.join(base, "history.image")
+    with image.open(path) as img:
+        interp = vm.Interpreter(img)
+        interp.eval("(define target (vector 0 0 0)) (define notes (make-hash-table)) "
+                    "(define counter 0) (define scratch (make-vector 64 0))")
+        middle = img.head
+        for i in range(cfg.history_entries):
+            interp.eval(history_form(i, cfg))
+            if i == cfg.reference_entries - 1:
+                middle = img.head
+    return path, middle, time.perf_counter() - started
+
+
+def measure_history(path: str, middle: int) -> dict:
+    """History of "target": the fast way over the whole line, and both ways up to middle."""
+    from snapshots import _versions
+    out: dict = {}
+    with image.open(path, readonly=True) as img:
+        for key, scan_class, tip in (("fast_all", _versions._FootprintScan, None),
+                                     ("fast_part", _versions._FootprintScan, middle),
+                                     ("reference_part", _versions._EveryVersionScan, middle)):
+            scans: list = []
+
+            def kept(*args, scan_class=scan_class, scans=scans):   # keeps the scan: its count
+                scans.append(scan_class(*args))
+                return scans[-1]
+
+            started = time.perf_counter()
+            versions = _versions._history(img, "target", tip, kept)
+            out[key] = {"s": time.perf_counter() - started, "opened": scans[0].opened,
+                        "versions": len(versions)}
+        out["entries"] = len(snapshots.journal(img))
+    return out
+
+
 # -- reporting --------------------------------------------------------------------------------
 
 
@@ -201,6 +264,17 @@ def report(res: dict, cfg: Config) -> None:
         res["open_head_ms"]["large"])
     print(f"\n  (built: small in {res['build_s']['small']:.1f} s, {size} in "
           f"{res['build_s']['large']:.1f} s)")
+    hist = res["history"]
+    heading(f"4. History of one global over {hist['entries']:,} journal entries")
+    print(f"  {'':<52} {'seconds':>10} {'opened':>10} {'changes':>8}")
+    for key, label in (("fast_all", f"history, all {hist['entries']:,} entries"),
+                       ("fast_part", f"history, first {cfg.reference_entries:,} entries"),
+                       ("reference_part", f"reference, first {cfg.reference_entries:,} entries")):
+        f = hist[key]
+        print(f"  {label:<52} {num(f['s'], 2):>10} {f['opened']:>10,} {f['versions']:>8}")
+    part = hist["reference_part"]["s"] / hist["fast_part"]["s"]
+    print(f"\n  reference / fast over the same entries: {part:.2f}x  (history image built in "
+          f"{res['build_s']['history']:.1f} s)")
 
 
 def verdicts(res: dict) -> list[dict]:
@@ -233,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.reps:
-        cfg = Config(cfg.large_bytes, cfg.old_commits, args.reps)
+        cfg = replace(cfg, reps=args.reps)
     started = time.perf_counter()
     base = tempfile.mkdtemp(prefix="imago-bench-snapshots-")
     try:
@@ -242,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         small, small_old, small_s = build(base, "small", 0, cfg)
         large, large_old, large_s = build(base, "large", cfg.large_bytes, cfg)
         res = measure({"small": (small, small_old), "large": (large, large_old)}, cfg.reps)
-        res.update(build_s={"small": small_s, "large": large_s}, old_commits=cfg.old_commits,
-                   large_mib=cfg.large_bytes / (1 << 20))
+        print(f"building a history image of {cfg.history_entries:,} journal entries ...", flush=True)
+        hist_path, middle, hist_s = build_history(base, cfg)
+        res["history"] = measure_history(hist_path, middle)
+        res.update(build_s={"small": small_s, "large": large_s, "history": hist_s},
+                   old_commits=cfg.old_commits, large_mib=cfg.large_bytes / (1 << 20))
         report(res, cfg)
         res["verdicts"] = verdicts(res)
         report_verdicts(res, started, args.json)

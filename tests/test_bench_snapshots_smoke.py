@@ -23,6 +23,7 @@ HEADINGS = [
     "== 1. Making a snapshot",
     "== 2. Listing 10,000 snapshots",
     "== 3. Opening a version 500 commits old",
+    "== 4. History of one global over",
     "== Verdict ==",
 ]
 ROWS = [
@@ -76,3 +77,18 @@ def test_quick_run_prints_a_verdict_per_target(quick_run):
     data = json.loads(json_path.read_text())
     assert [v["target"].split(".")[0] for v in data["verdicts"]] == numbers
     assert data["listed"]["small"] == data["listed"]["large"] == 10_000
+
+
+@pytest.mark.parametrize("label", [r"history, all [0-9,]+ entries", r"history, first 200 entries",
+                                   r"reference, first 200 entries"])
+def test_quick_run_reports_the_history_rows(quick_run, label):
+    """Section 4: seconds, versions opened and versions found, for the fast way and the
+    reference over the same entries (the same answer: equal counts of versions found)."""
+    proc, json_path = quick_run
+    match = re.search(r"^\s*" + label + r"\s+" + NUMBER + r"\s+" + NUMBER + r"\s+" + NUMBER + "$",
+                      proc.stdout, re.MULTILINE)
+    assert match, f"no row {label!r} in:\n{proc.stdout}"
+    seconds, opened, found = (float(v.replace(",", "")) for v in match.groups())
+    assert seconds > 0 and opened >= 1 and found >= 2
+    history = json.loads(json_path.read_text())["history"]
+    assert history["fast_part"]["versions"] == history["reference_part"]["versions"]

@@ -12,8 +12,9 @@ import image
 import snapshots
 import vm
 from browser.cli import main
-from snapshots import SnapshotLog
+from snapshots import SnapshotLog, _versions
 from snapshots._branches import check as check_branches
+from snapshots._versions import check_history
 
 
 def imago(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -302,3 +303,123 @@ def test_cli_main_registers_the_version_commands(capsys):
     """build_parser loads browser._cmd_versions (and skips the optional modules that are missing)."""
     assert main(["branch", "/nonexistent/x.image"]) == 1
     assert "no image" in capsys.readouterr().err
+
+
+class TestHistoryFast:
+    """history skips the versions whose footprint no commit touched, and answers
+    exactly what the reference (a view of every sampled version) answers."""
+
+    NAMES = ("a", "b", "v", "h", "lst", "long-global-name")
+
+    def _random_form(self, rng, defined: set) -> str:
+        """One form defining, mutating or sharing globals (all kinds the brief names)."""
+        name = rng.choice(self.NAMES)
+        kind = rng.randrange(9)
+        if kind == 0 or name not in defined:
+            value = rng.choice(["1", "2", "(vector 1 2 3)", "(list 1 2)", '"text"',
+                                "(make-hash-table)", "'sym", "#\\x"])
+            defined.add(name)
+            return f"(define {name} {value})"
+        if kind == 1:
+            return f"(set! {name} {rng.choice(['1', '2', '(vector 1 2 3)'])})"
+        if kind == 2 and len(defined) > 1:   # a value shared with another global
+            other = rng.choice(sorted(defined - {name}))
+            return f"(set! {name} {other})"
+        if kind == 3:   # in-place mutation of a stored vector, when it is one
+            return f"(if (vector? {name}) (vector-set! {name} 0 {rng.randrange(3)}))"
+        if kind == 4:   # of a stored table
+            return f'(if (hash-table? {name}) (hash-table-set! {name} "k{rng.randrange(3)}" {rng.randrange(3)}))'
+        if kind == 5:   # of a stored list
+            return f"(if (pair? {name}) (set-car! {name} {rng.randrange(3)}))"
+        if kind == 6:   # a redefinition to an equal value
+            return f"(define {name} {name})"
+        if kind == 7:
+            return f"(define unrelated{rng.randrange(4)} {rng.randrange(100)})"
+        return f"(set! {name} {name})"
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_matches_the_reference_on_random_forms(self, session, seed):
+        """Random defines, set!s, shared values, in-place mutations and deletions: same answer."""
+        import random
+        img, interp = session
+        rng = random.Random(seed)
+        defined: set = set()
+        for step in range(45):
+            interp.eval(self._random_form(rng, defined))
+            if step % 15 == 14 and defined:   # the Python API: a deletion, no journal entry
+                gone = rng.choice(sorted(defined))
+                img.root.pop(gone, None)
+                defined.discard(gone)
+                interp = vm.Interpreter(img)
+        for name in self.NAMES + ("never-defined",):
+            found = check_history(img, name)
+            if name in defined:
+                assert found and found[-1].how != "removed"
+
+    def test_the_scan_opens_only_versions_whose_pages_were_written(self, session):
+        """Page level: commits that wrote none of the footprint's pages are not opened; a
+        mutation, a replacement and growth into new pages are each seen."""
+        img, _ = session
+        img.root["target"] = list(range(50))
+        img.root["padding"] = bytes(3 * img.store.page_size)   # keeps target's pages apart
+        img.root["other"] = list(range(50))
+        quiet = img.head
+        for i in range(20):
+            img.root["other"][i] = -i                          # never on target's pages
+        img.root["target"][3] = -3                             # changed in place
+        img.root["target"].extend(range(2000))                 # grows into new pages
+        img.root["target"] = [1, 2]                            # replaced
+        line = [c for c in img.store.commits() if c.number >= quiet]
+        scan = _versions._FootprintScan(img, "target", line)
+        seen = [scan.fingerprint_at(c.number) for c in line]
+        expected = [_versions._fingerprint_at(img, c.number, "target") for c in line]
+        assert seen == expected
+        assert len(set(expected)) == 4
+        assert scan.opened <= 1 + 3 + 2   # the first, the three changes, at most two neighbours
+
+    def test_a_footprint_covers_the_root_entry_and_the_value(self, session):
+        """footprint(): the root table's pages and every page the value's objects occupy."""
+        img, _ = session
+        img.root["big"] = [bytes(100) for _ in range(200)]
+        with img.at(img.head) as view:
+            pages = _versions.footprint(view, "big")
+            root = int.from_bytes(_versions._root_word(view.store.meta), "little")
+        assert root // img.store.page_size in pages
+        assert len(pages) >= 200 * 100 // img.store.page_size
+        with img.at(img.head) as view:
+            assert _versions.footprint(view, "absent") >= {root // img.store.page_size}
+
+    def test_history_of_a_rewound_line_matches_the_reference(self, session):
+        """A branch: the line's commits are followed by parents, not by number."""
+        img, interp = session
+        interp.eval("(define x (vector 1)) (vector-set! x 0 2)")
+        base = img.head
+        interp.eval("(vector-set! x 0 3) (define y 1)")
+        snapshots.create_branch(img, "old", base)
+        snapshots.switch(img, "old")
+        interp = vm.Interpreter(img)
+        interp.eval("(vector-set! x 0 4)")
+        assert [v.how for v in check_history(img, "x")] == ["defined", "changed", "changed"]
+
+
+def test_history_of_an_imported_image(tmp_path):
+    """What history shows for an imported image: the import's head (the line's origin)
+    stands for every form made before the export; its one Version is "defined" (the
+    global's value at the export), listing those pre-export forms that name the global
+    (all of them if none does); the forms made after the import follow, one version each.
+    The intermediate pre-export changes are not on disk: they do not appear."""
+    from snapshots._bundle import export, import_bundle
+    source, copy = str(tmp_path / "s.image"), str(tmp_path / "c.image")
+    with image.open(source) as img:
+        vm.Interpreter(img).eval("(define x 1) (define y 0) (set! x 2) (set! y 5)")
+    export(source, None, str(tmp_path / "b.imago"))
+    import_bundle(str(tmp_path / "b.imago"), copy)
+    with image.open(copy) as img:
+        origin = img.head
+        vm.Interpreter(img).eval("(set! x 3)")
+        found = check_history(img, "x")
+        assert [(v.commit, v.how) for v in found] == [(origin, "defined"), (img.head, "changed")]
+        assert found[0].forms == ("(define x 1)", "(set! x 2)")
+        assert found[1].forms == ("(set! x 3)",)
+        assert [(v.commit, v.forms) for v in check_history(img, "y")] == \
+            [(origin, ("(define y 0)", "(set! y 5)"))]
