@@ -1597,8 +1597,27 @@ static const uint64_t *node_entries(Heap *h, uint64_t node, uint64_t held, objin
     return e;
 }
 
+/* The most items a subtree with `nodes` levels of nodes above its leaves
+ * can hold: leaf_max * node_max^nodes, saturated just past limit. */
+static uint64_t subtree_cap(const Heap *h, int nodes, uint64_t limit) {
+    uint64_t cap = h->leaf_max;
+    for (int k = 0; k < nodes && cap <= limit; k++)
+        cap = cap > limit / h->node_max ? limit + 1 : cap * h->node_max;
+    return cap;
+}
+
 /* The length, down the rightmost path: each last entry's start, then the
- * last leaf's count. */
+ * last leaf's count.  Two bounds, so that a forged length is an error and
+ * never an allocation that size (v[:], list(v)): every item is a word of
+ * the heap, and, since the heap's top is itself only a meta word, the
+ * shape of the real tree: a node's entries lead to subtrees no fuller
+ * than full, so its last entry starts at most at count * subtree_cap (the
+ * node full; a slack of one subtree, so that a length a little wrong still
+ * opens and only the items it misplaces are refused, by the descent's
+ * checks).  Inflating the length past that takes real
+ * node objects down the path (a taller tree), not a forged word.  (A bound
+ * by the page table's page count would close that too; the core offers
+ * objmem.c no such count yet.) */
 static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
     objinfo o, r;
     int64_t height;
@@ -1613,8 +1632,14 @@ static int vec_open(Heap *h, uint64_t vaddr, vpath *p) {
         if (node_open(h, cur, &r, &count)) return -1;
         const uint64_t *e = view(h, r.body + 8 + 16 * (count - 1), 2);
         if (!e) return -1;
+        uint64_t cap = subtree_cap(h, p->height - lvl - 1, limit);
+        uint64_t most = count > limit / cap ? limit : count * cap;   /* the node full */
         if (!IS_FIX(e[0]) || UNFX(e[0]) < 0 || (uint64_t)UNFX(e[0]) > limit - len)
             return corrupt(cur, "its last entry starts at no item, or past the heap");
+        if ((uint64_t)UNFX(e[0]) > most)
+            return corrupt(cur, "its last entry starts at item %llu, past what %llu entries of a "
+                           "height-%d vector can hold", (unsigned long long)UNFX(e[0]),
+                           (unsigned long long)count, p->height);
         len += (uint64_t)UNFX(e[0]);
         cur = e[1];
     }

@@ -1504,11 +1504,6 @@ class TestAccountsAndBounds:
         """, path)
         assert_child_ok(proc)
 
-    @pytest.mark.xfail(strict=True, reason="bug: vec_open bounds a vector's length by the heap's "
-                       "words, (M_TOP - M_BASE) / 8, but M_TOP itself is trusted once the page of "
-                       "its last byte exists: with M_TOP forged to 2**45 (and that page written) a "
-                       "root entry size of 2**40 passes, and v[:] (PyList_New) and list(v) "
-                       "(preallocation from len) raise MemoryError")
     def test_forged_top_and_length(self, path, model):
         """Slicing or listing a vector whose length and M_TOP are both forged large raises CorruptObject."""
         with damaged(path) as store:

@@ -90,6 +90,14 @@ class ImageEnvironment(Environment):
         self._log: list[tuple[str, Any]] = []   # (key, value before) of each write in the running form
         self.unstored: list[Symbol] = []      # defined by the running form, not storable
         self.view_of: int | None = None       # a view of that version (at): globals are read-only
+        # The image's Scheme state of this session (vm/_persist): the
+        # interpreter's own procedures by name and by id, the CLOSURE each
+        # standard procedure was stored as, and the running transaction's
+        # promotions (undone if it rolls back).
+        self.own_procedures: dict[str, Any] = {}
+        self.own_names: dict[int, str] = {}
+        self.system_closures: dict[str, Any] = {}
+        self.promotions = _persist.Promotions()
         super().__init__(primitives, syntax)
 
     def _refuse_in_view(self, what: str, sym: Symbol) -> None:
@@ -124,10 +132,9 @@ class ImageEnvironment(Environment):
                 del root[sym.name]   # a stale stored value must not come back at boot
             self.unstored.append(sym)
             return value
-        if callable(value) or isinstance(value, (int, float, str, bytes, Symbol, Char)) \
-                or value is None or type(value) is bool:
+        if isinstance(value, (int, float, str, bytes, Symbol, Char)) or value is None:
             return value
-        return _persist.become(value, root[sym.name], self.img)
+        return _persist.promote(value, root[sym.name], self, self.promotions)
 
     def define_standard(self, sym: Symbol, value: Any) -> None:
         """Binds a procedure of the system (not stored: every boot binds it again)."""
@@ -138,26 +145,32 @@ class ImageEnvironment(Environment):
         key = mangle(sym.name)
         self._log.append((key, self.namespace.get(key, _UNBOUND)))
 
-    def savepoint(self) -> int:
-        """A point (transaction ...) can put the namespace back to."""
-        return len(self._log)
+    def savepoint(self) -> tuple[int, int]:
+        """A point (transaction ...) can put the namespace and the promoted
+        transients back to."""
+        return len(self._log), self.promotions.mark()
 
-    def rollback_to(self, mark: int) -> None:
-        """Puts back the namespace entries written since mark, newest first."""
-        while len(self._log) > mark:
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        """Puts back the namespace entries written since mark, newest first,
+        and the transients promoted since (their handles went stale)."""
+        log_mark, promotions_mark = mark
+        while len(self._log) > log_mark:
             key, old = self._log.pop()
             if old is _UNBOUND:
                 self.namespace.pop(key, None)
             else:
                 self.namespace[key] = old
+        self.promotions.undo_to(promotions_mark)
 
     def form_done(self) -> None:
         self._log.clear()
         self.unstored.clear()
+        if not self.img.in_transaction:   # committed (else a caller's transaction goes on)
+            self.promotions.forget()
 
     def form_failed(self) -> None:
         """Puts back the namespace entries the failed form changed."""
-        self.rollback_to(0)
+        self.rollback_to((0, 0))
         self.form_done()
 
 
@@ -241,7 +254,7 @@ class Interpreter:
         embeds them); kept, to register again after another interpreter (a
         view's, in (at ...)) has registered its own under the same names."""
         self._image_procedures.update(procedures)
-        _persist.register_system_procedures(procedures)
+        _persist.register_own(self.env, procedures)
 
     # -- the version forms -----------------------------------------------------------
 
@@ -326,10 +339,9 @@ class Interpreter:
             view.close()
 
     def _take_back(self, classes: dict) -> None:
-        """A view's interpreter registered its own image procedures and,
-        replaying its record types, their classes in every open image: this
-        interpreter's image keeps its own."""
-        _persist.register_system_procedures(self._image_procedures)
+        """The live image's handle classes as they were before a view's
+        interpreter ran (record types replayed in the view belong to the
+        view, vm/_persist.running; this keeps the live image's own even so)."""
         for index, cls in classes.items():
             if self.img._handle_classes.get(index) is not cls:
                 self.img.set_handle_class(index, cls)
@@ -347,6 +359,7 @@ class Interpreter:
         finally:
             img._begin()                # the form's transaction goes on (or on from its start)
         self.env.form_done()
+        self.env.promotions.forget()    # committed: a later rollback does not undo them
 
     def _collect(self) -> Any:
         """(gc): collects the image; returns what it freed, as an alist
@@ -388,6 +401,7 @@ class Interpreter:
                 continue
             key = mangle(name)
             old = namespace.get(key, _UNBOUND)
+            value = _persist.read_back(value)
             if boot or old is _UNBOUND or (old is not value and not callable(old)):
                 self.env._names.setdefault(key, intern(name))
                 namespace[key] = value
@@ -457,15 +471,11 @@ class Interpreter:
             self._load_root(boot=version[1] != self._seen_head[1])
         self._running = datum
         self._marks = (env.syntax.version, _persist.record_types_made)
+        if not img.in_transaction:   # a caller's transaction that rolled back left stale ones
+            env.promotions.settle()
         try:
-            if img.readonly:   # a read-only image (or a view of an old commit): no transaction
-                value = run(eval_datum, datum, env, positions)
-            else:
-                text = _form_text(datum)
-                with img.transaction(text[:200]):
-                    value = run(eval_datum, datum, env, positions)
-                    if journal:
-                        self._record(datum, text)
+            with _persist.running(img):
+                value = self._run_in_transaction(datum, positions, journal)
         except SchemeRaise as exc:
             env.form_failed()
             raise SchemeFailure(condition_text(exc.payload), exc.payload) from None
@@ -477,6 +487,17 @@ class Interpreter:
             raise
         env.form_done()
         self._seen_head = _version_of(img)
+        return value
+
+    def _run_in_transaction(self, datum: Any, positions: dict | None, journal: bool) -> Any:
+        img, env = self.img, self.env
+        if img.readonly:   # a read-only image (or a view of an old commit): no transaction
+            return run(eval_datum, datum, env, positions)
+        text = _form_text(datum)
+        with img.transaction(text[:200]):
+            value = run(eval_datum, datum, env, positions)
+            if journal:
+                self._record(datum, text)
         return value
 
     def _record(self, datum: Any, text: str) -> None:

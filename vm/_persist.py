@@ -3,8 +3,8 @@
 The image (image/, native/objmem.c) stores Python's values by itself; this
 module teaches it Scheme's, through the two doors the image offers:
 
-- the encode hook (objmem.c, "the encode hook"): ``encode_value(x)`` says
-  how a Scheme value the image does not know is stored:
+- the encode hook (objmem.c, "the encode hook"): an ``_Encoder`` per image
+  says how a Scheme value the image does not know is stored:
 
       Scheme value             stored as                    read back as
       -----------------------  ---------------------------  ---------------------
@@ -13,9 +13,9 @@ module teaches it Scheme's, through the two doors the image offers:
       Symbol                   the image's one SYMBOL       the interned Symbol
       Pair (transient)         a PAIR object                PersistentPair
       MString (transient)      an MSTRING object (1 slot)   PersistentString
-      compiled procedure       a CLOSURE: name, "lambda",   StoredProcedure
-                               its core lambda form
-      standard procedure       a CLOSURE: name, "system"    StoredProcedure
+      compiled procedure       a CLOSURE: name, "lambda",   the procedure (see
+                               its core lambda form         PROCEDURES below)
+      standard procedure       a CLOSURE: name, "system"    the procedure
       record                   an object of the image class the type's stored
                                "record:NAME" (its fields)   subclass (see below)
       SVector, str, numbers,   as Python's (a Vector, a     a Vector handle, ...
@@ -27,10 +27,44 @@ module teaches it Scheme's, through the two doors the image offers:
 PersistentPair and PersistentString are subclasses of Pair and MString (and
 a stored record's class a subclass of its type's class), so every isinstance
 check of the Scheme layer takes them as they are; their fields are
-properties that read and write the image.  A transient pair, string or
-record bound to a global becomes the handle of its image copy (``become``:
-its class is switched and the image adopts it), so code still holding it
-sees later changes and keeps eq? right.
+properties that read and write the image.
+
+PROMOTION (Smalltalk's become:).  When a global is bound, or a slot of a
+stored pair, string or record is written, every transient pair, string and
+record the stored value reaches turns into the handle of its image copy
+(``promote``): code still holding any of them sees later changes, and eq?
+stays right, inner pairs included.  The encode hook cannot tell the address
+it stored a transient at, so promote walks the transient value and its
+image copy side by side; it descends only into transients (which are new
+in this store), so it costs O(objects stored), shares what is shared and
+ends on cycles.  A transient vector or hash table is copied in, not turned
+(code that still holds it changes the copy it holds), but the pairs,
+strings and records inside it are turned.  A Python caller storing into
+the image directly (img.root[...] = x) copies: promotion is the Scheme
+layer's.
+
+UNDOING A PROMOTION.  A promoted transient is the handle of an object made
+in the running transaction; if that transaction (or the savepoint) rolls
+back, the image makes the handle stale.  Each promotion therefore logs the
+transient's class and fields in its environment (``Promotions``) until the
+form's transaction ends: on rollback the logged transients get their class
+and values back (a closure or a guard's local that holds one can still use
+it); on commit the log is dropped.
+
+PROCEDURES.  A procedure stored in one image is one CLOSURE, however often
+it is stored: a compiled procedure remembers the handle of its CLOSURE
+(``scheme_handle``), a standard one is remembered per environment by name,
+and the handle remembers the procedure (``_proc``).  Reading a CLOSURE back
+through a pair, a record or a global gives that procedure when it is known
+(so ``(memq f hooks)`` finds f, in this session and after a reopen, once f
+has run); a CLOSURE not yet called reads back as its StoredProcedure handle,
+which is callable.  A handle keeps its object alive (handles are roots), so
+a remembered CLOSURE's address is never reused while the procedure lives.
+
+RECORDS PER IMAGE.  A record type defined while an interpreter runs a form
+on image I gets its class in I only (``running``); a record is stored with
+the class of the image it is stored into, and cannot be stored into an
+image where its type was never defined (a clear TypeError).
 
 WHAT CANNOT BE STORED: a procedure that captures local variables (a closure
 over a let), a continuation, a port, a parameter object, a promise.  Bound
@@ -38,21 +72,31 @@ to a global, such a value lives for the session and its definition is kept
 as source and run again when the image boots (_interp); put into a stored
 object, it is a clear error and the form rolls back.  Record types are
 replayed the same way, before the root is read, so that stored records
-read back as records of the type.  A transient vector or hash table is copied in: code that still
-holds the transient after storing it changes the copy it holds, not the
-image's (the image's is what every later read of the global returns).
+read back as records of the type.
 
-INVARIANTS
-1. A StoredProcedure compiles its core form at most once per process and
-   image (``_compiled``), in the environment of the interpreter that owns the
-   image.
-2. Nothing here commits: every store happens in the caller's transaction.
+NOTHING HERE HOLDS AN IMAGE FROM A PROCESS-WIDE TABLE: per-image state lives
+in the image's environment (ImageEnvironment) or on handles; the module's
+tables hold images and environments weakly, and an interpreter's own
+procedures (image:commit ...) are registered on its environment, not
+process-wide.  So a closed image is freed with its interpreter.
+
+INVARIANTS (``check_promotions`` verifies 3 and 4)
+1. A StoredProcedure compiles its core form at most once per handle, in the
+   environment of the interpreter that owns the image.
+2. Nothing here commits except a slot write made outside any transaction
+   (its own autocommit), which promotes only after the commit.
+3. Every logged promotion's transient is either the live handle of its
+   image address (same heap), or stale and waiting to be restored.
+4. A remembered procedure handle (scheme_handle, system_closures) that is
+   not stale belongs to a live image and its _proc is the procedure.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from typing import Any, Callable
+from fractions import Fraction
+from typing import Any, Callable, Iterator
 
 import image
 from image import LAYOUT
@@ -63,18 +107,39 @@ from ._types import (EOF, NIL, RECORD_TYPE_HOOKS, Char, MString, Pair, Record, R
 
 C_PAIR, C_MSTRING, C_CLOSURE = LAYOUT["C_PAIR"], LAYOUT["C_MSTRING"], LAYOUT["C_CLOSURE"]
 
-__all__ = ["PersistentPair", "PersistentString", "StoredProcedure", "encode_value", "install",
-           "to_transient"]
+__all__ = ["PersistentPair", "PersistentString", "Promotions", "StoredProcedure", "encode_value", "read_back",
+           "install", "promote", "running", "to_transient"]
+
+# Values that hold no object of their own: never promoted, never walked.
+_ATOMS = frozenset((int, float, complex, Fraction, str, bytes, bool, type(None), Symbol, Char,
+                    type(NIL)))
 
 
 def _set(handle: HandleBase, index: int, value: Any) -> None:
-    """Writes slot index of handle's object, in the current transaction (or one of its own)."""
+    """Writes slot index of handle's object, in the current transaction (or
+    one of its own), and promotes the transients value reaches."""
     img = handle._img
     if img._depth:
         handle._heap.set_slot(handle._addr, index, value)
+        if type(value) not in _ATOMS:
+            _promote_slot(handle, index, value, logged=True)
     else:
         with img.transaction():
             handle._heap.set_slot(handle._addr, index, value)
+        if type(value) not in _ATOMS:   # committed: there is nothing to undo
+            _promote_slot(handle, index, value, logged=False)
+
+
+def _promote_slot(handle: HandleBase, index: int, value: Any, logged: bool) -> None:
+    env = _environment_of(handle._img)
+    if env is not None:   # promotion is the Scheme layer's: no interpreter, a copy
+        promote(value, handle._heap.slot(handle._addr, index), env, env.promotions if logged else None)
+
+
+def read_back(value: Any) -> Any:
+    """A slot's value as Scheme code sees it: a stored procedure is the
+    procedure itself when it is known (see PROCEDURES)."""
+    return value._known() if type(value) is StoredProcedure else value
 
 
 class PersistentPair(Pair):
@@ -84,7 +149,8 @@ class PersistentPair(Pair):
 
     @property
     def car(self) -> Any:
-        return self._heap.slot(self._addr, 0)
+        value = self._heap.slot(self._addr, 0)
+        return value._known() if type(value) is StoredProcedure else value
 
     @car.setter
     def car(self, value: Any) -> None:
@@ -92,7 +158,8 @@ class PersistentPair(Pair):
 
     @property
     def cdr(self) -> Any:
-        return self._heap.slot(self._addr, 1)
+        value = self._heap.slot(self._addr, 1)
+        return value._known() if type(value) is StoredProcedure else value
 
     @cdr.setter
     def cdr(self, value: Any) -> None:
@@ -147,16 +214,29 @@ PersistentString.stale_class = _StaleString
 # same name and fields find the same class in a later session) and a
 # persistent subclass of its Python class whose fields read and write the
 # image object's slots, so the type's accessors, modifiers and predicate take
-# stored records as they are.  The class index lives on the RecordType, per
-# image the interpreter runs on.
+# stored records as they are.  The class index is kept per (type, image): the
+# image whose interpreter ran the form that defined the type.
 
-_RECORD_IMAGES: "weakref.WeakSet[Any]" = weakref.WeakSet()   # images whose record types are kept
-_PERSISTENT_CLASSES: dict[type, type] = {Pair: PersistentPair, MString: PersistentString}
+# transient class -> its persistent class (records: weakly, a type can go away)
+_PERSISTENT_CLASSES: "weakref.WeakKeyDictionary[type, type]" = weakref.WeakKeyDictionary(
+    {Pair: PersistentPair, MString: PersistentString})
+_RUNNING: list[Any] = []   # the images whose interpreters are running a form, innermost last
+
+
+@contextlib.contextmanager
+def running(img: image.Image) -> Iterator[None]:
+    """While an interpreter runs a form on img: record types made belong to img."""
+    _RUNNING.append(img)
+    try:
+        yield
+    finally:
+        _RUNNING.pop()
 
 
 def _record_field(index: int) -> property:
     def get(self: Any) -> Any:
-        return self._heap.slot(self._addr, index)
+        value = self._heap.slot(self._addr, index)
+        return value._known() if type(value) is StoredProcedure else value
 
     def put(self: Any, value: Any) -> None:
         _set(self, index, value)
@@ -177,47 +257,48 @@ def persistent_record_class(rtd: RecordType) -> type:
 
 record_types_made = 0   # a form that moved this defined a record type (vm/_interp)
 
+# record type -> {image: class index}, both weakly
+_RECORD_INDEX: "weakref.WeakKeyDictionary[RecordType, weakref.WeakKeyDictionary]" = \
+    weakref.WeakKeyDictionary()
+
 
 def _record_type_made(rtd: RecordType) -> None:
-    """A new record type: its class in each image an interpreter runs on."""
+    """A new record type: its class in the image whose interpreter is running."""
     global record_types_made
     record_types_made += 1
-    for img in list(_RECORD_IMAGES):
-        if img.closed:
-            continue
-        try:
-            index = img.class_index(f"record:{rtd.name}", rtd.fields)
-        except image.ReadOnlyImage:
-            continue   # a read-only image cannot hold records of a type it does not know
-        img.set_handle_class(index, persistent_record_class(rtd))
-        rtd_indexes = _RECORD_INDEX.get(rtd)
-        if rtd_indexes is None:
-            rtd_indexes = _RECORD_INDEX[rtd] = weakref.WeakKeyDictionary()
-        rtd_indexes[img] = index
+    img = _RUNNING[-1] if _RUNNING else None
+    if img is None or img.closed:
+        return
+    try:
+        index = img.class_index(f"record:{rtd.name}", rtd.fields)
+    except image.ReadOnlyImage:
+        return   # a read-only image cannot hold records of a type it does not know
+    img.set_handle_class(index, persistent_record_class(rtd))
+    _RECORD_INDEX.setdefault(rtd, weakref.WeakKeyDictionary())[img] = index
 
 
-_RECORD_INDEX: "weakref.WeakKeyDictionary[RecordType, dict]" = weakref.WeakKeyDictionary()
 RECORD_TYPE_HOOKS.append(_record_type_made)
 
 
-def _record_record(x: Record) -> tuple:
+def _record_record(x: Record, img: Any) -> tuple:
     rtd = type(x).record_type
-    for img, index in _RECORD_INDEX.get(rtd, {}).items():
-        return ("object", index, [getattr(x, field_slot(f)) for f in rtd.fields])
-    raise TypeError(f"cannot store a {rtd.name} record: its type was defined with no image open")
+    index = _RECORD_INDEX.get(rtd, {}).get(img) if img is not None else None
+    if index is None:
+        raise TypeError(f"cannot store a {rtd.name} record in this image: its type was not "
+                        "defined by this image's interpreter")
+    return ("object", index, [getattr(x, field_slot(f)) for f in rtd.fields])
 
 
 # -- procedures -----------------------------------------------------------------------
 
+# The process-wide procedures stored by name (the standard ones and the
+# runtime's helpers).  An interpreter's own procedures (image:commit, which
+# close over it) are registered on its environment instead (register_own).
 _SYSTEM_NAMES: dict[int, str] = {}          # id(procedure) -> its registry name
 _SYSTEM_PROCEDURES: dict[str, Callable] = {}  # registry name -> procedure
 # image -> a weak reference to the environment its stored procedures compile
 # in (weak both ways: an image and its interpreter are freed when closed).
 _ENVIRONMENTS: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDictionary()
-# A stored procedure's compiled code, keyed by its handle: an address can be
-# freed (rollback, gc, rewind) and reused by another procedure, whose new
-# handle then compiles its own code.
-_compiled: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
 
 
 def _environment_of(img: Any) -> Any:
@@ -226,12 +307,20 @@ def _environment_of(img: Any) -> Any:
 
 
 def register_system_procedures(procedures: dict[str, Callable]) -> None:
-    """Procedures that are stored by name: the standard ones and the runtime's
-    helpers that expanded code embeds as constants."""
+    """Process-wide procedures that are stored by name: the standard ones and
+    the runtime's helpers that expanded code embeds as constants."""
     for name, proc in procedures.items():
-        if callable(proc):   # a later registration of a name (a new interpreter's) replaces it
+        if callable(proc):   # a later registration of a name replaces it
             _SYSTEM_NAMES[id(proc)] = name
             _SYSTEM_PROCEDURES[name] = proc
+
+
+def register_own(env: Any, procedures: dict[str, Callable]) -> None:
+    """An interpreter's own procedures, stored by name, found again through
+    the environment of the image a CLOSURE is read from."""
+    for name, proc in procedures.items():
+        env.own_procedures[name] = proc
+        env.own_names[id(proc)] = name
 
 
 @functools.cache   # once per process: the modules do not change
@@ -246,11 +335,48 @@ def register_runtime_constants() -> None:
                                     and getattr(value, "__module__", None) == module.__name__})
 
 
+def _system_name(proc: Callable, env: Any) -> str | None:
+    """The registry name proc is stored by, or None (ids can be reused: the
+    registry must still hold proc itself)."""
+    name = _SYSTEM_NAMES.get(id(proc))
+    if name is not None and _SYSTEM_PROCEDURES.get(name) is proc:
+        return name
+    if env is not None:
+        name = env.own_names.get(id(proc))
+        if name is not None and env.own_procedures.get(name) is proc:
+            return name
+    return None
+
+
+def _system_procedure(name: str, env: Any) -> Callable | None:
+    proc = env.own_procedures.get(name) if env is not None else None
+    return proc if proc is not None else _SYSTEM_PROCEDURES.get(name)
+
+
+def _link(proc: Callable, handle: "StoredProcedure", env: Any) -> None:
+    """proc is stored as handle's CLOSURE: each remembers the other (PROCEDURES)."""
+    handle._proc = proc
+    name = _system_name(proc, env)
+    if name is not None:
+        if env is not None:
+            env.system_closures[name] = handle
+        return
+    try:
+        proc.scheme_handle = handle
+    except (AttributeError, TypeError):
+        pass   # a callable without attributes is stored again each time
+
+
+def _usable(handle: Any, img: Any) -> bool:
+    """handle is a live CLOSURE handle of img."""
+    return handle is not None and img is not None and handle._heap is img._heap
+
+
 class StoredProcedure(HandleBase):
     """A procedure in the image.  Calling it compiles its core form once (per
-    process) and calls the result; a standard procedure is found by name."""
+    handle) and calls the result; a standard procedure is found by name."""
 
-    __slots__ = ()
+    __slots__ = ("_proc",)   # the procedure it stands for, once known
 
     @property
     def scheme_name(self) -> str:
@@ -258,10 +384,11 @@ class StoredProcedure(HandleBase):
 
     def procedure(self) -> Callable:
         """The Python callable this stored procedure stands for."""
-        proc = _compiled.get(self)
+        proc = getattr(self, "_proc", None)
         if proc is None:
-            proc = _compiled[self] = self._build()
             env = _environment_of(self._img)
+            proc = self._build(env)
+            _link(proc, self, env)
             if env is not None:   # the global that holds it calls the procedure directly from now on
                 from ._env import mangle
                 key = mangle(self.scheme_name)
@@ -271,16 +398,27 @@ class StoredProcedure(HandleBase):
                         env.track(proc)   # recompiled when a global it baked in changes
         return proc
 
-    def _build(self) -> Callable:
+    def _known(self) -> Any:
+        """The procedure, when it is known without compiling; else self."""
+        proc = getattr(self, "_proc", None)
+        if proc is not None:
+            return proc
+        if self._heap.slot(self._addr, 1) == "system":
+            try:
+                return self.procedure()
+            except SchemeError:
+                return self   # a procedure this version lacks: calling it says so
+        return self
+
+    def _build(self, env: Any) -> Callable:
         heap, addr = self._heap, self._addr
         name, kind = heap.slot(addr, 0), heap.slot(addr, 1)
         if kind == "system":
-            proc = _SYSTEM_PROCEDURES.get(name)
+            proc = _system_procedure(name, env)
             if proc is None:
                 raise SchemeError(f"the image holds the standard procedure {name}, which this "
                                   "version of imago does not have")
             return proc
-        env = _environment_of(self._img)
         if env is None:
             raise SchemeError(f"{name}: a stored procedure needs an interpreter on its image")
         from ._compile import compile_lambda
@@ -293,11 +431,33 @@ class StoredProcedure(HandleBase):
         return f"<StoredProcedure {self.scheme_name} at {self._addr:#x}>"
 
 
-def _procedure_record(proc: Callable) -> tuple:
-    """The CLOSURE a procedure is stored as, or TypeError when it cannot be."""
-    name = _SYSTEM_NAMES.get(id(proc))
-    if name is not None and _SYSTEM_PROCEDURES.get(name) is proc:   # an id can be reused
+class _StaleProcedure(StoredProcedure):
+    """What a StoredProcedure becomes when its object is gone."""
+
+    __slots__ = ()
+    scheme_name = property(_gone)
+    procedure = _known = _gone
+
+    def __repr__(self) -> str:
+        return f"<stale StoredProcedure at {self._addr:#x}>"
+
+
+StoredProcedure.stale_class = _StaleProcedure
+
+
+def _procedure_record(proc: Callable, img: Any) -> tuple:
+    """How a procedure is stored: its image's CLOSURE when it has one, else a
+    new CLOSURE; TypeError when it cannot be stored."""
+    env = _environment_of(img) if img is not None else None
+    name = _system_name(proc, env)
+    if name is not None:
+        known = env.system_closures.get(name) if env is not None else None
+        if _usable(known, img):
+            return ("same", known)
         return ("object", C_CLOSURE, [name, "system", None])
+    known = getattr(proc, "scheme_handle", None)
+    if _usable(known, img):
+        return ("same", known)
     core = getattr(proc, "scheme_lambda", None)
     if core is None:
         raise TypeError(f"cannot store the procedure {_describe(proc)} in the image")
@@ -313,8 +473,8 @@ def _describe(proc: Any) -> str:
 
 # -- the encode hook --------------------------------------------------------------------
 
-def encode_value(x: Any) -> tuple:
-    """How the image stores a Scheme value it does not know (objmem.c's hook)."""
+def encode_value(x: Any, img: Any = None) -> tuple:
+    """How img stores a Scheme value it does not know (objmem.c's hook)."""
     t = type(x)
     if t is Char:
         return ("char", x.cp)
@@ -329,15 +489,24 @@ def encode_value(x: Any) -> tuple:
     if isinstance(x, MString):
         return ("object", C_MSTRING, [x.s])
     if isinstance(x, Record):
-        return _record_record(x)
+        return _record_record(x, img)
     if isinstance(x, StoredProcedure):   # of another image, or stale: its callable
-        return encode_value(x.procedure())
+        return encode_value(x.procedure(), img)
     if callable(x):
-        return _procedure_record(x)
+        return _procedure_record(x, img)
     table = _as_dict(x)
     if table is not None:
         return ("same", table)
     raise TypeError(f"cannot store {_kind_of(x)} in the image")
+
+
+def _encoder(image_ref: "weakref.ref") -> Callable[[Any], tuple]:
+    """img's encode hook: encode_value with the image (held weakly: the image holds the hook)."""
+    def encode(x: Any) -> tuple:
+        if type(x) is Pair:   # the common case, first: a list stores one call per pair
+            return ("pair", x.car, x.cdr)
+        return encode_value(x, image_ref())
+    return encode
 
 
 def _as_dict(x: Any) -> dict | None:
@@ -350,6 +519,180 @@ def _as_dict(x: Any) -> dict | None:
 def _kind_of(x: Any) -> str:
     name = type(x).__name__.lower()
     return f"a {name}" if name[0] not in "aeiou" else f"an {name}"
+
+
+# -- promotion (become:) -------------------------------------------------------------------
+
+class Promotions:
+    """The transients promoted in the running transaction, with what undoes
+    each (its transient class and field values), until the transaction ends
+    (see UNDOING A PROMOTION).  An environment owns one."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        # (transient, its class, its field names, their values)
+        self.entries: list[tuple[Any, type, tuple[str, ...], tuple]] = []
+
+    def mark(self) -> int:
+        """A point undo_to can go back to (a savepoint's)."""
+        return len(self.entries)
+
+    def undo_to(self, mark: int) -> None:
+        """The transaction (or savepoint) rolled back: every transient promoted
+        since mark whose handle went stale is transient again, newest first."""
+        entries = self.entries
+        while len(entries) > mark:
+            obj, cls, names, values = entries.pop()
+            if _is_stale_promotion(obj, cls):
+                _restore(obj, cls, names, values)
+
+    def forget(self) -> None:
+        """The transaction committed: its promotions stand."""
+        self.entries.clear()
+
+    def settle(self) -> None:
+        """Outside any transaction: restores what a rollback made stale
+        (a transaction the interpreter did not run, Python's), forgets the rest."""
+        self.undo_to(0)
+
+    def check(self) -> None:
+        """Invariant 3: each logged transient is a live handle of its
+        persistent class, or stale."""
+        for obj, cls, _, _ in self.entries:
+            live = type(obj) is _PERSISTENT_CLASSES.get(cls) and obj._heap is not None
+            if not (live or _is_stale_promotion(obj, cls)):
+                raise AssertionError(f"a promoted {cls.__name__} is neither a live handle nor stale: "
+                                     f"{type(obj).__name__}")
+
+
+def _is_stale_promotion(obj: Any, cls: type) -> bool:
+    persistent = _PERSISTENT_CLASSES.get(cls)
+    return persistent is not None and type(obj) is persistent.stale_class
+
+
+def _restore(obj: Any, cls: type, names: tuple[str, ...], values: tuple) -> None:
+    """A stale promoted transient back to its transient class and values."""
+    obj.__class__ = cls   # from its stale class: the same layout
+    for name in ("_img", "_heap", "_addr"):   # unset, as in every transient
+        if hasattr(obj, name):
+            delattr(obj, name)
+    for name, value in zip(names, values):
+        setattr(obj, name, value)
+
+
+def promote(value: Any, stored: Any, env: Any, log: Promotions | None) -> Any:
+    """value was just stored in env's image, and stored is what reading it
+    back gives: every transient pair, string and record value reaches turns
+    into the handle of its copy, and every procedure is linked to its
+    CLOSURE; each turn is logged in log (None: committed already).  Returns
+    what a holder should keep: value, if it was turned or is a procedure,
+    else stored."""
+    if type(value) in _ATOMS:
+        return value
+    turnable = type(value) in _PERSISTENT_CLASSES
+    _Promotion(env, log).walk(value, stored)
+    if callable(value) or (turnable and getattr(value, "_heap", None) is not None):
+        return value
+    return stored
+
+
+class _Promotion:
+    """One walk of a stored value beside its image copy (see PROMOTION)."""
+
+    __slots__ = ("env", "log", "seen")
+
+    def __init__(self, env: Any, log: Promotions | None) -> None:
+        self.env, self.log = env, log
+        self.seen: dict[int, Any] = {}   # id -> the transient, held so that no id is reused
+
+    def walk(self, value: Any, stored: Any) -> None:
+        todo = [(value, stored)]
+        while todo:
+            transient, copy = todo.pop()
+            if type(transient) is Pair:
+                self._pairs(transient, copy, todo)
+                continue
+            if id(transient) in self.seen:
+                continue
+            self.seen[id(transient)] = transient
+            todo.extend(self._step(transient, copy))
+
+    def _pairs(self, transient: Any, copy: Any, todo: list) -> None:
+        """Along a chain of transient pairs and their copies, in a loop (a
+        long list costs no stack): turns each, queues the cars to walk."""
+        seen, log = self.seen, self.log
+        heap, img = copy._heap, copy._img
+        names = Pair.transient_fields
+        while type(transient) is Pair and type(copy) is PersistentPair and id(transient) not in seen:
+            seen[id(transient)] = transient
+            car, cdr, addr = transient.car, transient.cdr, copy._addr
+            if _walkable(car):
+                todo.append((car, heap.slot(addr, 0)))
+            copy = heap.slot(addr, 1) if _walkable(cdr) else None
+            del transient.car, transient.cdr
+            transient.__class__ = PersistentPair
+            img.adopt(transient, addr)
+            if log is not None:
+                log.entries.append((transient, Pair, names, (car, cdr)))
+            transient = cdr
+        if copy is not None and type(transient) is not Pair:
+            todo.append((transient, copy))   # the chain ends in another transient (a vector...)
+
+    def _step(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
+        """Turns or links transient; the (transient, copy) pairs inside it."""
+        persistent = _PERSISTENT_CLASSES.get(type(transient))
+        if persistent is not None:
+            if type(copy) is not persistent:
+                return []   # read back as another type's record: it stays a copy
+            return self._turn(transient, copy)
+        if callable(transient):
+            if type(copy) is StoredProcedure:
+                _link(transient, copy, self.env)
+            return []
+        if isinstance(transient, (SVector, tuple)) and isinstance(copy, (image.Vector, tuple)):
+            if len(transient) != len(copy):
+                return []
+            return [(item, copy[i]) for i, item in enumerate(transient) if _walkable(item)]
+        if isinstance(copy, image.Table):
+            return self._table(transient, copy)
+        return []
+
+    def _turn(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
+        """transient becomes the handle of copy's address; its fields' pairs."""
+        cls = type(transient)
+        names = getattr(cls, "transient_fields", cls.__slots__)
+        values = tuple(getattr(transient, name) for name in names)
+        heap, addr = copy._heap, copy._addr
+        inside = [] if cls is MString else [(v, heap.slot(addr, i)) for i, v in enumerate(values)
+                                            if _walkable(v)]
+        for name in names:
+            delattr(transient, name)
+        transient.__class__ = _PERSISTENT_CLASSES[cls]
+        copy._img.adopt(transient, addr)
+        if self.log is not None:
+            self.log.entries.append((transient, cls, names, values))
+        return inside
+
+    def _table(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
+        """The values under keys that read back as themselves (strings, symbols, numbers...)."""
+        from ._builtins import HashTable
+        if not isinstance(transient, HashTable):
+            return []
+        found = []
+        for key, value in transient.items():
+            key = key.s if isinstance(key, MString) else key
+            if type(key) in _ATOMS and _walkable(value):
+                found.append((value, copy.get(key)))
+        return found
+
+
+def _walkable(x: Any) -> bool:
+    """x may hold transients: not an atom, not a handle of the image."""
+    t = type(x)
+    if t is Pair:
+        return True
+    return t not in _ATOMS and t is not PersistentPair and getattr(x, "_heap", None) is None
 
 
 # -- reading back for the compiler --------------------------------------------------------
@@ -387,22 +730,15 @@ image.register_values(
 
 
 def install(img: image.Image, env: Any) -> None:
-    """Makes img store Scheme values, and stored procedures compile in env."""
-    img.set_encode_hook(encode_value)
+    """Makes img store Scheme values, and stored procedures compile in env
+    (which holds the per-image state: own_procedures, own_names,
+    system_closures, promotions)."""
+    img.set_encode_hook(_encoder(weakref.ref(img)))
     _ENVIRONMENTS[img] = weakref.ref(env)
-    _RECORD_IMAGES.add(img)
 
 
-def become(value: Any, handle: Any, img: image.Image) -> Any:
-    """The transient value stored as handle's object turns into that handle
-    (a Pair or an MString); other values are replaced by the handle."""
-    persistent = _PERSISTENT_CLASSES.get(type(value))
-    if persistent is None or type(handle) is not persistent:
-        return handle
-    # The transient's own fields: the image holds them now.
-    for name in getattr(type(value), "transient_fields", type(value).__slots__):
-        if hasattr(value, name):
-            delattr(value, name)
-    value.__class__ = persistent
-    img.adopt(value, handle._addr)
-    return value
+def check_procedures(env: Any) -> None:
+    """Invariant 4 for env's remembered standard CLOSUREs."""
+    for name, handle in env.system_closures.items():
+        if handle._heap is not None and handle._proc is not _system_procedure(name, env):
+            raise AssertionError(f"the CLOSURE remembered for {name} stands for another procedure")
