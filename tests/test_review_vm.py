@@ -135,9 +135,6 @@ class TestHashTables:
 class TestBecome:
     """A transient pair stored into a global turns into the handle of its copy."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist.become turns a transient into a handle "
-                       "made in the form's transaction; when the form rolls back, the transient a "
-                       "closure (or a guard's local) still holds is a stale handle")
     def test_a_transient_stays_usable_after_its_store_rolled_back(self, path):
         """A list a closure holds is still readable after a form that stored it failed."""
         with image.open(path) as img:
@@ -146,9 +143,6 @@ class TestBecome:
             fails(interp, "(begin (set! g (keep)) (error \"boom\"))")
             assert interp.eval("(car (keep))") == 1
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist.become turns only the stored value "
-                       "itself into a handle; pairs inside it stay transient copies, so eq? and "
-                       "later mutation through a local break (DESIGN: promoted transients become handles)")
     def test_an_inner_pair_keeps_its_identity(self, path):
         """A list stored inside another stays eq? to the local that holds it, and shares its mutations."""
         with image.open(path) as img:
@@ -158,8 +152,6 @@ class TestBecome:
                                "(set-car! inner 'changed) "
                                "(and (eq? inner (car g)) (eq? (car (car g)) 'changed)))") is True
 
-    @pytest.mark.xfail(strict=True, reason="bug: a procedure stored in a list is copied into a new "
-                       "CLOSURE each time (vm/_persist._procedure_record), so (memq f hooks) is #f")
     def test_a_stored_procedure_is_eq_to_the_global(self, path):
         """(memq f hooks) finds f in a stored list of procedures."""
         with image.open(path) as img:
@@ -195,14 +187,71 @@ class TestBecome:
         assert got == ["ünï 🎉", intern("λ"), 7 ** 300]
 
 
+class TestPromotion:
+    """Every transient a stored value reaches becomes its image copy (vm/_persist.promote)."""
+
+    def test_shared_inner_pairs_stay_shared(self, path):
+        """A list stored twice inside another is one pair, eq? to the local that holds it."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define g #f)")
+            assert interp.eval("(let ((a (list 1))) (set! g (list a a)) "
+                               "(and (eq? (car g) (cadr g)) (eq? a (car g))))") is True
+            interp.env.promotions.check()
+
+    def test_a_string_and_a_record_inside_are_promoted(self, path):
+        """string-set! and a record modifier through locals write the stored copies."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define-record-type box (make-box v) box? (v box-v set-box-v!)) (define g #f)")
+            interp.eval("(let ((s (make-string 1 #\\a)) (b (make-box 1))) (set! g (list s b)) "
+                        "(string-set! s 0 #\\z) (set-box-v! b 2))")
+        assert session(path, "(and (string=? (car g) \"z\") (= (box-v (cadr g)) 2))") is True
+
+    def test_set_car_of_a_stored_pair_promotes(self, path):
+        """A list put into a stored pair by set-car! is the pair's car, mutations included."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define g (list 0))")
+            assert interp.eval("(let ((l (list 1 2))) (set-car! g l) (set-car! l 'x) "
+                               "(and (eq? l (car g)) (eq? (caar g) 'x)))") is True
+
+    def test_pairs_inside_a_transient_vector_are_promoted(self, path):
+        """A vector is copied in, but a list inside it becomes its stored copy."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define g #f)")
+            assert interp.eval("(let* ((l (list 1)) (v (vector l))) (set! g v) "
+                               "(eq? l (vector-ref g 0)))") is True
+
+    def test_a_savepoint_rollback_restores_the_transient(self, path):
+        """A (transaction ...) that stored a list and failed leaves the list usable in the same form."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define keep (let ((l (list 1 2))) (lambda () l))) (define g 0)")
+            assert interp.eval("(begin (guard (e (#t #f)) (transaction (set! g (keep)) (error \"x\"))) "
+                               "(and (= (car (keep)) 1) (eqv? g 0)))") is True
+            interp.env.promotions.check()
+            interp.eval("(set! g (keep))")   # stored for good now
+            assert img.root["g"] is interp.eval("(keep)")
+
+    def test_a_procedure_is_stored_once_and_eq_after_a_reopen(self, path):
+        """f stored twice is one CLOSURE; memq finds f and car in a stored list after a reopen,
+        before and after f runs."""
+        session(path, "(define (f) 1) (define hooks (list f car f))")
+        with image.open(path) as img:
+            assert img.root["hooks"].car._addr == img.root["hooks"].cdr.cdr.car._addr
+        assert session(path, "(and (memq f hooks) (memq car hooks) #t)") is True
+        assert session(path, "(f) (and (eq? f (car hooks)) (eq? car (cadr hooks)) (= ((caddr hooks)) 1))") \
+            is True
+
+
 # -- records across images ------------------------------------------------------------
 
 
 class TestRecordsPerImage:
     """Record types get a class per image (vm/_persist._record_type_made)."""
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist._record_record returns the class index "
-                       "of the first image in _RECORD_INDEX[rtd], not of the image being stored into")
     def test_a_record_is_stored_with_its_images_class(self, tmp_path):
         """With two images whose class tables differ, a record gets the class of its own image."""
         a = image.open(str(tmp_path / "a.image"))
@@ -220,8 +269,6 @@ class TestRecordsPerImage:
             a.close()
             b.close()
 
-    @pytest.mark.xfail(strict=True, reason="bug: vm/_persist._record_type_made defines the class in "
-                       "every open image, committing to an image whose interpreter did nothing")
     def test_defining_a_record_type_does_not_commit_to_another_image(self, tmp_path):
         """A record type defined in one interpreter leaves another image's head alone."""
         with image.open(str(tmp_path / "a.image")) as a, image.open(str(tmp_path / "b.image")) as b:
@@ -475,9 +522,6 @@ class TestVectorStarts:
 # -- leaks -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vm/_persist._ENVIRONMENTS is a WeakKeyDictionary whose "
-                   "value (the environment) holds the image (env.img), so an image with an interpreter "
-                   "is never freed after close")
 def test_an_image_with_an_interpreter_is_freed_after_close(path):
     """A closed image is collectable once its interpreter is dropped."""
     img = image.open(path)
