@@ -238,7 +238,7 @@ class Image:
         if self._depth:
             self._heap.release_savepoint()
             return
-        if self.gc_stress:
+        if self.gc_stress and self._changed():
             self._depth += 1
             try:
                 self._collect()
@@ -266,11 +266,17 @@ class Image:
         """One durable commit; its record carries the meta words (objmem.c,
         "the meta page") ahead of the note.  A transaction that changed
         nothing makes no commit (an expression typed at the REPL costs no sync)."""
-        block = self._heap.meta_block()
-        if block == self._committed_meta and not self._store.dirty_pages:
+        if not self._changed():
             return
+        block = self._heap.meta_block()
         self._store.commit(block + note if note else block)
         self._committed_meta = block
+
+    def _changed(self) -> bool:
+        """Whether the open transaction changed anything: a page, or a meta word.
+        (Under gc_stress, collecting a transaction that changed nothing would
+        itself make a change, and so a commit an expression must not make.)"""
+        return bool(self._store.dirty_pages) or self._heap.meta_block() != self._committed_meta
 
     def _load_meta(self) -> None:
         """The meta words of the commit the store shows.  Every commit of an
