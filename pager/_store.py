@@ -47,6 +47,10 @@ LOCK_ATTEMPTS = 20           # x 5 ms: far longer than a reader's probe, short f
 LOCK_RETRY_SECONDS = 0.005
 
 _READER, _WRITER, _FAILED, _CLOSED = "reader", "writer", "failed", "closed"
+# How far a commit through the Vfs got (PageStore._vfs_stage; None between
+# commits): being built and written (not yet whole in the file), written
+# whole, synced.  What an interruption means depends on it (_catch_up).
+_UNWRITTEN, _WRITTEN, _SYNCED = "unwritten", "written", "synced"
 
 
 class CommitInfo(NamedTuple):
@@ -282,6 +286,7 @@ class PageStore:
         self._views: weakref.WeakSet = weakref.WeakSet()   # open views: vacuum keeps them
         self._pin: _vacuum.ReaderPin | None = None
         self._standins = None
+        self._vfs_stage: str | None = None   # a commit through the Vfs under way
         if not os.path.exists(path):
             raise FileNotFoundError(f"no image at {path}")
         if not os.path.isdir(path):
@@ -729,13 +734,68 @@ class PageStore:
         return self.head
 
     def _catch_up(self, meta: bytes) -> None:
-        """commit() is raising.  If an interruption (Ctrl-C) landed after the
-        commit was durable and finished in C (c has moved on) but before the
-        store's own bookkeeping, the commit stands: bring the store up to it,
-        so that its head, tail and meta match the page table."""
+        """commit() is raising: make the store agree with the disk.  An
+        interruption (Ctrl-C, or a MemoryError) may land anywhere in a
+        commit; what it means depends on how far the commit got:
+
+        - built but not yet being written: nothing was written, so the build
+          is undone and the store stays a writer with its uncommitted pages;
+        - writing, before the write returned whole (_UNWRITTEN): what reached
+          the disk is unknown, so FAILED;
+        - written whole (_WRITTEN), in or after the sync: the sync is
+          completed (the interruption was no failure, so this is not a retry
+          after an error, invariant 6: os.fdatasync itself goes on after
+          EINTR, PEP 475), then the commit is finished;
+        - synced (_SYNCED), or finished in C (c has moved on) but not yet in
+          the store's own bookkeeping: the commit is finished.
+
+        A commit that stands is finished here, so that the store's head,
+        tail and meta match the page table; the interruption goes on up to
+        the caller, which finds the new head (image/_image.py looks)."""
         c = getattr(self, "_commit_args", None)
-        if self._state is _WRITER and c is not None and c.seq - 1 != self._tail.seq:
-            self._finish(c, bytes(meta), done=True)
+        if self._state is not _WRITER or c is None:
+            return
+        stage, finished_in_c = self._vfs_stage, c.seq - 1 != self._tail.seq
+        if stage is None and not finished_in_c:
+            self._drop_unwritten_build(c)
+        elif stage is _UNWRITTEN:
+            self._interrupted(c, "interrupted while writing a commit")
+        else:
+            if stage is _WRITTEN:
+                self._complete_sync(c)
+            self._finish(c, bytes(meta), done=finished_in_c)
+
+    def _drop_unwritten_build(self, c) -> None:
+        """An interruption or error before the write: undo the build, if one
+        was applied (c.undo is set from ic_commit_build to its undo or done).
+        A segment started for it stays, empty, and the next commit goes on
+        there or starts it again, as after a failed open of it."""
+        if c.undo != ffi.NULL:
+            lib.ic_commit_undo(self._tree.ptr, c)
+
+    def _complete_sync(self, c) -> None:
+        """The sync of a wholly written commit was interrupted: sync again.
+        A failure is FAILED as any failed sync; a second interruption leaves
+        the commit's fate unknown, so FAILED too."""
+        try:
+            sync(self._vfs, self._seg_fd)
+        except SyncFailed as exc:
+            self._vfs_stage = None
+            lib.ic_commit_undo(self._tree.ptr, c)
+            self._enter_failed(exc.error)
+        except BaseException:
+            self._interrupted(c, "interrupted twice while syncing a commit")
+            raise
+        self._vfs_stage = _SYNCED
+
+    def _interrupted(self, c, why: str) -> None:
+        """The commit under way may or may not be on disk: put the page table
+        back and trust nothing more until the image is reopened."""
+        self._vfs_stage = None
+        lib.ic_commit_undo(self._tree.ptr, c)
+        self._state = _FAILED
+        self._failure = why
+        self._bind_reader()
 
     def _native_not_done(self, code: int, meta: bytes) -> None:
         """ic_commit_write did not commit (code says why).  When the commit
@@ -757,33 +817,30 @@ class PageStore:
                            f"({error.strerror}); nothing was committed") from error
 
     def _commit_through_vfs(self, meta: bytes) -> None:
-        """The commit step by step, each write and sync through the Vfs."""
+        """The commit step by step, each write and sync through the Vfs.
+        _vfs_stage says how far it got, for _catch_up when it is interrupted."""
         meta_buf = ffi.from_buffer(meta) if meta else ffi.NULL   # alive until built
         c = self._build(meta_buf, len(meta))
         if c is None:
             c = self._build_in_new_segment(meta_buf, len(meta))
         tail = self._tail
+        self._vfs_stage = _UNWRITTEN
         try:
             self._vfs.pwrite(self._seg_fd, _buffer(c.buf, c.buf_len), tail.slot * self.page_size)
+            self._vfs_stage = _WRITTEN
             sync(self._vfs, self._seg_fd)
+            self._vfs_stage = _SYNCED
         except SyncFailed as exc:
+            self._vfs_stage = None
             lib.ic_commit_undo(self._tree.ptr, c)
             self._enter_failed(exc.error)
         except OSError as exc:
+            self._vfs_stage = None
             lib.ic_commit_undo(self._tree.ptr, c)
             if getattr(exc, "written", None) != 0:   # some bytes may have landed
                 self._scrub_failed_commit(tail)
             raise CommitFailed(f"{self.path}: commit {tail.seq + 1} could not be written "
                                f"({exc.strerror or exc}); nothing was committed") from exc
-        except BaseException as exc:
-            # Interrupted (Ctrl-C, MemoryError) between write and sync: whether
-            # the commit reached the disk is unknown, so the page table is put
-            # back and the store trusts nothing more until it is reopened.
-            lib.ic_commit_undo(self._tree.ptr, c)
-            self._state = _FAILED
-            self._failure = f"interrupted during commit ({type(exc).__name__})"
-            self._bind_reader()
-            raise
         self._finish(c, meta)
 
     def _start_log(self, tail: _Tail, zero_from: int, seg_slots: int | None = None) -> None:
@@ -885,6 +942,7 @@ class PageStore:
             self._ckpt = ckpt
             self._write_hint()
         self.appended_bytes += nslots * self.page_size
+        self._vfs_stage = None
         # (tuple.__new__ itself: a NamedTuple's __new__ is a Python frame, and
         # this runs for every commit)
         self._tail = _new_tuple(_Tail, (c.segno, c.slot, seq, c.prev_sum, c.ckpt_slot))
@@ -912,6 +970,11 @@ class PageStore:
                            r.time_ns / 1e9, r.meta, r.page_numbers())
                 for r in self._all_records()]
 
+    def written_pages(self) -> WrittenPages:
+        """The pages each commit on disk wrote, as it wrote them (WrittenPages)."""
+        self._require_open()
+        return WrittenPages(self._image, self._all_records())
+
     def _all_records(self) -> list[fmt.Record]:
         """Every record from the oldest segment to the head, in order.  A
         segment's log ends where the next segment's begins: a record past that
@@ -932,8 +995,10 @@ class PageStore:
                 break
         return out
 
-    def view(self, commit_no: int) -> PageView:
-        """A read-only view of any commit still on disk."""
+    def view(self, commit_no: int, scans: dict | None = None) -> PageView:
+        """A read-only view of any commit still on disk.  scans: a dict the
+        caller keeps between views it opens in ascending order, so that they
+        share the reading of the log from their checkpoint (_vacuum.resolve)."""
         self._require_open()
         if not 0 <= commit_no <= self.head:
             raise KeyError(f"commit {commit_no} is not on disk (the head is {self.head})")
@@ -941,7 +1006,7 @@ class PageStore:
         if self._pin is not None:   # pinned before it is built (pager/_vacuum, READERS)
             self._pin.set([self.head, commit_no] + [v.commit for v in list(self._views)])
         try:
-            tree, rec = _vacuum.resolve(self, commit_no)
+            tree, rec = _vacuum.resolve(self, commit_no, scans)
             view = PageView(tree, commit_no, self.page_size, rec.meta, self.path)
             view.record = rec   # what carries it: the original, or a vacuum's stand-in
         finally:
@@ -1148,6 +1213,7 @@ class PageStore:
         assert t.seq != self.head or t.ckpt_slot == 0 or \
             (self._ckpt.segno, self._ckpt.slot) == (t.segno, t.ckpt_slot)
         assert self._readonly_or_bounded()
+        assert self._vfs_stage is None   # no commit is left half-made between calls
         if self._state == _READER:
             assert self._dirty is None and self._seg_fd < 0 and self._lock_fd < 0
         else:
@@ -1241,3 +1307,74 @@ def _check_geometry(page_size: int, segment_size: int) -> None:
     if not fmt.geometry_ok(page_size, segment_size):
         raise ValueError(f"segment size {segment_size} must be a multiple of the page size, "
                          f"from 16 pages to 1 TiB")
+
+
+class WrittenPages:
+    """The pages each commit on disk wrote, read as that commit wrote them:
+    from the commit's own data slots, each checked against the page sum its
+    record lists (as Image.verify_pages checks a commit).  A page a commit
+    wrote holds, whole, that page's bytes in the commit's state, so a reader
+    can compare the bytes it cares about across commits without building a
+    page table (snapshots/_versions.py, HISTORY, FAST).
+
+    Made by PageStore.written_pages() over the records on disk then, and read
+    through the store's segment maps: use it while the store is open.  A
+    segment a vacuum deleted since fails the read (CorruptImage), never
+    returns other bytes.  Only a plain commit's record says what that commit
+    wrote: vacuum's records (stand-ins, and the checkpoint whose data area
+    holds the pages copied for every retained version) list copies, not the
+    commit's state, so they are not served (KeyError, as for a commit whose
+    record is gone)."""
+
+    def __init__(self, image: Image, records: list[fmt.Record]) -> None:
+        self._image = image
+        self._all = records
+        self._records = {r.seq: r for r in records if r.stands_for is None and not r.is_side}
+        self._slots: dict[int, dict[int, tuple[int, int]]] = {}   # commit -> page -> (i, sum)
+
+    def commits(self) -> list[CommitInfo]:
+        """Every commit on disk, oldest first, as PageStore.commits() lists
+        them (from the same read of the records: a caller needing both reads once)."""
+        return [_commit_info(r) for r in self._all]
+
+    def __contains__(self, commit_no: object) -> bool:
+        """Whether commit_no's own record is on disk (its pages can be read)."""
+        return commit_no in self._records
+
+    def pages(self, commit_no: int) -> tuple[int, ...]:
+        """The logical pages commit_no wrote (KeyError: its own record is not on disk)."""
+        return self._record(commit_no).page_numbers()
+
+    def freed(self, commit_no: int) -> tuple[int, ...]:
+        """The logical pages commit_no freed (they left its page table)."""
+        rec = self._record(commit_no)
+        return struct.unpack(f"<{rec.nfreed}Q", rec.freed)
+
+    def page(self, commit_no: int, page_no: int) -> bytes:
+        """page_no as commit_no wrote it.  KeyError if that commit did not
+        write it (or its own record is not on disk); CorruptImage if the slot
+        fails its page sum."""
+        rec = self._record(commit_no)
+        slots = self._slots.get(commit_no)
+        if slots is None:
+            numbers = struct.unpack_from(f"<{2 * rec.npages}Q", rec.pairs)
+            slots = self._slots[commit_no] = {numbers[2 * i]: (i, numbers[2 * i + 1])
+                                              for i in range(rec.npages)}
+        if page_no not in slots:
+            raise KeyError(f"commit {commit_no} did not write page {page_no}")
+        i, page_sum = slots[page_no]
+        slot = rec.first_slot + i
+        self._image.native.verify_slot(make_loc(rec.segno, slot), page_sum, page_no, rec.seq)
+        size = self._image.page_size
+        return bytes(self._image.segment(rec.segno)[slot * size:(slot + 1) * size])
+
+    def _record(self, commit_no: int) -> fmt.Record:
+        rec = self._records.get(commit_no)
+        if rec is None:
+            raise KeyError(f"commit {commit_no}'s own record is not on disk")
+        return rec
+
+
+def _commit_info(rec: fmt.Record) -> CommitInfo:
+    return CommitInfo(rec.seq, None if rec.parent == fmt.NO_PARENT else rec.parent,
+                      rec.time_ns / 1e9, rec.meta, rec.page_numbers())

@@ -4,11 +4,13 @@ import array
 import errno
 import gc
 import os
+import warnings
 
 import pytest
 
 from native import PageReader
-from pager import CommitFailed, CorruptImage, PageStore, PagerError, StoreFailed
+from pager import (CommitFailed, CorruptImage, PageStore, PagerError, RecoveryWarning,
+                   StoreFailed)
 from pager._native import NativeStore, Tree, make_loc
 from pager._vfs import Vfs
 
@@ -76,31 +78,192 @@ class TestCloseAndInterrupts:
         vfs.armed = False
         PageStore.open(path).close()   # the lock was released
 
-    def test_interrupt_inside_sync_loses_nothing(self, path):
-        """Ctrl-C inside a commit's sync leaves the store FAILED, never half-applied."""
-        class Interrupting(Vfs):
-            armed = False
 
-            def fdatasync(self, fd):
-                if self.armed:
-                    self.armed = False
-                    raise KeyboardInterrupt
-                super().fdatasync(fd)
+class _ScriptedSync(Vfs):
+    """A real file system whose next fdatasync calls do what `script` says:
+    "interrupt" (Ctrl-C before the sync), "sync-interrupt" (Ctrl-C as the sync
+    returns), "eio" (the sync fails); an empty script syncs."""
 
-        vfs = Interrupting()
+    def __init__(self) -> None:
+        self.script: list[str] = []
+
+    def fdatasync(self, fd):
+        step = self.script.pop(0) if self.script else "sync"
+        if step == "interrupt":
+            raise KeyboardInterrupt
+        if step == "eio":
+            raise OSError(errno.EIO, "injected")
+        super().fdatasync(fd)
+        if step == "sync-interrupt":
+            raise KeyboardInterrupt
+
+
+def _interrupted_commit(path, script=(), **patches):
+    """A store with commit AAAA, then BBBB committed under the script or the
+    patched methods (each raises KeyboardInterrupt once, then runs as usual);
+    returns the store and the exception the second commit raised."""
+    vfs = _ScriptedSync()
+    s = PageStore.create(path, segment_size=SEGMENT, _vfs=vfs)
+    s.write(0, b"AAAA")
+    s.commit(b"first")
+    s.write(0, b"BBBB")
+    vfs.script = list(script)
+    for name, when in patches.items():
+        setattr(s, name, _interrupt_once(getattr(s, name), when))
+    with pytest.raises(BaseException) as caught:
+        s.commit(b"second")
+    for name in patches:
+        delattr(s, name)
+    return s, caught.value
+
+
+def _interrupt_once(method, when: str):
+    armed = [True]
+
+    def interrupting(*args, **kwargs):
+        if armed[0] and when == "before":
+            armed[0] = False
+            raise KeyboardInterrupt
+        result = method(*args, **kwargs)
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return result
+    return interrupting
+
+
+def _assert_second_commit_stands(s, path):
+    """The interrupted commit stands: the session sees it, goes on after it,
+    and reopening finds the same."""
+    assert (s.head, s.head_meta, s.dirty_pages, s.read(0)[:4]) == (2, b"second", 0, b"BBBB")
+    s.check()
+    s.write(1, b"CCCC")
+    assert s.commit(b"third") == 3
+    s.close()
+    with PageStore.open(path) as again:
+        assert [c.meta for c in again.commits()[1:]] == [b"first", b"second", b"third"]
+        assert (again.read(0)[:4], again.read(1)[:4]) == (b"BBBB", b"CCCC")
+        again.check()
+
+
+def _assert_failed_then_disk_decides(s, path, why: str, head: int):
+    """The store is FAILED (the commit's fate is unknown to it); reopening
+    finds what the disk holds, whole: here `head` (2 when the bytes reached
+    the page cache whole, 1 when a torn commit is dropped, with a warning)."""
+    with pytest.raises(StoreFailed, match=why):
+        s.read(0)
+    s.close()
+    with warnings.catch_warnings(record=True) as noted:
+        warnings.simplefilter("always", RecoveryWarning)
+        again = PageStore.open(path)
+    with again:
+        assert (again.head, again.read(0)[:4]) == (head, b"AAAA" if head == 1 else b"BBBB")
+        assert bool(noted) == (head == 1)
+        again.check()
+
+
+class TestInterruptedCommits:
+    """Ctrl-C (KeyboardInterrupt) anywhere in a commit on the Vfs path: the
+    store agrees with the disk afterwards (PageStore._catch_up)."""
+
+    def test_an_interrupt_inside_the_sync_completes_the_commit(self, path):
+        """Ctrl-C while the sync runs: the sync is completed and the commit stands."""
+        s, exc = _interrupted_commit(path, ["interrupt"])
+        assert isinstance(exc, KeyboardInterrupt)
+        _assert_second_commit_stands(s, path)
+
+    def test_an_interrupt_as_the_sync_returns_keeps_the_commit(self, path):
+        """Ctrl-C surfacing right after the sync returned: the commit stands."""
+        s, exc = _interrupted_commit(path, ["sync-interrupt"])
+        assert isinstance(exc, KeyboardInterrupt)
+        _assert_second_commit_stands(s, path)
+
+    def test_an_interrupt_before_the_bookkeeping_keeps_the_commit(self, path):
+        """Ctrl-C after the sync, before the store finished the commit: it stands."""
+        s, exc = _interrupted_commit(path, _finish="before")
+        assert isinstance(exc, KeyboardInterrupt)
+        _assert_second_commit_stands(s, path)
+
+    def test_an_interrupt_inside_the_bookkeeping_keeps_the_commit(self, path):
+        """Ctrl-C after C finished a checkpoint commit, before the tail moved: it stands once."""
+        vfs = _ScriptedSync()
         s = PageStore.create(path, segment_size=SEGMENT, _vfs=vfs)
         s.write(0, b"AAAA")
-        s.commit()
+        s.commit(b"first")
+        s.rewind(s.head)   # the next commit is a checkpoint, which writes the hint
         s.write(0, b"BBBB")
+        s._write_hint = _interrupt_once(s._write_hint, "after")
+        with pytest.raises(KeyboardInterrupt):
+            s.commit(b"second")
+        del s._write_hint
+        _assert_second_commit_stands(s, path)
+
+    def test_an_interrupt_before_the_write_keeps_the_changes_uncommitted(self, path):
+        """Ctrl-C after the commit was laid out, before any write: nothing was
+        committed, the store stays a writer and still holds the changes."""
+        s, exc = _interrupted_commit(path, _build="after")
+        assert isinstance(exc, KeyboardInterrupt)
+        assert (s.head, s.dirty_pages, s.read(0)[:4]) == (1, 1, b"BBBB")
+        s.check()
+        assert s.commit(b"second") == 2
+        _assert_second_commit_stands(s, path)
+
+    def test_an_interrupt_while_starting_a_segment_keeps_the_changes_uncommitted(self, path):
+        """Ctrl-C after a new segment was made for a commit, before its write:
+        nothing was committed, and committing again goes on in that segment."""
+        s = PageStore.create(path, segment_size=SEGMENT, _vfs=_ScriptedSync())
+        s.write(0, b"AAAA")
+        s.commit(b"first")
+        pages = SEGMENT // 4096 + 8   # more than the first segment holds
+        for page_no in range(pages):
+            s.write(page_no, b"B" * 4096)
+        s._image.attach = _interrupt_once(s._image.attach, "after")
+        with pytest.raises(KeyboardInterrupt):
+            s.commit(b"big")
+        del s._image.attach
+        assert (s.head, s.dirty_pages) == (1, pages)
+        assert s.commit(b"big") == 2
+        s.check()
+        s.close()
+        with PageStore.open(path) as again:
+            assert (again.head, again.read(pages - 1)) == (2, b"B" * 4096)
+            assert sorted(n for n in os.listdir(path) if n.startswith("seg-")) == \
+                ["seg-000001", "seg-000002"]
+            again.check()
+
+    def test_an_interrupt_during_the_write_fails_the_store(self, path):
+        """Ctrl-C while the write runs: what reached the file is unknown, so FAILED."""
+        class HalfWrite(_ScriptedSync):
+            armed = False
+
+            def pwrite(self, fd, data, offset):
+                if self.armed:
+                    self.armed = False
+                    os.pwrite(fd, memoryview(data)[:len(data) // 2], offset)
+                    raise KeyboardInterrupt
+                super().pwrite(fd, data, offset)
+
+        vfs = HalfWrite()
+        s = PageStore.create(path, segment_size=SEGMENT, _vfs=vfs)
+        s.write(0, b"AAAA")
+        s.commit(b"first")
+        s.write(0, b"BBBB" * 1024)
         vfs.armed = True
         with pytest.raises(KeyboardInterrupt):
-            s.commit()
-        with pytest.raises(StoreFailed, match="interrupted"):
-            s.read(0)
-        s.close()
-        with PageStore.open(path) as s:
-            assert s.read(0)[:4] in (b"AAAA", b"BBBB")   # the commit's fate is the disk's
-            s.check()
+            s.commit(b"second")
+        _assert_failed_then_disk_decides(s, path, "interrupted while writing", head=1)
+
+    def test_a_second_interrupt_while_completing_the_sync_fails_the_store(self, path):
+        """Ctrl-C again while the interrupted sync is completed: FAILED."""
+        s, exc = _interrupted_commit(path, ["interrupt", "interrupt"])
+        assert isinstance(exc, KeyboardInterrupt)
+        _assert_failed_then_disk_decides(s, path, "interrupted twice", head=2)
+
+    def test_a_failing_sync_while_completing_fails_the_store(self, path):
+        """The completing sync fails: FAILED as for any failed sync, never retried."""
+        s, exc = _interrupted_commit(path, ["interrupt", "eio"])
+        assert isinstance(exc, StoreFailed)
+        _assert_failed_then_disk_decides(s, path, "injected", head=2)
 
 
 class TestFailedWrites:

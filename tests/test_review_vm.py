@@ -347,9 +347,6 @@ class TestFormTransactions:
             assert img._depth == 0
             assert interp.eval("(define q 5) q") == 5
 
-    @pytest.mark.xfail(strict=True, reason="bug: Ctrl-C during the commit's fdatasync: the commit is "
-                       "durable, but the REPL says the form was rolled back and the session keeps the "
-                       "old value (pager marks the store failed; vm/_interp and browser/repl trust it)")
     def test_an_interrupt_after_a_durable_commit(self, path):
         """After Ctrl-C in the sync, what the session believes is what the disk holds."""
         from browser.repl import Repl

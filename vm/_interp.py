@@ -124,7 +124,7 @@ class ImageEnvironment(Environment):
             return value
         root = self.img.root
         try:
-            root[sym.name] = value
+            _persist.store(self.img, value, lambda: root.__setitem__(sym.name, value))
         except TypeError:
             if not _kept_as_source(value):
                 raise   # data that cannot be stored is an error, never silently transient
@@ -132,9 +132,7 @@ class ImageEnvironment(Environment):
                 del root[sym.name]   # a stale stored value must not come back at boot
             self.unstored.append(sym)
             return value
-        if isinstance(value, (int, float, str, bytes, Symbol, Char)) or value is None:
-            return value
-        return _persist.promote(value, root[sym.name], self, self.promotions)
+        return _persist.kept(value, lambda: root[sym.name])
 
     def define_standard(self, sym: Symbol, value: Any) -> None:
         """Binds a procedure of the system (not stored: every boot binds it again)."""
@@ -473,6 +471,7 @@ class Interpreter:
         self._marks = (env.syntax.version, _persist.record_types_made)
         if not img.in_transaction:   # a caller's transaction that rolled back left stale ones
             env.promotions.settle()
+        head = img.head
         try:
             with _persist.running(img):
                 value = self._run_in_transaction(datum, positions, journal)
@@ -483,7 +482,11 @@ class Interpreter:
             env.form_failed()
             raise SchemeFailure(f"the image refused the change: {exc}", exc) from None
         except BaseException:
-            env.form_failed()
+            if img.head == head:
+                env.form_failed()
+            else:   # the form's commit is durable; an interruption came after it (pager: _catch_up)
+                env.form_done()
+                self._seen_head = _version_of(img)
             raise
         env.form_done()
         self._seen_head = _version_of(img)
