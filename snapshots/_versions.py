@@ -37,23 +37,45 @@ shown.  Forms made after the import follow, a version each
 (tests/test_versions.py, test_history_of_an_imported_image).
 
 HISTORY, FAST.  The reference opens a view of every sampled version
-(history_reference).  history skips a sample when no commit since the last
-version it opened can have changed the global, by what the pager records:
-every commit lists the pages it wrote, and carries the meta words.  The
-FOOTPRINT of a global in a version is the set of pages whose bytes decide
-its fingerprint: the root table's header, the store words the lookup of the
-name reads (the index run it probes, the entries it compares, the key), and
-every object reachable from the value (footprint(); objects never move and
-are never freed while reachable, so a value that moves, is replaced or grows
-into new pages first rewrites a page of the footprint: an entry, a vector's
-header or node).  A sample whose interval of commits (by parents, on the
-line) wrote none of those pages and kept the M_ROOT word reads the same bytes,
-so it has the same fingerprint and footprint.  What it does not win: the
-root table's header shares the image's first heap page with the system
-tables that every journaled form writes (the journal's own vector), so in a
-Scheme session nearly every sample is opened.  Page granularity is too
-coarse there; word granularity needs the bytes of a page as a commit wrote
-it, which the pager does not offer yet (bench/README.md, bench_snapshots 4).
+(history_reference).  history opens a version only when a commit since the
+last version it opened may have changed the global, and decides that by
+comparing bytes, without a view: every commit's record lists the pages it
+wrote, each written whole into the commit's own slots, so the pager can hand
+out a page as a commit wrote it (PageStore.written_pages(), each page checked
+against its sum).  A version's state is its parent's with the pages its
+commit wrote replaced and the pages it freed dropped, so the bytes of a page
+at a later sample are those its newest writer in between wrote.
+
+WHAT IS WATCHED (watch_of; the WATCH of a global in the version last opened:
+byte spans per page, and their bytes then).  Everything that decides
+fingerprint(root[name]) and name in root, as native/objmem.c reads it:
+- the M_ROOT meta word, which every commit record carries (compared per commit);
+- the root table's object (header, count, used, store): a table that grows,
+  rehashes or is rebuilt changes it (a new global opens a version);
+- its store's header and its capacity and index size;
+- name present: the run of filled index slots that ends at the slot naming
+  its entry (the probe starts at the key's home slot, somewhere in that run,
+  and stops at an empty slot), the hash and key of every entry those slots
+  name, the whole entry (its value word), and the key's string object
+  (without an index: the hash and key of every entry before it);
+- name absent: every index slot, and the hash and key of every used entry
+  (a probe may stop anywhere); value words are not watched, so a set! of
+  another global does not open a version;
+- every byte of every object the value reaches, header to padded end
+  (pointer slots followed, as the collector follows them).
+A sample is not opened when no commit since changed M_ROOT or freed a
+watched page, each commit's own record is on disk (vacuum's records list
+copies, not what a commit wrote: then the sample is opened), and for each
+watched page its newest writer left the watched spans' bytes as they were.
+Then the sample reads the very bytes the last opened version read, so it has
+the same fingerprint, and the same watch.  Exactness does not lean on how
+objects are allocated: a freed and reused address is compared by its bytes.
+A watch is not kept (every sample opened) past WATCH_OBJECTS objects or
+WATCH_BYTES bytes.  The versions that are opened share the read of the
+log from their checkpoint (PageStore.view's scans: they go in ascending
+order).  Measured (bench/bench_snapshots.py, 4): 10,004 journal entries of
+a Scheme session in 1.6 s, 14 versions opened, where the reference takes
+about 33 ms a version (1,000 entries: 33 s).
 
 INVARIANTS
 1. Nothing here writes: versions are read through views (img.at), each
@@ -330,8 +352,8 @@ def history(img: image.Image, name: str, tip: int | None = None) -> list[Version
     version several forms made (a line's origin stands for all the forms
     before it) lists those of them that name the global, if any do: the
     states between them are not on disk to tell which did it.  A sample
-    whose footprint no commit since touched is not opened (HISTORY, FAST)."""
-    return _history(img, name, tip, _FootprintScan)
+    in which no commit since changed a watched byte is not opened (HISTORY, FAST)."""
+    return _history(img, name, tip, _WatchScan)
 
 
 def history_reference(img: image.Image, name: str, tip: int | None = None) -> list[Version]:
@@ -341,7 +363,7 @@ def history_reference(img: image.Image, name: str, tip: int | None = None) -> li
 
 
 def check_history(img: image.Image, name: str, tip: int | None = None) -> list[Version]:
-    """Invariant 4: history (skipping by footprints) answers exactly what
+    """Invariant 4: history (skipping by watched bytes) answers exactly what
     history_reference (a view per sample) does.  Returns that answer."""
     fast, slow = history(img, name, tip), history_reference(img, name, tip)
     if fast != slow:
@@ -352,7 +374,8 @@ def check_history(img: image.Image, name: str, tip: int | None = None) -> list[V
 def _history(img: image.Image, name: str, tip: int | None, scan_class: Any) -> list[Version]:
     tip = version_of(img) if tip is None else tip
     require_version(img, tip)
-    commits = _writer_store(img).commits()
+    written = _writer_store(img).written_pages()
+    commits = written.commits()
     line = _line_records(commits, tip)
     on_line = {c.number for c in line}
     forms: dict[int, list[str]] = {}
@@ -360,7 +383,7 @@ def _history(img: image.Image, name: str, tip: int | None, scan_class: Any) -> l
         if c.commit in on_line:
             forms.setdefault(c.commit, []).append(c.form)
     times = {c.number: c.time for c in commits}
-    scan = scan_class(img, name, line)
+    scan = scan_class(img, name, line, written)
     found, before = [], None
     for commit in sorted(set(forms) | {tip}):
         now = scan.fingerprint_at(commit)
@@ -390,9 +413,9 @@ def _fingerprint_at(img: image.Image, commit: int, name: str) -> bytes | None:
 
 
 class _EveryVersionScan:
-    """The reference: every sampled version opened and fingerprinted."""
+    """The reference: every sampled version opened (img.at) and fingerprinted."""
 
-    def __init__(self, img: image.Image, name: str, line: list) -> None:
+    def __init__(self, img: image.Image, name: str, line: list, written: Any = None) -> None:
         self.img, self.name = img, name
         self.opened = 0
 
@@ -401,44 +424,76 @@ class _EveryVersionScan:
         return _fingerprint_at(self.img, commit, self.name)
 
 
-class _FootprintScan:
-    """Walks a line's samples in order, opening a version only when a commit
-    since the last one opened wrote a page of that version's footprint (or
-    moved the root): see HISTORY, FAST.  opened counts the versions opened."""
+class _WatchScan:
+    """Walks a line's samples in ascending order, opening a version only when
+    a commit since the last one opened changed a byte of that version's watch
+    (or moved the root, or cannot be compared): see HISTORY, FAST.  opened
+    counts the versions opened; the views share one read of the log (scans)."""
 
-    def __init__(self, img: image.Image, name: str, line: list) -> None:
-        self.img, self.name, self.line = img, name, line
+    def __init__(self, img: image.Image, name: str, line: list, written: Any) -> None:
+        self.img, self.name, self.line, self.written = img, name, line, written
+        self.store = _writer_store(img)
         self.position = {c.number: i for i, c in enumerate(line)}
         self.opened = 0
+        self._scans: dict = {}               # the log read from each checkpoint, shared
         self._at = -1                        # line position of the last version read
         self._value: bytes | None = None     # its fingerprint
-        self._pages: frozenset[int] | None = None   # its footprint; None: open every time
+        self._watch: _Watch | None = None    # its watch; None: open every time
         self._root = b""                     # its M_ROOT word
 
     def fingerprint_at(self, commit: int) -> bytes | None:
         to = self.position[commit]
-        if not self._untouched(self._at + 1, to):
+        if to < self._at:
+            raise ValueError(f"samples go in ascending order: {commit} is before the last one")
+        if not self._unchanged(self._at + 1, to):
             self._read(commit)
         self._at = to
         return self._value
 
-    def _untouched(self, first: int, last: int) -> bool:
-        """Whether the commits line[first..last] left the footprint as it was."""
-        if self._pages is None:
+    def _unchanged(self, first: int, last: int) -> bool:
+        """Whether the commits line[first..last] left every watched byte as it
+        was.  Newest first: a page's bytes at line[last] are those its newest
+        writer in the interval wrote, so only that writer is compared."""
+        watch = self._watch
+        if watch is None:
             return False
-        pages = self._pages
-        for c in self.line[first:last + 1]:
-            if _root_word(c.meta) != self._root or not pages.isdisjoint(c.pages):
+        written, settled = self.written, set()
+        for c in reversed(self.line[first:last + 1]):
+            if _root_word(c.meta) != self._root or c.number not in written:
                 return False
+            if not watch.pages.isdisjoint(written.freed(c.number)):
+                return False   # a watched page left the page table: reads as zeros now
+            for page_no in watch.pages.intersection(c.pages).difference(settled):
+                if not watch.same(page_no, written.page(c.number, page_no)):
+                    return False
+                settled.add(page_no)
         return True
 
     def _read(self, commit: int) -> None:
         self.opened += 1
-        with self.img.at(commit) as view:
-            root = view.root
+        with _open_version(self.store, commit, self._scans) as version:
+            root = version.root
             self._value = fingerprint(root[self.name]) if self.name in root else None
-            self._root = _root_word(view.store.meta)
-            self._pages = footprint(view, self.name)
+            self._root = _root_word(version.store.meta)
+            self._watch = watch_of(version, self.name)
+        _keep_newest_scan(self._scans)
+
+
+def _open_version(store: Any, commit: int, scans: dict) -> image.Image:
+    """A read-only image of commit, its view resolved with the shared scans."""
+    view = store.view(commit, scans)
+    try:
+        return image.Image(view)
+    except BaseException:
+        view.close()
+        raise
+
+
+def _keep_newest_scan(scans: dict) -> None:
+    """Versions are opened in ascending order: only the log read from the
+    newest checkpoint (the last one added) can serve the next one."""
+    for key in list(scans)[:-1]:
+        del scans[key]
 
 
 def _root_word(record_meta: bytes) -> bytes:
@@ -448,45 +503,98 @@ def _root_word(record_meta: bytes) -> bytes:
     return block[at:at + 8]
 
 
-# -- footprints (what reading a global reads) -------------------------------------------
+# -- watches (the bytes that reading a global reads) -------------------------------------
 
-# Past this many objects a global's footprint is not kept: its versions are
-# all opened (a walk of that size costs about what opening a version does).
-FOOTPRINT_OBJECTS = 200_000
+# Past this many objects a global's watch is not kept: its versions are all
+# opened (a walk of that size costs about what opening a version does).
+WATCH_OBJECTS = 200_000
+# Past this many watched bytes (kept in memory to compare with), the same.
+WATCH_BYTES = 64 << 20
 _PAGE0_BYTES = image.LAYOUT["META_WORDS"] * 8
 _TAG_MASK, _TAG_PTR = 7, 0
 _FMT_POINTERS, _FMT_BYTES = 0, 1
 _SIZE_OVERFLOW = 0xFFFFFF
 _EMPTY_INDEX_SLOT = ((-1 << 3) | 1) & (1 << 64) - 1   # FX(-1): an index slot naming no entry
 _STRING_CLASS = 3                   # C_STRING in native/objmem.c
+_ENTRY, _HASH_AND_KEY = 24, 16      # a table entry's bytes: (hash, key, value) words
 
 
-def footprint(view: image.Image, name: str) -> frozenset[int] | None:
-    """The pages whose bytes decide global name's fingerprint in view (a
-    read-only image of one version): those the root table's lookup of name
-    reads, and every object reachable from its value.  None when the value
-    reaches more than FOOTPRINT_OBJECTS objects."""
+class _Watch:
+    """The WATCH of a global in one version: per page, the byte spans
+    (offsets in the page, ascending, disjoint) whose bytes decide its
+    fingerprint, and those bytes as that version has them."""
+
+    def __init__(self, spans: dict[int, list[tuple[int, int]]], expected: dict[int, bytes]) -> None:
+        self.spans, self.expected = spans, expected
+        self.pages = frozenset(spans)
+
+    @classmethod
+    def read(cls, store: Any, ranges: list[tuple[int, int]]) -> _Watch | None:
+        """The watch of the (address, length) ranges, read through store (a
+        version's pages); None past WATCH_BYTES."""
+        spans = _page_spans(ranges, store.page_size)
+        if sum(hi - lo for runs in spans.values() for lo, hi in runs) > WATCH_BYTES:
+            return None
+        return cls(spans, {page_no: _join(store.read(page_no), runs) for page_no, runs in spans.items()})
+
+    def same(self, page_no: int, page: bytes) -> bool:
+        """Whether page (page_no's bytes in another version) holds the watched bytes unchanged."""
+        return _join(page, self.spans[page_no]) == self.expected[page_no]
+
+    def check(self) -> None:
+        """Spans lie in their page, ascending and apart; the bytes kept match them."""
+        for page_no, runs in self.spans.items():
+            ends = [0] + [x for span in runs for x in span]
+            if ends != sorted(ends) or any(lo >= hi for lo, hi in runs):
+                raise AssertionError(f"page {page_no}: spans out of order: {runs}")
+            if len(self.expected[page_no]) != sum(hi - lo for lo, hi in runs):
+                raise AssertionError(f"page {page_no}: {len(self.expected[page_no])} bytes kept "
+                                     f"for spans {runs}")
+
+
+def _join(page: bytes, runs: list[tuple[int, int]]) -> bytes:
+    return b"".join([page[lo:hi] for lo, hi in runs])
+
+
+def _page_spans(ranges: list[tuple[int, int]], page_size: int) -> dict[int, list[tuple[int, int]]]:
+    """The ranges cut at page boundaries, per page, overlapping or touching ones merged."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for addr, length in sorted(ranges):
+        end = addr + length
+        while addr < end:
+            page_no, lo = divmod(addr, page_size)
+            hi = min(page_size, lo + end - addr)
+            runs = spans.setdefault(page_no, [])
+            if runs and runs[-1][1] >= lo:
+                runs[-1] = (runs[-1][0], max(runs[-1][1], hi))
+            else:
+                runs.append((lo, hi))
+            addr += hi - lo
+    return spans
+
+
+def watch_of(view: image.Image, name: str) -> _Watch | None:
+    """The watch of global name in view (a read-only image of one version):
+    the bytes the root table's lookup of name reads, and every byte of every
+    object reachable from its value.  None when the value reaches more than
+    WATCH_OBJECTS objects or the watch exceeds WATCH_BYTES."""
     reader = _RawHeap(view.store)
     root = int.from_bytes(_root_word(view.store.meta), "little")
-    pages: set[int] = set()
-    word = reader.lookup_pages(root, name, pages)
-    if word is not None and not reader.reachable_pages(word, pages):
+    ranges: list[tuple[int, int]] = []
+    word = reader.lookup(root, name, ranges)
+    if word is not None and not reader.reachable(word, ranges):
         return None
-    return frozenset(pages)
+    return _Watch.read(view.store, ranges)
 
 
 class _RawHeap:
     """Objects read as bytes through a page view: headers, extents, and the
     root table's store, laid out as native/objmem.c says (WORDS, OBJECTS,
-    "the table").  Used only to find pages; values are decoded by the heap."""
+    "the table").  Used only to find what to watch; values are decoded by
+    the heap.  Ranges are (address, length) pairs."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self.page_size = store.page_size
-
-    def add_range(self, pages: set[int], addr: int, length: int) -> None:
-        if length > 0:
-            pages.update(range(addr // self.page_size, (addr + length - 1) // self.page_size + 1))
 
     def object(self, addr: int) -> tuple[int, int, int, int]:
         """(format, class, body address, size in slots or bytes) of the object at addr."""
@@ -499,51 +607,52 @@ class _RawHeap:
             size, body = self.store.read_word(body), body + 8
         return fmt, cls, body, size
 
-    def add_object(self, pages: set[int], addr: int) -> tuple[int, int, int, int]:
-        """Adds the pages of the object at addr (header to padded end); returns object(addr)."""
+    def add_object(self, ranges: list, addr: int) -> tuple[int, int, int, int]:
+        """Adds the object at addr (header to padded end); returns object(addr)."""
         found = self.object(addr)
         fmt, _, body, size = found
         length = (size + 7) & ~7 if fmt == _FMT_BYTES else 8 * size
-        self.add_range(pages, addr, body - addr + length)
+        ranges.append((addr, body - addr + length))
         return found
 
     def words(self, addr: int, count: int) -> memoryview:
         return memoryview(self.store.read_bytes(addr, 8 * count)).cast("Q")
 
-    def reachable_pages(self, word: int, pages: set[int]) -> bool:
-        """Adds the pages of every object word reaches (False: more than FOOTPRINT_OBJECTS)."""
+    def reachable(self, word: int, ranges: list) -> bool:
+        """Adds every object word reaches (False: more than WATCH_OBJECTS)."""
         seen: set[int] = set()
         todo = [word]
         while todo:
             w = todo.pop()
             if w == 0 or w & _TAG_MASK != _TAG_PTR or w in seen:
                 continue
-            if len(seen) >= FOOTPRINT_OBJECTS:
+            if len(seen) >= WATCH_OBJECTS:
                 return False
             seen.add(w)
-            fmt, _, body, size = self.add_object(pages, w)
+            fmt, _, body, size = self.add_object(ranges, w)
             if fmt == _FMT_POINTERS and size:
                 todo.extend(self.words(body, size))
         return True
 
-    def lookup_pages(self, table: int, name: str, pages: set[int]) -> int | None:
-        """Adds the pages the lookup of name in the table at address table
-        reads; returns name's value word (None when absent)."""
-        _, _, tbody, _ = self.add_object(pages, table)   # count, used, store
-        header = self.words(tbody, 3)   # fixnums count and used, the store's address
+    def lookup(self, table: int, name: str, ranges: list) -> int | None:
+        """Adds what the lookup of name in the table at address table reads
+        (see WHAT IS WATCHED); returns name's value word (None when absent)."""
+        _, _, tbody, _ = self.add_object(ranges, table)   # count, used, store
+        header = self.words(tbody, 3)
         used, store = header[1] >> 3, header[2]
         _, _, sbody, _ = self.object(store)
         index_size = self.words(sbody, 2)[1] >> 3   # after the capacity, a fixnum
-        self.add_range(pages, store, sbody - store + 16)
-        entries = sbody + 16 + 8 * index_size
+        ranges.append((store, sbody - store + 16))
+        index, entries = sbody + 16, sbody + 16 + 8 * index_size
         found = self._find(entries, used, name)
-        if found is None:   # every probe may stop anywhere: the whole store counts
-            self.add_object(pages, store)
+        if found is None:   # a probe may stop anywhere: every slot and every key counts
+            ranges.append((index, 8 * index_size))
+            ranges.extend((entries + _ENTRY * e, _HASH_AND_KEY) for e in range(used))
             return None
-        self._add_probe(sbody + 16, index_size, entries, found, pages)
-        entry = self.words(entries + 24 * found, 3)
+        self._add_probe(index, index_size, entries, found, ranges)
+        entry = self.words(entries + _ENTRY * found, 3)
         if entry[1] & _TAG_MASK == _TAG_PTR:
-            self.add_object(pages, entry[1])
+            self.add_object(ranges, entry[1])
         return entry[2]
 
     def _find(self, entries: int, used: int, name: str) -> int | None:
@@ -563,14 +672,14 @@ class _RawHeap:
         _, cls, body, size = self.object(addr)
         return cls == _STRING_CLASS and size == len(raw) and self.store.read_bytes(body, size) == raw
 
-    def _add_probe(self, index: int, index_size: int, entries: int, found: int, pages: set[int]) -> None:
-        """The pages a probe for entry found reads.  A store without an index
-        is scanned from entry 0; an indexed one is probed from the key's home
+    def _add_probe(self, index: int, index_size: int, entries: int, found: int, ranges: list) -> None:
+        """What a probe for entry found reads.  A store without an index is
+        scanned from entry 0; an indexed one is probed from the key's home
         slot, which lies in the run of filled slots that ends at the slot
         naming found (a probe stops at the first empty slot), reading each
         slot and the hash and key of each entry it names."""
         if not index_size:
-            self.add_range(pages, entries, 24 * found + 24)
+            ranges.append((entries, _ENTRY * found + _ENTRY))
             return
         slots = self.words(index, index_size)
         target = found << 3 | 1
@@ -582,9 +691,9 @@ class _RawHeap:
                 break
             run.append(before)
         for j in run:
-            self.add_range(pages, index + 8 * j, 8)
-            self.add_range(pages, entries + 24 * (slots[j] >> 3), 16)
-        self.add_range(pages, entries + 24 * found, 24)
+            ranges.append((index + 8 * j, 8))
+            ranges.append((entries + _ENTRY * (slots[j] >> 3), _HASH_AND_KEY))
+        ranges.append((entries + _ENTRY * found, _ENTRY))
 
 
 # Characters that end a Scheme identifier (R7RS 7.1.1 delimiters, and quote marks).

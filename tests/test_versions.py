@@ -306,7 +306,7 @@ def test_cli_main_registers_the_version_commands(capsys):
 
 
 class TestHistoryFast:
-    """history skips the versions whose footprint no commit touched, and answers
+    """history skips the versions in which no commit changed a watched byte, and answers
     exactly what the reference (a view of every sampled version) answers."""
 
     NAMES = ("a", "b", "v", "h", "lst", "long-global-name")
@@ -356,38 +356,142 @@ class TestHistoryFast:
             if name in defined:
                 assert found and found[-1].how != "removed"
 
-    def test_the_scan_opens_only_versions_whose_pages_were_written(self, session):
-        """Page level: commits that wrote none of the footprint's pages are not opened; a
-        mutation, a replacement and growth into new pages are each seen."""
+    @pytest.mark.parametrize("seed", [4, 5])
+    def test_matches_the_reference_with_an_indexed_root_table(self, session, seed):
+        """Forty other globals first, so that the root table's store has an index and
+        probes run through filled slots; then random forms: the same answer."""
+        import random
+        img, interp = session
+        rng = random.Random(seed)
+        interp.eval(" ".join(f"(define other{i} {i})" for i in range(40)))
+        defined: set = set()
+        for _ in range(40):
+            form = self._random_form(rng, defined)
+            if rng.randrange(4) == 0:
+                form += f" (set! other{rng.randrange(40)} {rng.randrange(9)})"
+            interp.eval(form)
+        for name in self.NAMES + ("never-defined", "other7"):
+            check_history(img, name)
+
+    def _scan_line(self, img, name: str, since: int):
+        """The scan over the line from commit since to the head, each sample read."""
+        written = img.store.written_pages()
+        line = [c for c in written.commits() if c.number >= since]
+        scan = _versions._WatchScan(img, name, line, written)
+        seen = [scan.fingerprint_at(c.number) for c in line]
+        expected = [_versions._fingerprint_at(img, c.number, name) for c in line]
+        assert seen == expected
+        return scan, line, expected
+
+    def test_the_scan_opens_only_versions_whose_watched_bytes_changed(self, session):
+        """Commits that changed no watched byte are not opened; a mutation, growth into
+        new pages and a replacement are each seen (one version opened for each)."""
         img, _ = session
         img.root["target"] = list(range(50))
-        img.root["padding"] = bytes(3 * img.store.page_size)   # keeps target's pages apart
+        img.root["padding"] = bytes(3 * img.store.page_size)
         img.root["other"] = list(range(50))
         quiet = img.head
         for i in range(20):
-            img.root["other"][i] = -i                          # never on target's pages
+            img.root["other"][i] = -i
         img.root["target"][3] = -3                             # changed in place
         img.root["target"].extend(range(2000))                 # grows into new pages
         img.root["target"] = [1, 2]                            # replaced
-        line = [c for c in img.store.commits() if c.number >= quiet]
-        scan = _versions._FootprintScan(img, "target", line)
-        seen = [scan.fingerprint_at(c.number) for c in line]
-        expected = [_versions._fingerprint_at(img, c.number, "target") for c in line]
-        assert seen == expected
+        scan, _, expected = self._scan_line(img, "target", quiet)
         assert len(set(expected)) == 4
-        assert scan.opened <= 1 + 3 + 2   # the first, the three changes, at most two neighbours
+        assert scan.opened == 4   # the first, then the three changes
 
-    def test_a_footprint_covers_the_root_entry_and_the_value(self, session):
-        """footprint(): the root table's pages and every page the value's objects occupy."""
+    def test_a_commit_writing_a_watched_page_but_not_its_bytes_is_skipped(self, session):
+        """Word level: two vectors on one page; commits mutating the other one write the
+        target's page and are skipped; the commit changing the target is opened."""
+        img, _ = session
+        img.root["target"] = [0, 1, 2]
+        img.root["other"] = [0, 1, 2]
+        page_size = img.store.page_size
+        assert img.root["target"]._addr // page_size == img.root["other"]._addr // page_size
+        quiet = img.head
+        for i in range(10):
+            img.root["other"][0] = i + 10
+        img.root["target"][0] = 99
+        scan, line, expected = self._scan_line(img, "target", quiet)
+        target_page = img.root["target"]._addr // page_size
+        assert all(target_page in c.pages for c in line[1:])   # each wrote the target's page
+        assert scan.opened == 2 and len(set(expected)) == 2
+        assert expected[-1] != expected[-2]
+
+    def test_the_watch_holds_the_lookup_and_the_value(self, session):
+        """watch_of(): the root table's header, the value's every object byte, as read
+        in that version; an absent name watches every key of the table."""
         img, _ = session
         img.root["big"] = [bytes(100) for _ in range(200)]
         with img.at(img.head) as view:
-            pages = _versions.footprint(view, "big")
+            watch = _versions.watch_of(view, "big")
+            watch.check()
             root = int.from_bytes(_versions._root_word(view.store.meta), "little")
-        assert root // img.store.page_size in pages
-        assert len(pages) >= 200 * 100 // img.store.page_size
-        with img.at(img.head) as view:
-            assert _versions.footprint(view, "absent") >= {root // img.store.page_size}
+            page_size = view.store.page_size
+            for page_no in watch.pages:
+                assert watch.same(page_no, view.store.read(page_no))
+            absent = _versions.watch_of(view, "absent")
+            absent.check()
+        assert root // page_size in watch.pages and root // page_size in absent.pages
+        assert sum(hi - lo for runs in watch.spans.values() for lo, hi in runs) >= 200 * 100
+        first = min(watch.pages)
+        changed = bytearray(bytes(page_size))
+        assert not watch.same(first, bytes(changed))
+
+    def test_page_spans_merge_and_cut_at_page_boundaries(self):
+        """Overlapping and touching ranges merge; a range over a boundary is cut in two."""
+        spans = _versions._page_spans([(10, 6), (16, 4), (12, 2), (4090, 12), (8200, 8)], 4096)
+        assert spans == {0: [(10, 20), (4090, 4096)], 1: [(0, 6)], 2: [(8, 16)]}
+
+    def test_history_across_a_collection_matches_the_reference(self, path):
+        """A global dropped by the Python API (no journal entry: no sample there), the
+        collector freeing its pages, then a new global of that name: the same answer as
+        the reference."""
+        import gc
+        with image.open(path) as img:
+            img.root["big"] = list(range(30000))
+            vm.Interpreter(img).eval("(define small 1) (set! small 2)")
+            del img.root["big"]
+            gc.collect()   # the interpreter and its handles are gone: big is garbage
+            assert img.gc()["pages"] > 0
+            vm.Interpreter(img).eval("(define big (make-vector 10 3)) (set! small 3) "
+                                     "(vector-set! big 1 4)")
+            written = img.store.written_pages()
+            assert any(written.freed(c.number) for c in written.commits())
+            assert [v.how for v in check_history(img, "big")] == ["defined", "changed", "changed"]
+            assert [v.how for v in check_history(img, "small")] == ["defined", "changed", "changed"]
+
+    def test_history_after_a_vacuum_matches_the_reference(self, path):
+        """A vacuum that copies pages writes records listing copies, not what a commit
+        wrote (the written pages refuse them): the scan opens the version after them,
+        and answers what the reference does."""
+        from pager import PageStore
+        PageStore.create(path, segment_size=16 * 4096).close()   # a few commits a segment
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define x (vector 0 0)) (define y 0)")
+            for i in range(30):
+                interp.eval(f"(vector-set! x 0 {i})" if i % 5 == 0 else f"(set! y {i})")
+            keep = [c.number for c in img.store.commits()][-3:] + [20]
+        with PageStore.open(path) as store:
+            assert store.vacuum(keep).groups == 1
+        with image.open(path) as img:
+            vm.Interpreter(img).eval("(vector-set! x 0 99) (set! y 100)")
+            written = img.store.written_pages()
+            assert any(c.number not in written for c in written.commits())
+            assert [v.how for v in check_history(img, "x")] == ["defined", "changed"]
+            assert len(check_history(img, "y")) == 5
+
+    def test_views_opened_with_shared_scans_read_the_same_pages(self, session):
+        """store.view(n, scans) over ascending commits: the same pages as a view of its own."""
+        img, interp = session
+        for i in range(12):
+            interp.eval(f"(define g{i} (vector {i}))")
+        store, scans = img.store, {}
+        for c in store.commits()[-12:]:
+            with store.view(c.number) as alone, store.view(c.number, scans) as shared:
+                assert [alone.read(p) for p in c.pages] == [shared.read(p) for p in c.pages]
+        assert scans
 
     def test_history_of_a_rewound_line_matches_the_reference(self, session):
         """A branch: the line's commits are followed by parents, not by number."""
@@ -400,6 +504,58 @@ class TestHistoryFast:
         interp = vm.Interpreter(img)
         interp.eval("(vector-set! x 0 4)")
         assert [v.how for v in check_history(img, "x")] == ["defined", "changed", "changed"]
+
+
+class TestWrittenPages:
+    """PageStore.written_pages(): each page as the commit that wrote it wrote it."""
+
+    def test_a_page_as_written_is_the_page_of_that_version(self, session):
+        """For each commit, each page it wrote reads as in a view of that commit."""
+        img, interp = session
+        interp.eval("(define v (make-vector 600 0))")
+        for i in range(5):
+            interp.eval(f"(vector-set! v {i * 100} {i})")
+        written = img.store.written_pages()
+        assert [c.number for c in written.commits()] == [c.number for c in img.store.commits()]
+        for c in written.commits()[-6:]:
+            with img.store.view(c.number) as view:
+                for page_no in c.pages:
+                    assert written.page(c.number, page_no) == view.read(page_no)
+
+    def test_unwritten_pages_and_unknown_commits_are_refused(self, session):
+        """KeyError for a page the commit did not write and for a commit not on disk."""
+        img, interp = session
+        interp.eval("(define x 1)")
+        written = img.store.written_pages()
+        head = img.head
+        unwritten = max(written.pages(head)) + 1000
+        with pytest.raises(KeyError, match="did not write"):
+            written.page(head, unwritten)
+        with pytest.raises(KeyError, match="not on disk"):
+            written.page(head + 100, 0)
+        assert head in written and head + 100 not in written
+
+    def test_a_damaged_slot_is_a_clear_error(self, path, session):
+        """A page slot garbled on disk fails its page sum: CorruptImage, not other bytes."""
+        import os
+
+        from pager import CorruptImage
+        img, interp = session
+        interp.eval("(define x (vector 1 2 3))")
+        damaged, page_size = img.head, img.store.page_size
+        interp.eval("(define y 2)")   # recovery checks the newest commit's pages: not this one's
+        written = img.store.written_pages()
+        rec = written._record(damaged)
+        page_no = written.pages(damaged)[0]   # the commit's first data slot
+        img.close()
+        offset = rec.first_slot * page_size + 100
+        with open(os.path.join(path, f"seg-{rec.segno:06d}"), "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        with image.open(path, readonly=True) as reopened, pytest.raises(CorruptImage):
+            reopened.store.written_pages().page(damaged, page_no)
 
 
 def test_history_of_an_imported_image(tmp_path):
