@@ -139,9 +139,9 @@ of the disk's sequential bandwidth on 64 MiB segments, 0.09-0.13x on 8 MiB).
 """
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)
-from pager._store import CommitInfo, PageStore, PageView
+from pager._store import CommitInfo, PageStore, PageView, WrittenPages
 
 __all__ = [
     "CommitFailed", "CommitInfo", "CorruptImage", "ImageLocked", "PageStore", "PageView",
-    "PagerError", "ReadOnlyStore", "RecoveryWarning", "StoreFailed",
+    "PagerError", "ReadOnlyStore", "RecoveryWarning", "StoreFailed", "WrittenPages",
 ]

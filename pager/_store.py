@@ -966,9 +966,7 @@ class PageStore:
     def commits(self) -> list[CommitInfo]:
         """Every commit still on disk, oldest first."""
         self._require_open()
-        return [CommitInfo(r.seq, None if r.parent == fmt.NO_PARENT else r.parent,
-                           r.time_ns / 1e9, r.meta, r.page_numbers())
-                for r in self._all_records()]
+        return [_commit_info(r) for r in self._all_records()]
 
     def written_pages(self) -> WrittenPages:
         """The pages each commit on disk wrote, as it wrote them (WrittenPages)."""
