@@ -214,7 +214,23 @@ def _forms_before(img, snapshot_id: int, count: int = 5) -> list[str]:
             entries = snapshots.journal(view)
     except (KeyError, image.ImageError, PagerError) as exc:
         return [f"(this version cannot be read: {exc})"]
-    return [" ".join(c.form.split()) for c in entries[-count:]]
+    return _collapse_runs([" ".join(c.form.split()) for c in entries], count)
+
+
+def _collapse_runs(forms: list[str], count: int) -> list[str]:
+    """The last count lines of forms, a run of one form journaled again and
+    again (a loop with (commit) points journals at each) shown once with
+    its count, so that it does not fill the menu alone."""
+    lines: list[str] = []
+    i = len(forms)
+    while i > 0 and len(lines) < count:
+        j = i - 1
+        while j > 0 and forms[j - 1] == forms[i - 1]:
+            j -= 1
+        run = i - j
+        lines.append(forms[i - 1] if run == 1 else f"{forms[i - 1]}   (x{run})")
+        i = j
+    return lines[::-1]
 
 
 def _boot_version(img, log, args, interactive: bool, out) -> None:

@@ -112,6 +112,26 @@ class TestMenuFromBoot:
             assert cli._forms_before(img, img.head)[-1] == "(define b 2)"
             assert "cannot be read" in cli._forms_before(img, 99999)[0]
 
+    def test_a_form_journaled_at_each_commit_point_shows_once_with_its_count(self, tmp_path):
+        """A loop with (commit) points journals its form at each; the menu shows
+        the run as one line with its count, and the forms before it still show."""
+        import vm
+        path = str(tmp_path / "r.image")
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define n 0)")
+            interp.eval("(let loop ((i 0)) (when (< i 7) (set! n (+ n 1)) (commit) (loop (+ i 1))))")
+            interp.eval("(define done #t)")
+            forms = cli._forms_before(img, img.head)
+        assert forms[0] == "(define n 0)" and forms[-1] == "(define done #t)"
+        assert len(forms) == 3 and forms[1].startswith("(let loop") and forms[1].endswith("(x7)")
+
+    def test_runs_are_collapsed_from_the_end(self):
+        """The last count lines, each run of one form once."""
+        assert cli._collapse_runs(["a", "b", "b", "c", "b"], 3) == ["b   (x2)", "c", "b"]
+        assert cli._collapse_runs(["a", "a", "a"], 5) == ["a   (x3)"]
+        assert cli._collapse_runs([], 5) == []
+
 
 class TestKnownGood:
     """The boot is marked good once: at a clean end, or after running a while."""
