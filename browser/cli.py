@@ -312,7 +312,7 @@ def _locked(path: str) -> bool:
 
 
 def cmd_eval(args, out) -> int:
-    from browser.repl import run_script
+    from browser._script import run_script
     img, interp = _interpreter(args.image)
     with img:
         return run_script(interp, args.forms, lambda text: print(text, file=out),

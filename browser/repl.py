@@ -36,16 +36,15 @@ from prompt_toolkit.history import History
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.layout.processors import HighlightMatchingBracketProcessor
 
+from browser._script import run_script, show
 from vm import Interpreter, SchemeFailure
 from vm._env import mangle
-from vm._printer import pretty, write
+from vm._printer import write
 from vm._reader import Incomplete, read_all
 from vm._types import ErrorObject, MString, Pair, Symbol, intern
 
-__all__ = ["KnownGood", "Repl"]
+__all__ = ["KnownGood", "Repl", "run_script"]   # run_script: browser/_script.py
 
-PRINT_DEPTH = 8       # nesting shown before "..."
-PRINT_LENGTH = 50     # items of a sequence shown before "... (N more)"
 
 HELP = """\
 Each form you enter runs as one transaction: it commits when it succeeds, and
@@ -199,7 +198,7 @@ class Repl:
                 self.out(self.show(value))
 
     def show(self, value: Any) -> str:
-        return pretty(value, depth=PRINT_DEPTH, length=PRINT_LENGTH)
+        return show(value)
 
     def _remember(self, value: Any) -> None:
         ns = self.interp.env.namespace
@@ -326,29 +325,4 @@ def describe(value: Any) -> str:
         name = getattr(value, "scheme_name", None) or getattr(value, "__name__", "?")
         return f"a procedure {name} ({where})"
     return f"{write(value)}: a {kind} ({where})"
-
-
-def run_script(interp: Interpreter, text: str, out: Callable[[str], None],
-               err: Callable[[str], None] | None = None, source: str = "<stdin>") -> int:
-    """Non-interactive input (a pipe, imago eval): every form runs and prints
-    its value like at the prompt; errors go to err.  The exit status is 1 if
-    any form failed (the others still ran, each in its own transaction)."""
-    err = err or out
-    repl = Repl(interp, out)
-    failed = False
-    try:
-        forms = read_all(text, source)
-    except Exception as exc:
-        err(f"imago: error: {exc}")
-        return 1
-    for datum in forms:
-        try:
-            value = interp.run_form(datum)
-        except SchemeFailure as exc:
-            err(f"imago: error: {exc} (the form was rolled back)")
-            failed = True
-            continue
-        if value is not None:
-            out(repl.show(value))
-    return 1 if failed else 0
 
