@@ -343,6 +343,8 @@ typedef struct {
     int bounds_ok;            /* base, top and nclasses below are page 0's */
     uint64_t base, top, nclasses;
     PyObject *encode_hook;    /* describes the layer above's values (see "the encode hook") */
+    PyObject *made;           /* while recording: [value, address, ...] (see "made objects") */
+    int recording;            /* record_made() calls not yet matched by made() */
     /* Page 0, the meta words, lives here and not in the store: it travels in
      * each commit's record (meta_block / load_meta), so an allocation does
      * not dirty a page of its own (see "the meta page" below). */
@@ -1153,6 +1155,26 @@ static int encode_list(Heap *h, PyObject *v, PyObject **memo, uint64_t *out) {
 ** in the memo until the store is done (memo keys are addresses).
 */
 
+/* MADE OBJECTS.  The layer above promotes what it stores (a transient pair
+** becomes the handle of its copy): it needs each value the hook described as
+** a "pair" or an "object" with the address it was stored at.  Between
+** record_made() and made(), every such store appends value, address to
+** h->made (the values are held: no id is reused while the list lives), so the
+** layer above maps each transient to its copy without decoding the copy.
+** States: IDLE (made NULL, recording 0) --record_made--> RECORDING (n) --made,
+** n -> 0--> IDLE.  Nested calls share one list; only the outermost made()
+** drops it.  Outside RECORDING nothing is kept.  turn() then makes the
+** values handles of their addresses in bulk (become:, see m_turn), and
+** vec_store() writes several vector items as one value (one memo).
+*/
+static int made_put(Heap *h, PyObject *v, uint64_t addr) {
+    if (!h->made) return 0;
+    PyObject *a = PyLong_FromUnsignedLongLong(addr);
+    int rc = a && !PyList_Append(h->made, v) && !PyList_Append(h->made, a) ? 0 : -1;
+    Py_XDECREF(a);
+    return rc;
+}
+
 static int memo_keep(PyObject **memo, PyObject *v) {
     if (!*memo && !(*memo = PyDict_New())) return -1;
     PyObject *keep = PyDict_GetItemWithError(*memo, Py_None);
@@ -1202,7 +1224,7 @@ static int encode_scheme_object(Heap *h, PyObject *v, PyObject *t, PyObject **me
         return -1;
     }
     Py_ssize_t n = PyList_GET_SIZE(slots);
-    if (new_empty(h, cls, (uint64_t)n, out) || memo_put(memo, v, *out)) return -1;
+    if (new_empty(h, cls, (uint64_t)n, out) || memo_put(memo, v, *out) || made_put(h, v, *out)) return -1;
     for (Py_ssize_t i = 0; i < n; i++)
         if (encode(h, PyList_GET_ITEM(slots, i), memo, &w) || wr64(h, body_of(*out, (uint64_t)n) + 8 * (uint64_t)i, w))
             return -1;
@@ -1230,7 +1252,7 @@ static int encode_pairs(Heap *h, PyObject *v, PyObject *t, PyObject **memo, uint
     for (;;) {
         if (hook_args(t, 3, "pair")) return -1;
         uint64_t pair;
-        if (new_empty(h, C_PAIR, 2, &pair) || memo_put(memo, v, pair)) return -1;
+        if (new_empty(h, C_PAIR, 2, &pair) || memo_put(memo, v, pair) || made_put(h, v, pair)) return -1;
         if (link ? wr64(h, link, pair) : (*out = pair, 0)) return -1;
         if (encode(h, PyTuple_GET_ITEM(t, 1), memo, &w) || wr64(h, body_of(pair, 2), w)) return -1;
         link = body_of(pair, 2) + 8;
@@ -2940,31 +2962,159 @@ static PyObject *m_set_encode_hook(Heap *h, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* obj becomes the one handle of addr (key: addr as a Python int). */
+static int adopt_at(Heap *h, PyObject *obj, PyObject *key, uint64_t addr) {
+    PyObject *img = PyWeakref_GetObject(h->img_ref);
+    if (!PyObject_TypeCheck(obj, (PyTypeObject *)h->handle_type) || !img || img == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "adopt() needs a handle-class instance and a live image");
+        return -1;
+    }
+    PyObject *ref = PyWeakref_NewRef(obj, NULL);
+    if (!ref || PyDict_SetItem(h->handles, key, ref)
+        || (h->in_txn && made_in_txn(h, addr) && PyList_Append(h->txn_made, ref))) {
+        Py_XDECREF(ref);
+        return -1;
+    }
+    Py_DECREF(ref);
+    Py_XSETREF(*(PyObject **)((char *)obj + h->off_img), Py_NewRef(img));
+    Py_XSETREF(*(PyObject **)((char *)obj + h->off_heap), Py_NewRef((PyObject *)h));
+    Py_XSETREF(*(PyObject **)((char *)obj + h->off_addr), Py_NewRef(key));
+    return 0;
+}
+
 /* adopt(obj, addr): obj (an instance of a handle class, its fields unset:
  * a transient value the layer above just stored at addr and switched to
  * that class) becomes the one handle of addr (Smalltalk's become:). */
 static PyObject *m_adopt(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(2, "adopt(obj, addr)");
     U64(1, addr);
-    PyObject *obj = args[0], *img = PyWeakref_GetObject(h->img_ref);
-    if (!PyObject_TypeCheck(obj, (PyTypeObject *)h->handle_type) || !img || img == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "adopt() needs a handle-class instance and a live image");
-        return NULL;
-    }
-    PyObject **fields[3] = {(PyObject **)((char *)obj + h->off_img), (PyObject **)((char *)obj + h->off_heap),
-                            (PyObject **)((char *)obj + h->off_addr)};
-    PyObject *key = PyLong_FromUnsignedLongLong(addr), *ref = key ? PyWeakref_NewRef(obj, NULL) : NULL;
-    if (!ref || PyDict_SetItem(h->handles, key, ref)
-        || (h->in_txn && made_in_txn(h, addr) && PyList_Append(h->txn_made, ref))) {
-        Py_XDECREF(key);
-        Py_XDECREF(ref);
-        return NULL;
-    }
-    Py_DECREF(ref);
-    Py_XSETREF(*fields[0], Py_NewRef(img));
-    Py_XSETREF(*fields[1], Py_NewRef((PyObject *)h));
-    Py_XSETREF(*fields[2], key);
+    PyObject *key = PyLong_FromUnsignedLongLong(addr);
+    int rc = key ? adopt_at(h, args[0], key, addr) : -1;
+    Py_XDECREF(key);
+    if (rc) return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *S_class;   /* "__class__", interned */
+
+/* v.__class__ = cls.  What Python's assignment checks depends on the two
+ * classes only (layouts, no instance dict: handle classes have __slots__),
+ * so after one checked assignment per pair of classes (remembered in
+ * checked), the others of that pair are done as it does them. */
+static int set_class(PyObject *v, PyObject *cls, PyTypeObject *checked[2]) {
+    PyTypeObject *from = Py_TYPE(v), *to = (PyTypeObject *)cls;
+    if (checked[0] != from || checked[1] != to || !PyType_Check(cls)) {
+        if (PyObject_SetAttr(v, S_class, cls)) return -1;
+        checked[0] = from;
+        checked[1] = to;
+        return 0;
+    }
+    if (to->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_INCREF(to);
+    Py_SET_TYPE(v, to);
+    if (from->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_DECREF(from);
+    return 0;
+}
+
+/* One value of turn(): its field values (names) appended to saved (unless
+ * NULL), then the value and its class; the fields cleared, the class set to
+ * persistent, the value adopted at addr.  A failure before the class is
+ * set puts the fields back; the log entry is written first (undo skips an
+ * entry whose value is not a stale handle). */
+static int turn_one(Heap *h, PyObject *v, PyObject *key, PyObject *persistent, PyObject *names,
+                    PyObject *saved, PyTypeObject *checked[2]) {
+    enum { FEW = 8 };   /* most transients have one or two fields: no tuple for them */
+    uint64_t addr;
+    Py_ssize_t n = PyTuple_GET_SIZE(names), i, got = 0, cleared = 0;
+    PyObject *few[FEW], *many = n > FEW ? PyTuple_New(n) : NULL, *cls = (PyObject *)Py_TYPE(v);
+    PyObject **values = many ? &PyTuple_GET_ITEM(many, 0) : few;
+    if ((n > FEW && !many) || as_u64(key, &addr)) { Py_XDECREF(many); return -1; }
+    Py_INCREF(cls);
+    int rc = 0;
+    while (got < n && (values[got] = PyObject_GetAttr(v, PyTuple_GET_ITEM(names, got)))) got++;
+    if (got < n) rc = -1;
+    /* logged first: undo skips a logged value that is not a stale handle */
+    for (i = 0; i < n && !rc && saved; i++) rc = PyList_Append(saved, values[i]);
+    if (!rc && saved) rc = PyList_Append(saved, v) || PyList_Append(saved, cls) ? -1 : 0;
+    while (!rc && cleared < n && !(rc = PyObject_SetAttr(v, PyTuple_GET_ITEM(names, cleared), NULL))) cleared++;
+    if (!rc) rc = set_class(v, persistent, checked);
+    if (rc && cleared) {   /* still of its transient class: put back what was cleared */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        for (i = 0; i < cleared; i++)
+            if (PyObject_SetAttr(v, PyTuple_GET_ITEM(names, i), values[i])) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    if (!rc) rc = adopt_at(h, v, key, addr);
+    if (many) Py_DECREF(many);   /* its items are values[0..got) */
+    else for (i = 0; i < got; i++) Py_DECREF(values[i]);
+    Py_DECREF(cls);
+    pc_clear(h);   /* attribute access may run Python code */
+    return rc;
+}
+
+/* turn(made, classes, saved) -> rest: become:, in bulk, for the layer
+ * above's promotion.  made is made()'s list; classes maps a transient class
+ * to (its persistent class, its field names).  Each value of exactly such a
+ * class is turned (turn_one; saved: a list, or None when nothing is to be
+ * undone); what is of no class in classes (already turned, a procedure...)
+ * is returned as [value, address, ...]. */
+static PyObject *m_turn(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "turn(made, classes, saved)");
+    PyObject *made = args[0], *classes = args[1], *saved = args[2] == Py_None ? NULL : args[2];
+    if (!PyList_Check(made) || PyList_GET_SIZE(made) % 2 || !PyDict_Check(classes)
+        || (saved && !PyList_Check(saved))) {
+        PyErr_SetString(PyExc_TypeError, "turn(made, classes, saved) takes made()'s list, a dict "
+                                         "and a list or None");
+        return NULL;
+    }
+    PyObject *cls, *how;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(classes, &pos, &cls, &how))
+        if (!PyTuple_Check(how) || PyTuple_GET_SIZE(how) != 2 || !PyType_Check(PyTuple_GET_ITEM(how, 0))
+            || !PyType_IsSubtype((PyTypeObject *)PyTuple_GET_ITEM(how, 0), (PyTypeObject *)h->handle_type)
+            || !PyTuple_Check(PyTuple_GET_ITEM(how, 1))) {
+            PyErr_SetString(PyExc_TypeError, "turn(): classes maps a class to (a handle class, field names)");
+            return NULL;
+        }
+    PyObject *rest = PyList_New(0);
+    PyTypeObject *checked[2] = {NULL, NULL};   /* see set_class */
+    for (Py_ssize_t i = 0; rest && i + 1 < PyList_GET_SIZE(made); i += 2) {
+        PyObject *v = PyList_GET_ITEM(made, i), *key = PyList_GET_ITEM(made, i + 1);
+        how = PyDict_GetItemWithError(classes, (PyObject *)Py_TYPE(v));
+        int rc;
+        if (how) {   /* checked above; v is held: turning it may drop the last other reference */
+            Py_INCREF(v);
+            rc = turn_one(h, v, key, PyTuple_GET_ITEM(how, 0), PyTuple_GET_ITEM(how, 1), saved, checked);
+            Py_DECREF(v);
+        } else {
+            rc = PyErr_Occurred() || PyList_Append(rest, v) || PyList_Append(rest, key) ? -1 : 0;
+        }
+        if (rc) Py_CLEAR(rest);
+    }
+    return rest;
+}
+
+/* record_made(): begin (or nest) recording the objects made for the layer
+ * above's values; made() ends it (see "made objects"). */
+static PyObject *m_record_made(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "record_made()");
+    (void)args;
+    if (!h->made && !(h->made = PyList_New(0))) return NULL;
+    h->recording++;
+    Py_RETURN_NONE;
+}
+
+/* made() -> [value, address, ...] stored since record_made(). */
+static PyObject *m_made(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(0, "made()");
+    (void)args;
+    if (!h->recording) {
+        PyErr_SetString(PyExc_RuntimeError, "made() without record_made()");
+        return NULL;
+    }
+    PyObject *list = Py_NewRef(h->made);
+    if (--h->recording == 0) Py_CLEAR(h->made);
+    return list;
 }
 
 /* format(seed): the meta words of an empty heap. */
@@ -3259,6 +3409,54 @@ static PyObject *m_vec_set(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* vec_store(v, start, items): v[start + k] = items[k] for each k, the items
+ * encoded as one value (one memo), so that items sharing a value share its
+ * copy: (vector-fill! v s) stores s once.  start + len(items) <= len(v). */
+static PyObject *m_vec_store(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
+    ARGS(3, "vec_store(v, start, items)");
+    U64(0, v);
+    U64(1, start);
+    PyObject *items = args[2];
+    if (!PyList_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "vec_store(v, start, items) takes a list of items");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    vpath p;
+    if (vec_open(h, v, &p)) return NULL;
+    if (start > p.len || (uint64_t)n > p.len - start) {
+        PyErr_SetString(PyExc_IndexError, "vec_store: the items do not fit in the vector");
+        return NULL;
+    }
+    uint64_t *words = PyMem_Malloc((size_t)(n ? n : 1) * 8);
+    if (!words) return PyErr_NoMemory();
+    PyObject *memo = NULL;
+    int rc = 0;
+    Py_INCREF(items);   /* the encode hook is Python code: hold what we walk */
+    for (Py_ssize_t i = 0; i < n && !rc; i++) {
+        if (i >= PyList_GET_SIZE(items)) {
+            PyErr_SetString(PyExc_RuntimeError, "vec_store: the items changed while being stored");
+            rc = -1;
+            break;
+        }
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, i));
+        rc = encode(h, item, &memo, &words[i]);
+        Py_DECREF(item);
+    }
+    /* the length again: storing ran the hook, which could have changed v */
+    if (!rc && (vec_open(h, v, &p) || (uint64_t)n > p.len - start || start > p.len)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "vec_store: the vector shrank while storing");
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; i < n && !rc; i++)
+        rc = vec_locate(h, v, start + (uint64_t)i, 0, &p) || wr64(h, item_addr(p.leaf, p.off), words[i]) ? -1 : 0;
+    Py_DECREF(items);
+    Py_XDECREF(memo);
+    PyMem_Free(words);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *m_vec_insert(Heap *h, PyObject *const *args, Py_ssize_t nargs) {
     ARGS(3, "vec_insert(v, i, value)");
     U64(0, v);
@@ -3452,6 +3650,9 @@ static PyMethodDef heap_methods[] = {
     M(meta_block, "meta_block() -> the meta words, as the next commit carries them"),
     M(set_encode_hook, "set_encode_hook(fn): how values of the layer above are stored"),
     M(adopt, "adopt(obj, addr): obj becomes the handle of addr"),
+    M(record_made, "record_made(): log the objects stored for hooked values until made()"),
+    M(made, "made() -> [value, address, ...] stored since record_made()"),
+    M(turn, "turn(made, classes, saved) -> rest: become: in bulk (see m_turn)"),
     M(load_meta, "load_meta(block): the meta words of the commit the store now shows"),
     M(txn_begin, "txn_begin(): remember where this transaction's objects start"),
     M(txn_end, "txn_end() -> live handles of objects made in the transaction"),
@@ -3468,6 +3669,7 @@ static PyMethodDef heap_methods[] = {
     M(set_slot, "set_slot(addr, i, value): slots of user-class objects"),
     M(vec_len, "vec_len(v)"), M(vec_get, "vec_get(v, i)"), M(vec_set, "vec_set(v, i, x)"),
     M(vec_insert, "vec_insert(v, i, x)"), M(vec_append, "vec_append(v, x)"),
+    M(vec_store, "vec_store(v, start, items): items written from start, encoded as one value"),
     M(vec_delete, "vec_delete(v, i)"), M(vec_clear, "vec_clear(v)"),
     M(vec_slice, "vec_slice(v, start, stop) -> list"),
     M(tab_len, "tab_len(t)"), M(tab_get, "tab_get(t, k, default)"), M(tab_set, "tab_set(t, k, v)"),
@@ -3537,6 +3739,7 @@ static int heap_init(Heap *h, PyObject *args, PyObject *kw) {
 static void heap_dealloc(Heap *h) {
     PyMem_Free(h->meta_page);
     Py_XDECREF(h->encode_hook);
+    Py_XDECREF(h->made);
     Py_XDECREF(h->r);
     Py_XDECREF(h->img_ref);
     Py_XDECREF(h->handle_classes);
@@ -3737,7 +3940,7 @@ static PyTypeObject TableBaseType = {
 
 int objmem_add_to_module(PyObject *m) {
     if (!(S_img = PyUnicode_InternFromString("_img")) || !(S_heap = PyUnicode_InternFromString("_heap"))
-        || !(S_addr = PyUnicode_InternFromString("_addr")))
+        || !(S_addr = PyUnicode_InternFromString("_addr")) || !(S_class = PyUnicode_InternFromString("__class__")))
         return -1;
     if (PyType_Ready(&HeapType) < 0 || PyType_Ready(&HandleBaseType) < 0
         || PyType_Ready(&VectorBaseType) < 0 || PyType_Ready(&TableBaseType) < 0)

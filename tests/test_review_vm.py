@@ -235,6 +235,64 @@ class TestPromotion:
             interp.eval("(set! g (keep))")   # stored for good now
             assert img.root["g"] is interp.eval("(keep)")
 
+    def test_a_store_records_what_it_copied(self, path):
+        """record_made/made (objmem's "made objects"): each pair and string a store copied, with
+        its address, once; nested recordings share one list; made() alone is an error."""
+        from vm._types import NIL, MString, Pair
+        with image.open(path) as img:
+            vm.Interpreter(img)
+            heap, s = img._heap, MString("x")
+            value = Pair(s, Pair(s, NIL))
+            with img.transaction():
+                heap.record_made()
+                heap.record_made()
+                img.root["x"] = value
+                assert heap.made() == heap.made()
+            with pytest.raises(RuntimeError, match="record_made"):
+                heap.made()
+            with img.transaction():
+                heap.record_made()
+                img.root["y"] = value
+                made = heap.made()
+            assert sorted(map(id, made[0::2])) == sorted(map(id, [value, s, value.cdr]))
+            assert len(made) == 6 and len(set(made[1::2])) == 3
+
+    def test_turn_refuses_a_class_that_is_no_handle_class(self, path):
+        """heap.turn checks its class map before touching a value."""
+        from vm._types import NIL, Pair
+        with image.open(path) as img:
+            pair = Pair(1, NIL)
+            with pytest.raises(TypeError, match="handle class"):
+                img._heap.turn([pair, 8], {Pair: (dict, ("car", "cdr"))}, None)
+            assert pair.car == 1
+
+    def test_a_record_of_many_fields_is_restored_on_rollback(self, path):
+        """A record of nine fields (objmem's turn keeps more than eight values in a tuple) stored
+        in a savepoint that fails gets every field back."""
+        fields = " ".join(f"f{i}" for i in range(9))
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            specs = " ".join(f"(f{i} big-f{i})" for i in range(9))
+            interp.eval(f"(define-record-type big (make-big {fields}) big? {specs}) (define g #f)")
+            assert interp.eval("(let ((b (make-big 0 1 2 3 4 5 6 7 8))) "
+                               "(guard (e (#t #f)) (transaction (set! g (list b)) (error \"x\"))) "
+                               "(and (= (big-f8 b) 8) (eqv? g #f)))") is True
+            interp.env.promotions.check()
+            assert interp.env.promotions.mark() == 0   # the form committed: the log is empty
+
+    def test_items_stored_together_share_their_copies(self, path):
+        """R7RS 6.8 vector-copy! of a vector holding one list twice into an image vector: one copy."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval("(define w (make-vector 3 #f))")
+            assert interp.eval("(let* ((l (list 1)) (src (vector l (list l) l))) (vector-copy! w 0 src) "
+                               "(and (eq? l (vector-ref w 0)) (eq? l (vector-ref w 2)) "
+                               "(eq? l (car (vector-ref w 1)))))") is True
+            heap = img._heap
+            assert img.root["w"][0]._addr == img.root["w"][2]._addr
+            with pytest.raises(IndexError):
+                heap.vec_store(img.root["w"]._addr, 2, [1, 2])
+
     def test_a_procedure_is_stored_once_and_eq_after_a_reopen(self, path):
         """f stored twice is one CLOSURE; memq finds f and car in a stored list after a reopen,
         before and after f runs."""

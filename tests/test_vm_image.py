@@ -291,3 +291,120 @@ class TestBadInput:
         """A port in a global lives for the session; its definition is run again at boot."""
         session(path, "(define out (open-output-string)) (write 'x out)")
         assert values(path, "(output-port? out) (get-output-string out)") == [True, ""]
+
+
+class TestStoredProceduresPrint:
+    """R7RS 6.13.3 leaves a procedure's written form open; imago writes #<procedure NAME>
+    for one read back from the image, compiled yet or not."""
+
+    def test_a_procedure_in_a_stored_list_prints_as_itself_after_a_reopen(self, path):
+        session(path, "(define (f x) (* x 2)) (define hooks (list f car))")
+        assert values(path, """(let ((port (open-output-string)))
+                                 (write hooks port) (get-output-string port))
+                               ((car hooks) 21)""") == ["(#<procedure f> #<procedure car>)", 42]
+
+
+class TestPromotionThroughImageContainers:
+    """R7RS 6.8 vectors and SRFI 69 hash tables of the image: a transient written
+    into one becomes its stored copy (eq? kept, later mutations stored), a stored
+    procedure reads back as the procedure, and a rollback gives the transient back."""
+
+    SETUP = "(define v (make-vector 2 0)) (define t (make-hash-table))"
+
+    def test_vector_set_promotes_a_list(self, path):
+        """R7RS 6.8 vector-set!: the list put into an image vector is its item, mutations included."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP)
+            assert interp.eval("(let ((l (list 1 2))) (vector-set! v 0 l) (set-car! l 'x) "
+                               "(eq? l (vector-ref v 0)))") is True
+            interp.env.promotions.check()
+        assert values(path, "(car (vector-ref v 0))") == [vm._types.intern("x")]
+
+    def test_vector_fill_and_copy_promote(self, path):
+        """R7RS 6.8 vector-fill! and vector-copy!: one string filled in twice is one stored string."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP + " (define w (make-vector 1 #f))")
+            assert interp.eval("(let ((s (make-string 1 #\\a)) (l (list 1))) (vector-fill! v s) "
+                               "(vector-copy! w 0 (vector l)) (string-set! s 0 #\\z) (set-car! l 2) "
+                               "(and (eq? (vector-ref v 0) (vector-ref v 1)) (eq? l (vector-ref w 0))))") is True
+        assert values(path, "(vector-ref v 1) (car (vector-ref w 0))") == ["z", 2]
+
+    def test_vector_set_promotes_a_record(self, path):
+        """R7RS 5.5 records in an image vector: the modifier on the local changes the stored record."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP + " (define-record-type box (make-box x) box? (x box-x set-box-x!))")
+            assert interp.eval("(let ((b (make-box 1))) (vector-set! v 1 b) (set-box-x! b 2) "
+                               "(eq? b (vector-ref v 1)))") is True
+        assert session(path, "(box-x (vector-ref v 1))") == 2
+
+    def test_hash_table_set_promotes(self, path):
+        """SRFI 69 hash-table-set! and hash-table-update!/default on an image table promote the value."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP)
+            assert interp.eval("(let ((l (list 1)) (s (make-string 1 #\\a))) (hash-table-set! t \"k\" l) "
+                               "(hash-table-update!/default t 's (lambda (old) s) #f) "
+                               "(set-car! l 2) (string-set! s 0 #\\b) "
+                               "(and (eq? l (hash-table-ref/default t \"k\" #f)) "
+                               "(eq? s (hash-table-ref t 's (lambda () #f)))))") is True
+        assert values(path, "(car (hash-table-ref/default t \"k\" #f)) (hash-table-ref/default t 's #f)") == \
+            [2, "b"]
+
+    def test_stored_procedures_read_back_as_procedures(self, path):
+        """R7RS 6.1 eq? on procedures: f put into an image vector and table is f again, through
+        every procedure that reads their items, in this session and after a reopen."""
+        session(path, self.SETUP + " (define (f) 1) (vector-set! v 0 f) (hash-table-set! t \"f\" f)"
+                                   " (hash-table-set! t \"car\" car) (vector-set! v 1 car)")
+        reads = ("(list (eq? f (car (vector->list v))) (eq? f (vector-ref (vector-copy v) 0)) "
+                 "(eq? car (cadr (vector->list v))) (and (memq f (hash-table-values t)) #t) "
+                 "(eq? f (hash-table-ref t \"f\" (lambda () #f))) "
+                 "(eq? car (hash-table-ref t \"car\" (lambda () #f))) "
+                 "(eq? f (cdr (assoc \"f\" (hash-table->alist t)))) "
+                 "(let ((seen #f)) (vector-for-each (lambda (x) (if (eq? x f) (set! seen #t))) v) seen))")
+        everything = vm._types.from_iterable([True] * 8)
+        assert vm._builtins.PRIMITIVES["equal?"](session(path, reads), everything)   # f not yet run
+        assert vm._builtins.PRIMITIVES["equal?"](session(path, "(f) " + reads), everything)
+
+    def test_inlined_reads_give_the_procedure(self, path):
+        """R7RS 6.1 eq?: (vector-ref v 0) and (hash-table-ref/default t k #f), as compiled code inlines them."""
+        session(path, self.SETUP + " (define (f) 1) (vector-set! v 0 f) (hash-table-set! t \"f\" f)")
+        assert values(path, "(f) (eq? f (vector-ref v 0)) (eq? f (hash-table-ref/default t \"f\" #f))")[1:] == \
+            [True, True]
+
+    def test_a_rolled_back_write_gives_the_transient_back(self, path):
+        """A (transaction ...) that put a list into an image vector and a table, then failed, leaves
+        the list transient and usable, and the containers as they were."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP + " (define keep (let ((l (list 1 2))) (lambda () l)))")
+            assert interp.eval("(begin (guard (e (#t #f)) (transaction (vector-set! v 0 (keep)) "
+                               "(hash-table-set! t \"k\" (keep)) (error \"x\"))) "
+                               "(set-car! (keep) 5) (equal? (list (car (keep)) (vector-ref v 0) "
+                               "(hash-table-ref/default t \"k\" 'none)) '(5 0 none)))") is True
+            interp.env.promotions.check()
+            assert type(interp.eval("(keep)")) is Pair
+
+    def test_a_failed_form_gives_the_transient_back(self, path):
+        """A form that wrote a list into an image vector and then failed leaves the list transient."""
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP + " (define keep (let ((l (list 1 2))) (lambda () l)))")
+            with pytest.raises(vm.SchemeFailure, match="boom"):
+                interp.eval("(begin (vector-set! v 0 (keep)) (error \"boom\"))")
+            assert type(interp.eval("(keep)")) is Pair
+            assert interp.eval("(equal? (list (car (keep)) (vector-ref v 0)) '(1 0))") is True
+
+    def test_a_write_outside_any_transaction_promotes_for_good(self, path):
+        """vector-set! called outside a transaction (Python's) commits and promotes, logging nothing."""
+        from vm._builtins import PRIMITIVES
+        with image.open(path) as img:
+            interp = vm.Interpreter(img)
+            interp.eval(self.SETUP)
+            pair = Pair(1, vm._types.NIL)
+            PRIMITIVES["vector-set!"](img.root["v"], 0, pair)
+            assert type(pair) is vm._persist.PersistentPair and img.root["v"][0] is pair
+            assert interp.env.promotions.mark() == 0
+        assert session(path, "(car (vector-ref v 0))") == 1

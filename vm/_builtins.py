@@ -73,8 +73,12 @@ DESIGN DECISIONS
    as it is: what the image makes of it is the image's business (by
    itself it holds #t/#f, exact integers, floats, str, bytes, tuples and
    handles, and copies in lists (so SVectors) and bytearrays; with
-   vm/_persist's encode hook installed, also characters, symbols, pairs
-   and strings, promoted).  What it refuses is a Scheme error.
+   vm/_persist's encode hook installed, also characters, symbols, pairs,
+   strings, records and procedures).  The transients a write stores are
+   promoted (vm/_persist.store: a list put into an image vector is eq? to
+   the item read back), and a stored procedure read from an image vector
+   or table is the procedure (vm/_persist.read_back).  What it refuses is a
+   Scheme error.
  - An image Table compares keys the Python way: a str and an MString of
    the same text are one key (an MString is looked up by its text, a
    bytearray by its bytes), and so are equal numbers of either exactness --
@@ -147,6 +151,7 @@ from itertools import pairwise
 from typing import Any, NoReturn
 
 from image import ImageError
+from vm import _persist
 from native._fastpath import pair_chars_text, pair_list_items, pair_reverse
 from vm._printer import (display, hash_table_text, number_to_string, register_printer, write,
                          write_abbreviated, write_shared, write_simple)
@@ -1667,11 +1672,25 @@ def vector_length(v: Any) -> int:
 def vector_ref(v: Any, k: Any) -> Any:
     if type(v) in _VECTOR_CLASSES and type(k) is int and k >= 0:
         try:
-            return v[k]                     # the common case first (no len: see _compile)
+            x = v[k]                        # the common case first (no len: see _compile)
         except Exception:   # out of range, or a stale handle: the checks below say which
             pass
+        else:
+            return x if type(x) is not _StoredProcedure else x._known()
     _vector("vector-ref", v)
-    return v[_index("vector-ref", k, len(v), "vector")]
+    return _read_back(v[_index("vector-ref", k, len(v), "vector")])
+
+
+_StoredProcedure, _read_back = _persist.StoredProcedure, _persist.read_back
+
+
+def _items(v: Any, start: int, end: int) -> list:
+    """v[start:end] as Scheme code sees it: from an image Vector, a stored
+    procedure is the procedure (vm/_persist, PROCEDURES)."""
+    items = v[start:end]
+    if type(v) is ImageVector:
+        return [x if type(x) is not _StoredProcedure else x._known() for x in items]
+    return items
 
 
 _VECTOR_CLASSES = frozenset(VECTOR_TYPES)   # exact types, for the fast paths
@@ -1686,9 +1705,7 @@ def _store(who: str, v: Any, start: int, items: list) -> None:
             v[start + i] = x
         return
 
-    def write_items() -> None:
-        v[start:start + len(items)] = items
-    _image_call(who, write_items, lambda: _cannot_hold(items))
+    _image_call(who, lambda: _persist.store_items(v, start, items), lambda: _cannot_hold(items))
 
 
 @primitive("vector-set!")
@@ -1701,14 +1718,15 @@ def vector_set(v: Any, k: Any, x: Any) -> None:
 
     def write_item() -> None:
         v[k] = x
-    _image_call("vector-set!", write_item, lambda: _cannot_hold([x]))
+    _image_call("vector-set!", lambda: _persist.store(getattr(v, "_img", None), x, write_item),
+                lambda: _cannot_hold([x]))
 
 
 @primitive("vector->list")
 def vector_to_list(v: Any, start: Any = 0, end: Any = _ABSENT) -> Any:
     _vector("vector->list", v)
     start, end = _range("vector->list", len(v), start, end)
-    return from_iterable(v[start:end])
+    return from_iterable(_items(v, start, end))
 
 
 @primitive("list->vector")
@@ -1720,7 +1738,7 @@ def list_to_vector(lst: Any) -> SVector:
 def vector_copy(v: Any, start: Any = 0, end: Any = _ABSENT) -> SVector:
     _vector("vector-copy", v)
     start, end = _range("vector-copy", len(v), start, end)
-    return SVector(v[start:end])
+    return SVector(_items(v, start, end))
 
 
 @primitive("vector-copy!")
@@ -1732,14 +1750,14 @@ def vector_copy_to(to: Any, at: Any, source: Any, start: Any = 0, end: Any = _AB
     if at + (end - start) > len(to):
         _fail("vector-copy!", f"{end - start} elements do not fit at {at}"
                               f" in a vector of length {len(to)}")
-    _store("vector-copy!", to, at, source[start:end])   # a copy first: the two may overlap
+    _store("vector-copy!", to, at, _items(source, start, end))   # a copy first: the two may overlap
 
 
 @primitive("vector-append")
 def vector_append(*vectors: Any) -> SVector:
     out: list = []
     for v in vectors:
-        out.extend(_vector("vector-append", v)[0:len(v)])
+        out.extend(_items(_vector("vector-append", v), 0, len(v)))
     return SVector(out)
 
 
@@ -1886,7 +1904,7 @@ def for_each(f: Any, first: Any, *rest: Any) -> None:
 def _vector_columns(who: str, vectors: tuple) -> list[tuple]:
     for v in vectors:
         _vector(who, v)
-    return list(zip(*(v[0:len(v)] for v in vectors), strict=False))   # to the shortest
+    return list(zip(*(_items(v, 0, len(v)) for v in vectors), strict=False))   # to the shortest
 
 
 @primitive("vector-map")
@@ -2827,12 +2845,14 @@ class _ImageTableView:
 
     def get(self, key: Any, default: Any) -> Any:
         key = _image_key(self.who, key)
-        return _image_call(self.who, lambda: self.table.get(key, default),
-                           lambda: _bad_key(write_abbreviated(key)))
+        return _read_back(_image_call(self.who, lambda: self.table.get(key, default),
+                                      lambda: _bad_key(write_abbreviated(key))))
 
     def set(self, key: Any, value: Any) -> None:
         key = _image_key(self.who, key)
-        _image_call(self.who, lambda: self.table.__setitem__(key, value),
+        table = self.table
+        _image_call(self.who, lambda: _persist.store(getattr(table, "_img", None), value,
+                                                         lambda: table.__setitem__(key, value)),
                     lambda: self._refusal(key, value))
 
     def delete(self, key: Any) -> None:
@@ -2849,7 +2869,8 @@ class _ImageTableView:
         return _cannot_hold([value])
 
     def items(self) -> list[tuple[Any, Any]]:
-        return self.table.items()        # a list: a snapshot, as HashTable's
+        """A list (a snapshot, as HashTable's); stored procedures read back as procedures."""
+        return [(k, v if type(v) is not _StoredProcedure else v._known()) for k, v in self.table.items()]
 
     def clear(self) -> None:
         _image_call(self.who, self.table.clear, lambda: "the table cannot be cleared")
@@ -2911,9 +2932,11 @@ IMAGE_PLAIN_KEYS = frozenset((str, int))
 def hash_table_ref(table: Any, key: Any, fail: Any = _ABSENT, succeed: Any = _ABSENT) -> Any:
     if type(table) is ImageTable and type(key) in IMAGE_PLAIN_KEYS and succeed is _ABSENT:
         try:
-            return table[key]               # the common case first
+            value = table[key]              # the common case first
         except Exception:   # missing, or refused: the general path says which
             pass
+        else:
+            return value if type(value) is not _StoredProcedure else value._known()
     value = _table("hash-table-ref", table).get(key, _MISSING)
     if value is _MISSING:
         if fail is _ABSENT:
@@ -2928,9 +2951,11 @@ def hash_table_ref(table: Any, key: Any, fail: Any = _ABSENT, succeed: Any = _AB
 def hash_table_ref_default(table: Any, key: Any, default: Any) -> Any:
     if type(table) is ImageTable and type(key) in IMAGE_PLAIN_KEYS:
         try:
-            return table[key]               # the common case first
+            value = table[key]              # the common case first
         except Exception:   # missing, or refused: the general path says which
             pass
+        else:
+            return value if type(value) is not _StoredProcedure else value._known()
     return _table("hash-table-ref/default", table).get(key, default)
 
 

@@ -133,6 +133,7 @@ from typing import Any
 from native._fastpath import cons as make_pair
 
 from ._env import Environment, mangle
+from ._persist import StoredProcedure
 from ._runtime import ARITY, GENERATED_FILENAME_PREFIX, resolve
 from ._types import (
     CHARS,
@@ -676,11 +677,15 @@ def _try_statement(gen: _FnGen, test: str, fast: str, fallback_call: str,
                    missing: str | None = None) -> _E:
     """Where test holds, fast in a try whose exception calls the procedure
     (which signals the error, or handles what fast could not); else the
-    procedure.  missing: the value when fast raises KeyError instead."""
+    procedure.  missing: the value when fast raises KeyError instead.  An
+    item read from the image that is a stored procedure is the procedure
+    (vm/_persist.read_back), as the procedure's own fast path gives it."""
     temp = gen.unit.fresh("t")
     gen.emit(f"if {test}:")
     gen.emit("    try:")
     gen.emit(f"        {temp} = {fast}")
+    gen.emit(f"        if R_type({temp}) is R_StoredProcedure:")
+    gen.emit(f"            {temp} = {temp}._known()")
     if missing is not None:
         gen.emit("    except R_KeyError:")
         gen.emit(f"        {temp} = {missing}")
@@ -1557,7 +1562,7 @@ def _install_helpers(env: Environment) -> None:
                      R_make_pair=make_pair, R_str=str, R_Char=Char, R_chars=CHARS,
                      R_chr=chr, R_ord=ord, R_SVector=SVector, R_list_set=list.__setitem__,
                      R_vectors=frozenset(VECTOR_TYPES), R_Table=ImageTable,
-                     R_KeyError=KeyError, R_Exception=Exception)
+                     R_KeyError=KeyError, R_Exception=Exception, R_StoredProcedure=StoredProcedure)
     try:
         from ._builtins import IMAGE_PLAIN_KEYS, StringOutputPort
     except ImportError:     # no data procedures: nothing inlines them

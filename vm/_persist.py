@@ -30,24 +30,28 @@ check of the Scheme layer takes them as they are; their fields are
 properties that read and write the image.
 
 PROMOTION (Smalltalk's become:).  When a global is bound, or a slot of a
-stored pair, string or record is written, every transient pair, string and
-record the stored value reaches turns into the handle of its image copy
-(``promote``): code still holding any of them sees later changes, and eq?
-stays right, inner pairs included.  The encode hook cannot tell the address
-it stored a transient at, so promote walks the transient value and its
-image copy side by side; it descends only into transients (which are new
-in this store), so it costs O(objects stored), shares what is shared and
-ends on cycles.  A transient vector or hash table is copied in, not turned
-(code that still holds it changes the copy it holds), but the pairs,
-strings and records inside it are turned.  A Python caller storing into
-the image directly (img.root[...] = x) copies: promotion is the Scheme
-layer's.
+stored pair, string or record, an item of an image vector or an entry of
+an image table is written (``store``, ``store_items``; vm/_builtins and
+vm/_interp call them), every transient pair, string and record the stored
+value reaches turns into the handle of its image copy: code still holding
+any of them sees later changes, and eq? stays right, inner pairs included.
+The store itself tells where each went: between heap.record_made() and
+heap.made() objmem lists every value its encode hook described as a pair or
+an object, with the address it was stored at (objmem.c, "made objects"), and
+heap.turn() turns them in bulk, in C; nothing is decoded, so promotion costs
+O(objects stored) on top of the store, shares what is shared and ends on
+cycles.  A transient vector or hash table is copied in, not turned (code
+that still holds it changes the copy it holds), but the pairs, strings and
+records inside it are turned.  Items stored together (vector-fill!,
+vector-copy!) are one value (heap.vec_store): items that share a transient
+share its copy.  A Python caller storing into the image directly
+(img.root[...] = x) copies: promotion is the Scheme layer's.
 
 UNDOING A PROMOTION.  A promoted transient is the handle of an object made
 in the running transaction; if that transaction (or the savepoint) rolls
 back, the image makes the handle stale.  Each promotion therefore logs the
-transient's class and fields in its environment (``Promotions``) until the
-form's transaction ends: on rollback the logged transients get their class
+transient's class and fields in its environment (``Promotions``, a flat
+list heap.turn appends to) until the form's transaction ends: on rollback the logged transients get their class
 and values back (a closure or a guard's local that holds one can still use
 it); on commit the log is dropped.
 
@@ -55,7 +59,8 @@ PROCEDURES.  A procedure stored in one image is one CLOSURE, however often
 it is stored: a compiled procedure remembers the handle of its CLOSURE
 (``scheme_handle``), a standard one is remembered per environment by name,
 and the handle remembers the procedure (``_proc``).  Reading a CLOSURE back
-through a pair, a record or a global gives that procedure when it is known
+through a pair, a record, a global, an image vector or table (vm/_builtins'
+readers call read_back) gives that procedure when it is known
 (so ``(memq f hooks)`` finds f, in this session and after a reopen, once f
 has run); a CLOSURE not yet called reads back as its StoredProcedure handle,
 which is callable.  A handle keeps its object alive (handles are roots), so
@@ -86,7 +91,8 @@ INVARIANTS (``check_promotions`` verifies 3 and 4)
 2. Nothing here commits except a slot write made outside any transaction
    (its own autocommit), which promotes only after the commit.
 3. Every logged promotion's transient is either the live handle of its
-   image address (same heap), or stale and waiting to be restored.
+   image address (same heap), or stale and waiting to be restored (or, its
+   turn having failed half way, still of its transient class).
 4. A remembered procedure handle (scheme_handle, system_closures) that is
    not stale belongs to a live image and its _proc is the procedure.
 """
@@ -102,13 +108,14 @@ import image
 from image import LAYOUT
 from native._fastpath import HandleBase
 
+from ._printer import register_printer
 from ._types import (EOF, NIL, RECORD_TYPE_HOOKS, Char, MString, Pair, Record, RecordType,
                      SchemeError, SVector, Symbol, char, field_slot, intern)
 
 C_PAIR, C_MSTRING, C_CLOSURE = LAYOUT["C_PAIR"], LAYOUT["C_MSTRING"], LAYOUT["C_CLOSURE"]
 
 __all__ = ["PersistentPair", "PersistentString", "Promotions", "StoredProcedure", "encode_value", "read_back",
-           "install", "promote", "running", "to_transient"]
+           "install", "kept", "running", "store", "store_items", "to_transient"]
 
 # Values that hold no object of their own: never promoted, never walked.
 _ATOMS = frozenset((int, float, complex, Fraction, str, bytes, bool, type(None), Symbol, Char,
@@ -118,22 +125,18 @@ _ATOMS = frozenset((int, float, complex, Fraction, str, bytes, bool, type(None),
 def _set(handle: HandleBase, index: int, value: Any) -> None:
     """Writes slot index of handle's object, in the current transaction (or
     one of its own), and promotes the transients value reaches."""
-    img = handle._img
+    img, heap, addr = handle._img, handle._heap, handle._addr
     if img._depth:
-        handle._heap.set_slot(handle._addr, index, value)
-        if type(value) not in _ATOMS:
-            _promote_slot(handle, index, value, logged=True)
-    else:
+        if type(value) in _ATOMS:   # the common case: nothing to promote
+            heap.set_slot(addr, index, value)
+        else:
+            store(img, value, lambda: heap.set_slot(addr, index, value))
+        return
+
+    def write() -> None:
         with img.transaction():
-            handle._heap.set_slot(handle._addr, index, value)
-        if type(value) not in _ATOMS:   # committed: there is nothing to undo
-            _promote_slot(handle, index, value, logged=False)
-
-
-def _promote_slot(handle: HandleBase, index: int, value: Any, logged: bool) -> None:
-    env = _environment_of(handle._img)
-    if env is not None:   # promotion is the Scheme layer's: no interpreter, a copy
-        promote(value, handle._heap.slot(handle._addr, index), env, env.promotions if logged else None)
+            heap.set_slot(addr, index, value)
+    store(img, value, write)   # committed by then: there is nothing to undo
 
 
 def read_back(value: Any) -> Any:
@@ -443,6 +446,10 @@ class _StaleProcedure(StoredProcedure):
 
 
 StoredProcedure.stale_class = _StaleProcedure
+# A stored procedure not yet compiled in this session (read back after a
+# reopen) prints as the procedure it stands for, not as the handle it is.
+register_printer(StoredProcedure, lambda p: f"#<procedure {p.scheme_name}>")
+register_printer(_StaleProcedure, lambda p: f"#<stale procedure at {p._addr:#x}>")
 
 
 def _procedure_record(proc: Callable, img: Any) -> tuple:
@@ -525,31 +532,33 @@ def _kind_of(x: Any) -> str:
 
 class Promotions:
     """The transients promoted in the running transaction, with what undoes
-    each (its transient class and field values), until the transaction ends
-    (see UNDOING A PROMOTION).  An environment owns one."""
+    each, until the transaction ends (see UNDOING A PROMOTION).  An
+    environment owns one.
 
-    __slots__ = ("entries",)
+    ``saved`` is flat, as objmem's turn() appends to it: for each promoted
+    transient, its field values, then the transient, then its transient
+    class (whose fields say how many values precede).  So a promotion costs
+    no tuple, and the log is read from its end."""
+
+    __slots__ = ("saved",)
 
     def __init__(self) -> None:
-        # (transient, its class, its field names, their values)
-        self.entries: list[tuple[Any, type, tuple[str, ...], tuple]] = []
+        self.saved: list[Any] = []
 
     def mark(self) -> int:
         """A point undo_to can go back to (a savepoint's)."""
-        return len(self.entries)
+        return len(self.saved)
 
     def undo_to(self, mark: int) -> None:
         """The transaction (or savepoint) rolled back: every transient promoted
         since mark whose handle went stale is transient again, newest first."""
-        entries = self.entries
-        while len(entries) > mark:
-            obj, cls, names, values = entries.pop()
+        for obj, cls, names, values in self._newest_first(mark, pop=True):
             if _is_stale_promotion(obj, cls):
                 _restore(obj, cls, names, values)
 
     def forget(self) -> None:
         """The transaction committed: its promotions stand."""
-        self.entries.clear()
+        self.saved.clear()
 
     def settle(self) -> None:
         """Outside any transaction: restores what a rollback made stale
@@ -558,12 +567,33 @@ class Promotions:
 
     def check(self) -> None:
         """Invariant 3: each logged transient is a live handle of its
-        persistent class, or stale."""
-        for obj, cls, _, _ in self.entries:
+        persistent class, or stale (or, its turn having failed, still
+        transient: undo leaves it)."""
+        for obj, cls, _, _ in self._newest_first(0, pop=False):
             live = type(obj) is _PERSISTENT_CLASSES.get(cls) and obj._heap is not None
-            if not (live or _is_stale_promotion(obj, cls)):
+            if not (live or type(obj) is cls or _is_stale_promotion(obj, cls)):
                 raise AssertionError(f"a promoted {cls.__name__} is neither a live handle nor stale: "
                                      f"{type(obj).__name__}")
+
+    def _newest_first(self, mark: int, pop: bool) -> Iterator[tuple[Any, type, tuple, tuple]]:
+        """(transient, class, field names, values) of the entries after mark."""
+        saved, end = self.saved, len(self.saved)
+        while end > mark:
+            cls, obj = saved[end - 1], saved[end - 2]
+            names = _fields_of(cls)
+            start = end - 2 - len(names)
+            if start < mark or not isinstance(cls, type):
+                raise AssertionError("the promotion log does not parse")
+            values = tuple(saved[start:end - 2])
+            if pop:
+                del saved[start:]
+            end = start
+            yield obj, cls, names, values
+
+
+def _fields_of(cls: type) -> tuple[str, ...]:
+    """The fields a transient of cls holds and a promotion clears."""
+    return getattr(cls, "transient_fields", None) or tuple(cls.__slots__)
 
 
 def _is_stale_promotion(obj: Any, cls: type) -> bool:
@@ -581,118 +611,98 @@ def _restore(obj: Any, cls: type, names: tuple[str, ...], values: tuple) -> None
         setattr(obj, name, value)
 
 
-def promote(value: Any, stored: Any, env: Any, log: Promotions | None) -> Any:
-    """value was just stored in env's image, and stored is what reading it
-    back gives: every transient pair, string and record value reaches turns
-    into the handle of its copy, and every procedure is linked to its
-    CLOSURE; each turn is logged in log (None: committed already).  Returns
-    what a holder should keep: value, if it was turned or is a procedure,
-    else stored."""
-    if type(value) in _ATOMS:
+def store(img: Any, value: Any, write: Callable[[], Any]) -> None:
+    """write() stores value into img with one image operation (a slot, a
+    global, a vector item, a table entry); then every transient pair, string
+    and record it copied in turns into the handle of its copy, and every
+    procedure is linked to its CLOSURE (see PROMOTION).  Outside a
+    transaction the operation committed by itself: nothing to undo is logged.
+    Without an interpreter on img (Python's API, a closed image: img None
+    or its handle's stale) the value is only copied, or write() says why not."""
+    env = _environment_of(img) if img is not None and type(value) not in _ATOMS else None
+    heap = getattr(img, "_heap", None) if env is not None else None
+    if heap is None:
+        write()
+        return
+    heap.record_made()
+    try:
+        write()
+    finally:
+        made = heap.made()
+    if made:
+        _turn_made(made, heap, env, env.promotions if img._depth else None)
+
+
+def store_items(vector: Any, start: int, items: list) -> None:
+    """vector[start:start + len(items)] = items (an image Vector; they fit),
+    in the current transaction or its own, the items stored as one value:
+    items that share a transient share its copy ((vector-fill! v s) stores
+    s once), which then is the transient (store)."""
+    img, heap = getattr(vector, "_img", None), getattr(vector, "_heap", None)
+    if heap is None:   # stale: the slice assignment says so
+        vector[start:start + len(items)] = items
+        return
+    addr = vector._addr
+
+    def write() -> None:
+        heap.vec_store(addr, start, items)
+    if img._depth:
+        store(img, items, write)
+        return
+
+    def write_committed() -> None:
+        with img.transaction():
+            write()
+    store(img, items, write_committed)   # committed by then: there is nothing to undo
+
+
+def kept(value: Any, read: Callable[[], Any]) -> Any:
+    """What a holder of the value just stored keeps: value itself when it
+    was turned, is a handle or a procedure; else (a copied vector or hash
+    table, a record stored as another type's) the stored copy, read()."""
+    if type(value) in _ATOMS or callable(value) or getattr(value, "_heap", None) is not None:
         return value
-    turnable = type(value) in _PERSISTENT_CLASSES
-    _Promotion(env, log).walk(value, stored)
-    if callable(value) or (turnable and getattr(value, "_heap", None) is not None):
-        return value
-    return stored
+    return read()
 
 
-class _Promotion:
-    """One walk of a stored value beside its image copy (see PROMOTION)."""
-
-    __slots__ = ("env", "log", "seen")
-
-    def __init__(self, env: Any, log: Promotions | None) -> None:
-        self.env, self.log = env, log
-        self.seen: dict[int, Any] = {}   # id -> the transient, held so that no id is reused
-
-    def walk(self, value: Any, stored: Any) -> None:
-        todo = [(value, stored)]
-        while todo:
-            transient, copy = todo.pop()
-            if type(transient) is Pair:
-                self._pairs(transient, copy, todo)
-                continue
-            if id(transient) in self.seen:
-                continue
-            self.seen[id(transient)] = transient
-            todo.extend(self._step(transient, copy))
-
-    def _pairs(self, transient: Any, copy: Any, todo: list) -> None:
-        """Along a chain of transient pairs and their copies, in a loop (a
-        long list costs no stack): turns each, queues the cars to walk."""
-        seen, log = self.seen, self.log
-        heap, img = copy._heap, copy._img
-        names = Pair.transient_fields
-        while type(transient) is Pair and type(copy) is PersistentPair and id(transient) not in seen:
-            seen[id(transient)] = transient
-            car, cdr, addr = transient.car, transient.cdr, copy._addr
-            if _walkable(car):
-                todo.append((car, heap.slot(addr, 0)))
-            copy = heap.slot(addr, 1) if _walkable(cdr) else None
-            del transient.car, transient.cdr
-            transient.__class__ = PersistentPair
-            img.adopt(transient, addr)
-            if log is not None:
-                log.entries.append((transient, Pair, names, (car, cdr)))
-            transient = cdr
-        if copy is not None and type(transient) is not Pair:
-            todo.append((transient, copy))   # the chain ends in another transient (a vector...)
-
-    def _step(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
-        """Turns or links transient; the (transient, copy) pairs inside it."""
-        persistent = _PERSISTENT_CLASSES.get(type(transient))
-        if persistent is not None:
-            if type(copy) is not persistent:
-                return []   # read back as another type's record: it stays a copy
-            return self._turn(transient, copy)
-        if callable(transient):
-            if type(copy) is StoredProcedure:
-                _link(transient, copy, self.env)
-            return []
-        if isinstance(transient, (SVector, tuple)) and isinstance(copy, (image.Vector, tuple)):
-            if len(transient) != len(copy):
-                return []
-            return [(item, copy[i]) for i, item in enumerate(transient) if _walkable(item)]
-        if isinstance(copy, image.Table):
-            return self._table(transient, copy)
-        return []
-
-    def _turn(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
-        """transient becomes the handle of copy's address; its fields' pairs."""
+def _turn_made(made: list, heap: Any, env: Any, log: Promotions | None) -> None:
+    """Each (value, address) objmem recorded (see objmem.c, "made objects"):
+    a transient pair, string or record becomes the handle of address (in
+    bulk, by heap.turn), a procedure is linked to its CLOSURE.  A value seen
+    twice (stored twice in one operation) is turned once: the second time
+    it is a handle already."""
+    saved = log.saved if log is not None else None
+    rest = heap.turn(made, _TURNABLE, saved)
+    if not rest:
+        return
+    verdicts: dict[type, bool] = {}   # record class -> it reads back as its own (one decode each)
+    procedures = []
+    it = iter(rest)
+    for transient, addr in zip(it, it):
         cls = type(transient)
-        names = getattr(cls, "transient_fields", cls.__slots__)
-        values = tuple(getattr(transient, name) for name in names)
-        heap, addr = copy._heap, copy._addr
-        inside = [] if cls is MString else [(v, heap.slot(addr, i)) for i, v in enumerate(values)
-                                            if _walkable(v)]
-        for name in names:
-            delattr(transient, name)
-        transient.__class__ = _PERSISTENT_CLASSES[cls]
-        copy._img.adopt(transient, addr)
-        if self.log is not None:
-            self.log.entries.append((transient, cls, names, values))
-        return inside
-
-    def _table(self, transient: Any, copy: Any) -> list[tuple[Any, Any]]:
-        """The values under keys that read back as themselves (strings, symbols, numbers...)."""
-        from ._builtins import HashTable
-        if not isinstance(transient, HashTable):
-            return []
-        found = []
-        for key, value in transient.items():
-            key = key.s if isinstance(key, MString) else key
-            if type(key) in _ATOMS and _walkable(value):
-                found.append((value, copy.get(key)))
-        return found
+        if cls in _PERSISTENT_CLASSES:
+            if cls not in verdicts:
+                verdicts[cls] = _reads_back_as_own(cls, heap, addr)
+        elif callable(transient) and getattr(transient, "_heap", None) is None:
+            procedures.append((transient, addr))
+    records = {cls: (_PERSISTENT_CLASSES[cls], _fields_of(cls)) for cls, ok in verdicts.items() if ok}
+    if records:
+        heap.turn(rest, records, saved)
+    for proc, addr in procedures:
+        handle = heap.decode(addr)
+        if type(handle) is StoredProcedure:
+            _link(proc, handle, env)
 
 
-def _walkable(x: Any) -> bool:
-    """x may hold transients: not an atom, not a handle of the image."""
-    t = type(x)
-    if t is Pair:
-        return True
-    return t not in _ATOMS and t is not PersistentPair and getattr(x, "_heap", None) is None
+# what heap.turn turns without asking: the classes that always read back as their persistent one
+_TURNABLE = {Pair: (PersistentPair, Pair.transient_fields), MString: (PersistentString, ("s",))}
+
+
+def _reads_back_as_own(cls: type, heap: Any, addr: int) -> bool:
+    """Whether records of class cls read back from this image as cls's
+    persistent class (another type of the same name and fields may have
+    taken the image class over: then the record stays a copy)."""
+    return type(heap.decode(addr)) is _PERSISTENT_CLASSES[cls]
 
 
 # -- reading back for the compiler --------------------------------------------------------
