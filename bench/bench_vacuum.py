@@ -11,9 +11,17 @@ commits).  Segments are SEGMENT bytes, so most sealed segments are mostly dead
 and vacuum copies what the retained versions still reach out of them.
 
 WHAT IS TIMED.
-  imago vacuum   store.vacuum(retained): plan, copy, stand-ins, fdatasync,
-                 unlink.  Throughput = live bytes copied / seconds; also the
-                 bytes reclaimed.
+  imago vacuum   store.vacuum(retained), the whole call: resolve the retained
+                 versions, plan, copy, stand-ins, every sync, unlink, the
+                 directory fsync.  Throughput = live bytes copied / seconds;
+                 also the bytes reclaimed.
+  block release  the file system frees a deleted segment's blocks when the
+                 last descriptor of it closes, in a thread after the call
+                 returns (pager/_vacuum.py, _Release); on this VM's ext4,
+                 mounted with discard, about 1.2 ms per MiB freed.  Timed
+                 after the call (wait_released), printed beside it with the
+                 ratio counting it (the verdict's), and waited for before the
+                 disk peer runs.
   disk           write + one final fsync of a file as large as what vacuum copied,
                  in writes the size of vacuum's group writes (written bytes /
                  groups): this disk's sequential write bandwidth, measured right
@@ -27,7 +35,7 @@ Vacuum runs twice on the same history: on 8 MiB segments (many small batches:
 each batch is bounded by one segment of extra disk, and costs a sync for its
 group and one for the directory, plus a set of stand-in nodes per retained
 version) and on the default 64 MiB segments (the size images are made with).
-The verdict is on the default size; both rows print.
+The verdict is on the default size, counting the freeing; every row prints.
 
 The target (issue 5): vacuum throughput at least half of the sequential write
 bandwidth.  Each figure is the median of --reps runs, each on a fresh history.
@@ -53,6 +61,7 @@ from ZODB.FileStorage import FileStorage  # noqa: E402
 
 from bench._common import heading, load_average, num, report_verdicts  # noqa: E402
 from pager import PageStore  # noqa: E402
+from pager._vacuum import wait_released  # noqa: E402
 from pager._store import DEFAULT_SEGMENT_SIZE  # noqa: E402
 
 PAGE = 4096
@@ -104,12 +113,15 @@ def time_imago(tmp: str, cfg: dict, seed: int) -> dict:
     commits = _history(cfg, seed)
     store, keep = build_imago(path, cfg, commits, seed)
     try:
+        started = time.perf_counter()
         report = store.vacuum(keep)
+        seconds = time.perf_counter() - started
+        release = wait_released(store)   # before the disk peer: freeing competes for the disk
         store.check()
     finally:
         store.close()
     shutil.rmtree(path)
-    return {"seconds": report.seconds, "copied": report.copied_bytes,
+    return {"seconds": seconds, "release": release, "copied": report.copied_bytes,
             "written": report.written_bytes, "reclaimed": report.reclaimed_bytes,
             "before": report.bytes_before, "after": report.bytes_after,
             "removed": len(report.removed), "groups": report.groups}
@@ -197,6 +209,7 @@ def run(tmp: str, cfg: dict, reps: int) -> dict:
         zodb.append(time_zodb(tmp, cfg, rep))
     mid = imago[len(imago) // 2]
     vac_rate = statistics.median(m["copied"] / m["seconds"] for m in imago)
+    with_release = statistics.median(m["copied"] / (m["seconds"] + m["release"]) for m in imago)
     disk_rate = statistics.median(disk)
     small_rate = statistics.median(m["copied"] / m["seconds"] for m in imago_small)
     small_disk = statistics.median(disk_small)
@@ -208,6 +221,11 @@ def run(tmp: str, cfg: dict, reps: int) -> dict:
           f"{num(disk_rate / 2**20, 1):>12}{num(zodb_rate / 2**20, 1):>12}")
     print(f"  {'ratio to disk sequential write':<34}{num(vac_rate / disk_rate, 2):>12}"
           f"{'1.00':>12}{num(zodb_rate / disk_rate, 2):>12}")
+    print(f"  {'incl. freeing deleted segments':<34}{num(with_release / 2**20, 1):>12}"
+          f"{'':>12}{'':>12}")
+    print(f"  {'  ratio to disk, freeing counted':<34}{num(with_release / disk_rate, 2):>12}"
+          f"  (freeing {num(statistics.median(m['release'] for m in imago) * 1e3, 0)} ms, "
+          f"after the call)")
     small_mib, smid = cfg["segment"] >> 20, imago_small[len(imago_small) // 2]
     print(f"  {f'{small_mib} MiB segments (MiB/s)':<34}{num(small_rate / 2**20, 1):>12}"
           f"{num(small_disk / 2**20, 1):>12}")
@@ -227,14 +245,18 @@ def run(tmp: str, cfg: dict, reps: int) -> dict:
     print(f"  {'live data copied':<34}{num(mid['copied'] / 2**20, 1):>12}{'':>12}")
     print(f"  {'segments removed':<34}{mid['removed']:>12}")
     print("  (ZODB keeps only the newest state; imago keeps every retained version)")
-    ratio = vac_rate / disk_rate
+    # The verdict counts the freeing: it is work the vacuum causes, and a
+    # process that exits right after the call (imago vacuum) waits for it.
+    ratio = with_release / disk_rate
     return {"config": cfg, "imago": imago, "disk_bytes_per_s": disk,
             "imago_8mib_segments": imago_small, "disk_bytes_per_s_8mib": disk_small,
             "zodb": zodb,
             "verdicts": [{"target": "vacuum throughput >= 1/2 of sequential write bandwidth",
                           "met": ratio >= 0.5,
-                          "detail": f"{ratio:.2f}x ({vac_rate / 2**20:.1f} MiB/s against "
-                                    f"{disk_rate / 2**20:.1f} MiB/s)"}]}
+                          "detail": f"{ratio:.2f}x counting the freeing of deleted segments "
+                                    f"({with_release / 2**20:.1f} MiB/s against "
+                                    f"{disk_rate / 2**20:.1f} MiB/s; the call alone "
+                                    f"{vac_rate / disk_rate:.2f}x)"}]}
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ HOW A COMMIT IS MADE ATOMIC (the invariants, each checked where named)
  6. If a sync fails, the store enters the terminal FAILED state: the kernel may
     have dropped the pages it could not write, so a retry could "succeed"
     without them.  Every later call raises StoreFailed; reopen to recover.
- 7. Segment files appear whole: zero-filled, headed and fsynced under a
-    temporary name, renamed, then the directory is fsynced.
+ 7. Segment files appear whole: reading as zeros past what they hold (written
+    zeros; a vacuum group's segment leaves a hole with its blocks reserved),
+    headed and fsynced under a temporary name, renamed, then the directory is
+    fsynced.
  8. Every page and page-table node is checked against its checksum before its
     bytes are first used in a process (native/core.c, invariant 1).
  9. The log's state (the head) is that of its newest record without FLAG_SIDE.
@@ -133,9 +135,13 @@ image to about 65,000 segments, 4 TiB at the default 64 MiB, and at 50 us a
 segment such an image opens in 3 s); lazily mapping them is the next step.
 Vacuum (segment cleaning, _vacuum.py) copies what retained versions reach out
 of mostly-dead segments and writes stand-ins for the versions whose trees
-pointed there; its throughput is bounded by per-batch syncs, the fixed cost of
-a new segment and the stand-ins' path nodes (bench/bench_vacuum.py: 0.32-0.38x
-of the disk's sequential bandwidth on 64 MiB segments, 0.09-0.13x on 8 MiB).
+pointed there; its throughput is bounded by resolving the retained versions
+(Python record decoding), a group's fixed costs and the stand-ins' path nodes,
+and by the file system freeing a deleted segment's blocks, which a thread does
+after the call (bench/bench_vacuum.py: 0.75-1.07x of the disk's sequential
+bandwidth for the call on 64 MiB segments, 0.37-0.54x counting that freeing;
+0.15-0.17x on 8 MiB).  A single victim's group is not split, so many retained
+versions over one segment can make its stand-ins pass one segment of disk.
 """
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)

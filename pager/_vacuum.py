@@ -48,15 +48,28 @@ THE DESIGN (one pass per batch of victim segments V, oldest first)
   4. The group is durable: the trees adopt their new roots, the writer's page
      table becomes Nh's.  The pins are read again (a reader may have opened a
      view meanwhile); if none reaches V, V is unlinked and the directory fsynced.
-     Extra disk: the copied pages and stand-ins, about one segment beyond the
-     image.  When the active segment has no room, the group is the body of a
-     new segment (_streamed_group, make_segment_from): under its temporary
-     name the copied pages are written straight from a reused buffer of
-     STREAM_WRITE bytes, then the records and nodes, then zeros for the rest
-     and the header; one fsync covers segment and group, then the rename and
-     the directory fsync.  Every byte is written once, and the group needs no
-     fdatasync of its own.  No spare segment is kept made in advance: its
-     cost would only move to another pass or to a commit.
+     Extra disk: the copied pages and stand-ins, at most one segment beyond the
+     image for a group of several victims (group_limit: a batch whose plan,
+     stand-in nodes included, passes a segment is cleaned in halves; a single
+     victim's group is not split, see OPEN QUESTIONS).  When the active
+     segment has no room, the group is the body of a new segment
+     (_streamed_group, _make_group_segment): under its temporary name the
+     copied pages are written straight from a reused buffer of STREAM_WRITE
+     bytes, each write handed to writeback at once (sync_file_range on Linux,
+     so the disk works while the next chunk is copied), then the records and
+     nodes, then the header; the slots past the group are a hole (they read
+     as zeros, all the format asks of an unwritten slot), not written zeros.
+     One fsync covers segment and group, then the rename and the directory
+     fsync.  No spare segment is kept made in advance: its cost would only
+     move to another pass or to a commit.
+  5. Freeing.  The file system frees a deleted segment's blocks when its last
+     reference goes, which on some disks costs as much as writing them (an
+     ext4 mounted with discard on a VM: 1.2 ms per MiB, 75 ms a 64 MiB
+     segment).  _delete opens each victim before unlinking it and a thread
+     closes those descriptors (_Release): nothing depends on when the blocks
+     come back (the name is gone, durably after the directory fsync), so a
+     pass returns without waiting, and the next pass waits first
+     (wait_released).
 
 CRASH SAFETY (a SIGKILL anywhere; tests/test_vacuum.py kills a loop of vacuums)
   - before the group's sync: the group is an interrupted write.  Opening
@@ -68,6 +81,8 @@ CRASH SAFETY (a SIGKILL anywhere; tests/test_vacuum.py kills a loop of vacuums)
     retained tree reaches it (they resolve to their stand-ins) and deletes it
     without copying.
   - the unlink without the directory fsync: V exists or not; both are whole.
+  - with V unlinked and its blocks not yet freed (step 5): the descriptor dies
+    with the process and the kernel frees them; nothing on disk names V.
   - while a new segment is made for the group: only seg-N.tmp exists (never
     read: opening lists seg-NNNNNN names only; made again with O_TRUNC).  It
     is renamed after its fsync, so seg-N appears whole with the whole group,
@@ -104,7 +119,13 @@ OPEN QUESTIONS: views of stand-ins in a process whose open views still map V
 keep V's blocks allocated until those views close (the file is unlinked, its
 space freed when the last mapping goes); a vacuum with many retained versions
 spread over a segment writes one set of path nodes per version, per batch
-(written/copied 1.6 on 8 MiB segments, 1.06 on 64 MiB in bench_vacuum.py).
+(written/copied 1.6 on 8 MiB segments, 1.06 on 64 MiB in bench_vacuum.py), and
+a single victim's group is not split, so with enough retained versions its
+stand-ins alone can pass a segment (tests/test_vacuum.py: 133 versions of a
+400-commit history on 128-slot segments wrote 150-260 slots a group); the
+fix is stand-in groups of their own before the victim's unlink.  The blocks
+freed in the background (step 5) are invisible to callers but compete for
+the disk with whatever runs next.
 
 COSTS.  The per-page and per-node work is C: one walk per tree collects the
 batch's live pages for every retained tree (ic_vac_collect), one walk per tree
@@ -116,26 +137,29 @@ pass (_sync_unlinks).  Resolving the retained commits reads each
 checkpoint's log once (_scan_from); the stand-in index hops from record header
 to record header and decodes only stand-ins (_standin_records: about 30x
 cheaper than decoding every record; still a read per record on disk, a cost
-that grows with the image).  A new segment costs its zeros past the group
-and its fsync: the disk writes a whole segment for a group (64 MiB for about
-50 MiB on bench_vacuum.py's history).  Measured (bench_vacuum.py --reps 3,
-the disk peer in each run; two pairs of runs, before and after the streamed
-segment body and the header hop): 0.23x and 0.26x of the disk's sequential
-write bandwidth on 64 MiB segments before (89 and 110 MiB/s), 0.38x and 0.32x
-after (138 MiB/s both); on 8 MiB segments 0.09x before, 0.13x and 0.09x
-after (57-64 MiB/s before, 78-79 after).  What is
-left: the planning (resolving the retained commits: decoding their log;
-collecting and relocating the trees), the unmapping of deleted segments, and
-the new segment's zeros past the group.
+that grows with the image).  Where a 64 MiB pass of bench_vacuum.py goes
+(47.5 MiB copied, 2 victims; medians of 5, a loaded 2-core VM): resolving
+the 11 retained commits 30-65 ms (Python record decoding, about 100 us a
+record, and replaying about 90 records a commit), collecting 20-50, relocating
+10-25, copying and verifying 20-40, writing the 50 MiB group 60-140 (the
+page cache's copy; the fsync after the writeback kicks waits 2-15 ms, against
+about 30 without them), the rest 15-30.  Freeing the 128 MiB deleted,
+after the pass: 150-250 ms.  Measured with bench_vacuum.py --reps 3 (the
+disk peer in the same run, pairs of runs of HEAD and this): see
+bench/README.md.  Before (for the record): the new segment's zeros past the
+group (14 MiB), its fsync without writeback started, and the freeing in the
+pass made up more than half of it.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import fcntl
+import mmap
 import os
 import struct
+import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -144,7 +168,8 @@ from native import ffi, lib
 from pager import _format as fmt
 from pager._errors import CommitFailed, CorruptImage, PagerError
 from pager._native import Tree, hash64, make_loc
-from pager._segments import SyncFailed, _Tail, empty_tail, make_segment_from, sync
+from pager._segments import SyncFailed, _check_coverage, _Tail, empty_tail, sync
+from pager._vfs import Vfs
 
 MAX_LIVE = 0.5          # a victim's live slots at most this share: a copied byte frees one
 READERS_DIR = "readers"
@@ -576,6 +601,7 @@ def vacuum(store, keep, *, max_live: float = MAX_LIVE, dry_run: bool = False) ->
     """Clean every sealed segment whose live share is at most max_live."""
     started = time.perf_counter()
     _require_quiet(store)
+    wait_released(store)   # one pass's freeing at a time
     image = store._image
     report = VacuumReport(retained=[], dry_run=dry_run)
     report.bytes_before = sum(image.sizes.values())
@@ -599,6 +625,7 @@ def vacuum(store, keep, *, max_live: float = MAX_LIVE, dry_run: bool = False) ->
             finally:
                 scratch.close()
             _sync_unlinks(store, report)
+            _Release.of(store).start()
             report.bytes_after = sum(store._image.sizes.values())
     finally:
         for unit in units:
@@ -696,7 +723,13 @@ def _clean(store, units: list[_Unit], batch: list[int], report: VacuumReport,
     head = units[-1]
     needing = [u for u in units[:-1] if u.lies_in(batch) or u.reaches(batch)]
     if needing or head.lies_in(batch) or head.reaches(batch):
-        _write_group(store, head, needing, batch, report, scratch)
+        try:
+            _write_group(store, head, needing, batch, report, scratch)
+        except _GroupTooLarge:   # nothing was written: clean the halves one after the other
+            half = len(batch) // 2
+            _clean(store, units, batch[:half], report, scratch)
+            _clean(store, units, batch[half:], report, scratch)
+            return
     _check_moved(store, units, batch)
     free = []
     for victim in batch:
@@ -735,20 +768,97 @@ def _delete(store, victims: list[int], report: VacuumReport) -> None:
     """Unlink the victims.  Their directory fsync waits (_sync_unlinks): an
     unlink that a crash undoes leaves a whole segment no retained tree
     reaches, which the next vacuum deletes without copying (CRASH SAFETY);
-    the next group's new segment or the end of the pass syncs the directory."""
+    the next group's new segment or the end of the pass syncs the directory.
+    The file system frees a victim's blocks when its last reference goes,
+    which costs about as much as writing them on some disks (measured: 75 ms
+    for 64 MiB on a VM's ext4 mounted with discard): a descriptor opened
+    before the unlink keeps that reference, and _Release drops it in a thread
+    while the pass goes on."""
     image = store._image
     views_open = any(v._tree is not None for v in list(store._views))
+    release = _Release.of(store)
     try:
         for victim in victims:
             size = image.sizes.pop(victim)
-            store._vfs.unlink(image.seg_path(victim))
+            path = image.seg_path(victim)
+            release.add(_hold(path))   # closed by the thread even if the unlink fails
+            store._vfs.unlink(path)
             if not views_open:
                 image.native.unmap(victim)   # else open views still read it: freed with them
             report.removed.append(victim)
             report.reclaimed_bytes += size
     except OSError as exc:
         store._enter_failed(exc)
+    finally:
+        release.start()
     store._standins = None
+
+
+def _hold(path: str) -> int:
+    """A read-only descriptor of a file about to be unlinked (-1 if it cannot
+    be opened: the unlink then frees the blocks itself)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def wait_released(store) -> float:
+    """Wait until the blocks of the segments the last vacuum deleted are
+    freed (see _Release); the seconds it waited."""
+    started = time.perf_counter()
+    _Release.of(store).wait()
+    return time.perf_counter() - started
+
+
+class _Release:
+    """The descriptors of unlinked victims, closed by a thread per batch: the
+    close that drops a file's last reference is where the file system frees
+    its blocks.  Nothing depends on when that happens: the segment's name is
+    gone before (durably, after _sync_unlinks), its contents are no longer
+    any retained version's, and a crash only moves the freeing to the
+    kernel's cleanup of the dead process.  So a pass returns without waiting
+    for it (as a file system that frees unlinked inodes in the background,
+    XFS or btrfs, would); the next pass waits first (wait_released), so
+    freeing never piles up beyond one pass, and bench_vacuum.py reports the
+    wait beside the pass's own time."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.threads: list[threading.Thread] = []
+
+    @staticmethod
+    def of(store) -> _Release:
+        release = getattr(store, "_vacuum_release", None)
+        if release is None:
+            release = store._vacuum_release = _Release()
+        return release
+
+    def add(self, fd: int) -> None:
+        if fd >= 0:
+            self.fds.append(fd)
+
+    def start(self) -> None:
+        if self.fds:
+            fds, self.fds = self.fds, []
+            thread = threading.Thread(target=_close_all, args=(fds,), daemon=True,
+                                      name="imago-vacuum-release")
+            thread.start()
+            self.threads.append(thread)
+
+    def wait(self) -> None:
+        self.start()
+        threads, self.threads = self.threads, []
+        for thread in threads:
+            thread.join()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass   # the file is unlinked: its blocks are freed whatever close says
 
 
 def _sync_unlinks(store, report: VacuumReport) -> None:
@@ -803,10 +913,27 @@ def _write_group(store, head: _Unit, needing: list[_Unit], batch: list[int],
     segno, slot0 = store._active + 1, 1
     plan = _plan(store, head, needing, live, segno, slot0)
     total = plan[-1].end - slot0
+    if total > group_limit(store) and len(batch) > 1:
+        _reload(store, movers)
+        raise _GroupTooLarge
     laid: list = []
     _start_segment(store, total + 1, _streamed_group(store, plan, live, segno, slot0, total,
                                                      scratch, laid))
     _finish_group(store, laid, segno, slot0 + total, live, total, report)
+
+
+class _GroupTooLarge(Exception):
+    """A batch's group, stand-ins included, would pass group_limit: split it."""
+
+
+def group_limit(store) -> int:
+    """The most slots a group of more than one victim may write: one segment
+    (less its header's slot), so that with the stand-ins' nodes counted (many
+    retained versions each rewrite their path nodes) a pass still needs at most
+    one segment of extra disk.  _batches sizes batches by live pages alone (3/4
+    of a segment); a batch whose plan passes this is cleaned in halves.  A single
+    victim's group is never split: its copies alone are at most MAX_LIVE of it."""
+    return min(store._image.sizes.values()) // store.page_size - 1
 
 
 def _finish_group(store, laid: list, segno: int, end: int, live: _LivePages, total: int,
@@ -977,7 +1104,7 @@ STREAM_WRITE = 4 << 20   # bytes of copied pages per write into a new segment
 
 def _streamed_group(store, plan: list[_Planned], live: _LivePages, segno: int, slot0: int,
                     total: int, scratch: _Scratch, laid: list):
-    """The group's bytes as (file offset, bytes) pieces for make_segment_from:
+    """The group's bytes as (file offset, bytes) pieces for _make_group_segment:
     the copied pages first, through one reused buffer of STREAM_WRITE bytes
     (a group-sized buffer costs a page fault per 4 KiB of it), then its records
     and nodes.  Appends the records' layout to `laid`."""
@@ -1109,8 +1236,7 @@ def _start_segment(store, need_slots: int, pieces) -> int:
     nominal = min(image.sizes.values())
     size = max(nominal, (need_slots + 1) * ps)   # + the header's slot
     try:
-        make_segment_from(store._vfs, store.path, segno, size, ps, image.image_id, image.salt,
-                          pieces, need_slots * ps)
+        _make_group_segment(store, segno, size, pieces, need_slots * ps)
     except SyncFailed as exc:
         store._enter_failed(exc.error)
     except OSError as exc:
@@ -1130,6 +1256,108 @@ def _start_segment(store, need_slots: int, pieces) -> int:
     image.native.set_limit(segno, 1)
     store._start_log(store._tail, zero_from=1)
     return segno
+
+
+def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> None:
+    """make_segment_from (pager/_segments.py) for a vacuum group, with two
+    differences.  The body's pieces are handed to writeback as each is
+    written (_start_writeback), so the disk writes while the next piece is
+    copied and the one fsync at the end waits only for the last of it.  And
+    the slots past the body are a hole, not written zeros: a hole reads as
+    zeros, which is all the format asks of a slot no commit has written
+    (invariant 3: the slot past the log's end reads as zeros; recovery and
+    the crash shim read the same), so only the last slot is written, to give
+    the file its size, and the hole's blocks are reserved (_reserve), so a
+    full disk fails the vacuum, not a later commit.  The price: the commits
+    that later fill this one segment's tail write into unwritten extents,
+    about a fifth slower (12 KiB pwrite + fdatasync on this VM: 6,400/s
+    fallocated, 6,500/s over a hole, 8,000/s over written zeros; DESIGN.md
+    has 6,900 against 11,000), instead of the pass writing that tail (14 of
+    64 MiB in bench_vacuum.py) before anything is reclaimed.  The protocol is the
+    same: everything under the temporary name, the header last, one fsync,
+    the rename, the directory fsync (invariant 7: whole or absent).  (Writing
+    each piece in a thread while the next is copied was tried: 172 against
+    173 ms a pass, six interleaved pairs; not kept.)"""
+    vfs, ps, image = store._vfs, store.page_size, store._image
+    if not ps <= body_end <= size:
+        raise ValueError(f"a segment body ending at {body_end} does not fit {ps}..{size}")
+    final = image.seg_path(segno)
+    temp = final + ".tmp"
+    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        if body_end < size:   # the hole's end: the file has its size from the start
+            vfs.pwrite(fd, bytes(ps), size - ps)
+            _reserve(vfs, fd, body_end, size - ps - body_end)
+        extents = []
+        for offset, data in pieces:
+            vfs.pwrite(fd, data, offset)
+            _start_writeback(vfs, fd, offset, len(data))
+            extents.append((offset, len(data)))
+        _check_coverage(extents, ps, body_end)
+        header = fmt.encode_segment_header(ps, size, segno, image.image_id, image.salt,
+                                           time.time_ns())
+        vfs.pwrite(fd, header + bytes(ps - len(header)), 0)
+        sync(vfs, fd, data_only=False)
+    except BaseException:
+        vfs.close(fd)
+        fd = -1
+        try:
+            vfs.unlink(temp)
+        except OSError:
+            pass
+        raise
+    finally:
+        if fd >= 0:
+            vfs.close(fd)
+    vfs.rename(temp, final)
+    try:
+        vfs.fsync_dir(store.path)
+    except OSError as exc:
+        raise SyncFailed(exc) from exc
+
+
+def _load_sync_file_range():
+    """libc's sync_file_range (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2   # <linux/fs.h>: start writeback of the dirty pages, do not wait
+
+
+def _reserve(vfs: Vfs, fd: int, offset: int, length: int) -> None:
+    """Reserve the disk blocks of the hole past a group (fallocate: no data
+    written, the range still reads as zeros), so that a full disk is found
+    here, where the vacuum fails whole, and not by a later commit into the
+    tail, as the zero-filled segments of the writer guarantee (DESIGN.md).
+    A file system without fallocate keeps the hole.  Only on the real file
+    system: a test's Vfs models no blocks."""
+    if type(vfs) is not Vfs or length <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise
+
+
+def _start_writeback(vfs: Vfs, fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range back now (Linux), so that the
+    disk works while the CPU copies the next piece.  Advisory only: it makes
+    nothing durable (the fsync does), and its failure is no failure.  Only on
+    the real file system: a test's Vfs holds writes until sync."""
+    if _SYNC_FILE_RANGE is not None and type(vfs) is Vfs and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def check_group(records: list[fmt.Record]) -> None:

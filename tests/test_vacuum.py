@@ -540,6 +540,31 @@ class TestNewSegment:
                 with again.view(c) as view:
                     assert_version(view, made[c])
 
+    def test_the_tail_past_the_group_reads_as_zeros_and_takes_commits(self, path):
+        """The new segment's slots past the group read as zeros (not written zeros:
+        reserved, so that the file holds its blocks), and the commits that follow
+        land there and survive reopening."""
+        store, made, keep = _new_segment_history(path)
+        before = set(store._image.numbers())
+        store.vacuum(keep)
+        segno = max(set(store._image.numbers()) - before)
+        end = store._tail.slot
+        seg = store._image.segment(segno)
+        assert end < store._image.nslots(segno) - 1, "the group should leave a tail"
+        assert not any(seg[end * PAGE:])
+        st = os.stat(store._image.seg_path(segno))
+        assert st.st_blocks * 512 >= st.st_size, "the tail's blocks are reserved, not a hole"
+        made[commit_version(store, 301)] = 301
+        assert store._tail.segno == segno and store._tail.slot > end   # into the hole
+        made.update({commit_version(store, v): v for v in range(302, 321)})
+        store.close()
+        with PageStore.open(path) as again:
+            again.check()
+            assert_version(again, 320)
+            for c in keep:
+                with again.view(c) as view:
+                    assert_version(view, made[c])
+
     def test_a_crash_at_each_write_of_the_new_segment(self, tmp_path):
         """A power cut at each write of the segment being made (the write never issued,
         held ones kept, dropped or garbled): the segment is absent or whole, the image
@@ -662,3 +687,87 @@ class TestStandinIndex:
             assert all(r.slot < slot for r in records)
         finally:
             image_store.close()
+
+
+class TestRelease:
+    """The blocks of deleted segments are freed by closing a held descriptor in a thread."""
+
+    def test_release_leaks_no_descriptor_and_removes_the_files(self, path):
+        """After wait_released, the victims' files are gone and no descriptor stays open."""
+        store, made = history(path, 300)
+        keep = [c for c, v in made.items() if v % 50 == 0]
+        fds_before = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        report = store.vacuum(keep)
+        assert report.removed
+        assert _vacuum.wait_released(store) >= 0
+        names = set(os.listdir(path))
+        assert not {f"seg-{v:06d}" for v in report.removed} & names
+        if fds_before is not None:
+            assert set(os.listdir("/proc/self/fd")) <= fds_before | {str(store._seg_fd)}
+        store.close()
+
+    def test_a_second_vacuum_waits_for_the_first_release(self, path):
+        """A pass begins by waiting for the last pass's freeing: none is pending after it."""
+        store, made = history(path, 300)
+        keep = [c for c, v in made.items() if v % 50 == 0]
+        store.vacuum(keep)
+        made.update({commit_version(store, v): v for v in range(301, 500)})
+        store.vacuum([c for c, v in made.items() if v % 50 == 0])
+        release = _vacuum._Release.of(store)
+        assert all(not t.is_alive() for t in release.threads[:-1])
+        _vacuum.wait_released(store)
+        assert release.threads == [] and release.fds == []
+        store.check()
+        store.close()
+
+
+class TestGroupLimit:
+    """A batch whose group, stand-ins included, would pass one segment is cleaned in parts."""
+
+    def test_an_oversized_batch_is_split(self, path, monkeypatch):
+        """With the limit made small, a batch is split into groups of one victim each;
+        every kept version keeps its content."""
+        store, made = history(path, 400)
+        keep = [c for c, v in made.items() if v % 20 == 0]
+        splits = []
+        real = _vacuum._clean
+
+        def counting_clean(store_, units, batch, report, scratch):
+            splits.append(list(batch))
+            return real(store_, units, batch, report, scratch)
+
+        monkeypatch.setattr(_vacuum, "_clean", counting_clean)
+        monkeypatch.setattr(_vacuum, "group_limit", lambda s: 4)
+        report = store.vacuum(keep, max_live=0.9)
+        assert len(report.removed) >= 2
+        assert any(len(b) > 1 for b in splits), "a batch of several victims was tried"
+        assert report.groups >= len(report.removed)
+        store.check()
+        for c in keep:
+            with store.view(c) as view:
+                assert_version(view, made[c])
+        store.close()
+
+    def test_a_group_of_several_victims_stays_within_one_segment(self, path, monkeypatch):
+        """Twenty retained versions (each writes stand-in nodes): no group that cleans
+        more than one victim writes more than a segment; every kept version reads back."""
+        store, made = history(path, 400)
+        keep = [c for c, v in made.items() if v % 20 == 0]
+        groups = []
+        real = _vacuum._write_group
+
+        def measuring(store_, head, needing, batch, report, scratch):
+            before = report.written_bytes
+            real(store_, head, needing, batch, report, scratch)
+            groups.append((len(batch), report.written_bytes - before))
+
+        monkeypatch.setattr(_vacuum, "_write_group", measuring)
+        report = store.vacuum(keep, max_live=0.9)
+        assert report.groups == len(groups) > 0
+        assert any(n > 1 for n, _ in groups), "some group should clean several victims"
+        assert all(written <= SEGMENT - PAGE for n, written in groups if n > 1), groups
+        store.check()
+        for c in keep[::10]:
+            with store.view(c) as view:
+                assert_version(view, made[c])
+        store.close()
