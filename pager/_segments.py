@@ -108,11 +108,9 @@ def make_segment_from(vfs: Vfs, dirpath: str, segno: int, seg_size: int, page_si
     if not page_size <= body_end <= seg_size:
         raise ValueError(f"a segment body ending at {body_end} does not fit "
                          f"{page_size}..{seg_size}")
-    final = os.path.join(dirpath, fmt.segment_name(segno))
-    temp = final + ".tmp"
-    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    try:
-        chunk = bytes(min(seg_size, ZERO_WRITE))
+    chunk = bytes(min(seg_size, ZERO_WRITE))
+
+    def fill(fd: int) -> None:
         if body_end > page_size:
             vfs.pwrite(fd, chunk[:page_size], 0)
         extents = []
@@ -125,6 +123,20 @@ def make_segment_from(vfs: Vfs, dirpath: str, segno: int, seg_size: int, page_si
             vfs.pwrite(fd, chunk[:seg_size - off], off)
         vfs.pwrite(fd, fmt.encode_segment_header(page_size, seg_size, segno, image_id, salt,
                                                  time.time_ns()), 0)
+
+    publish_segment(vfs, dirpath, segno, fill)
+
+
+def publish_segment(vfs: Vfs, dirpath: str, segno: int, fill) -> None:
+    """The protocol by which a segment file appears (invariant 7): fill(fd)
+    writes it all under a temporary name, one fsync, the rename, the
+    directory fsync.  A failure before the rename unlinks the temporary file
+    and leaves no segment; a failed directory fsync is SyncFailed."""
+    final = os.path.join(dirpath, fmt.segment_name(segno))
+    temp = final + ".tmp"
+    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        fill(fd)
         sync(vfs, fd, data_only=False)
     except BaseException:
         vfs.close(fd)

@@ -168,7 +168,8 @@ from native import ffi, lib
 from pager import _format as fmt
 from pager._errors import CommitFailed, CorruptImage, PagerError
 from pager._native import Tree, hash64, make_loc
-from pager._segments import SyncFailed, _check_coverage, _Tail, empty_tail, sync
+from pager._segments import (SyncFailed, _check_coverage, _Tail, empty_tail, publish_segment,
+                             sync)
 from pager._vfs import Vfs
 
 MAX_LIVE = 0.5          # a victim's live slots at most this share: a copied byte frees one
@@ -1281,10 +1282,8 @@ def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> 
     vfs, ps, image = store._vfs, store.page_size, store._image
     if not ps <= body_end <= size:
         raise ValueError(f"a segment body ending at {body_end} does not fit {ps}..{size}")
-    final = image.seg_path(segno)
-    temp = final + ".tmp"
-    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    try:
+
+    def fill(fd: int) -> None:
         if body_end < size:   # the hole's end: the file has its size from the start
             vfs.pwrite(fd, bytes(ps), size - ps)
             _reserve(vfs, fd, body_end, size - ps - body_end)
@@ -1297,23 +1296,8 @@ def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> 
         header = fmt.encode_segment_header(ps, size, segno, image.image_id, image.salt,
                                            time.time_ns())
         vfs.pwrite(fd, header + bytes(ps - len(header)), 0)
-        sync(vfs, fd, data_only=False)
-    except BaseException:
-        vfs.close(fd)
-        fd = -1
-        try:
-            vfs.unlink(temp)
-        except OSError:
-            pass
-        raise
-    finally:
-        if fd >= 0:
-            vfs.close(fd)
-    vfs.rename(temp, final)
-    try:
-        vfs.fsync_dir(store.path)
-    except OSError as exc:
-        raise SyncFailed(exc) from exc
+
+    publish_segment(vfs, store.path, segno, fill)
 
 
 def _load_sync_file_range():

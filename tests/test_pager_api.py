@@ -33,7 +33,7 @@ class TestExports:
         """The package exports exactly its documented API."""
         assert set(pager.__all__) == {
             "CommitFailed", "CommitInfo", "CorruptImage", "ImageLocked", "PageStore", "PageView",
-            "PagerError", "ReadOnlyStore", "RecoveryWarning", "StoreFailed"}
+            "PagerError", "ReadOnlyStore", "RecoveryWarning", "StoreFailed", "WrittenPages"}
         for name in pager.__all__:
             assert getattr(pager, name) is not None
 
