@@ -1212,3 +1212,32 @@ class TestFuzz:
                               timeout=300)
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n" \
                                      f"{proc.stderr[-4000:]}"
+
+
+class TestRecordPageNumbers:
+    """decode_record refuses a record (even one whose checksum holds, as a forger
+    with the salt could make) that names a page at or past MAX_PAGE_NO."""
+
+    @staticmethod
+    def _record_naming(page_no: int) -> memoryview:
+        salt, page = 0x5EED, 4096
+        raw = fmt.encode_record(seq=1, parent=fmt.NO_PARENT, prev_sum=0, time_ns=1,
+                                flags=fmt.FLAG_CHECKPOINT, segno=1, slot=1,
+                                pairs=struct.pack("<QQ", 3, 9) + struct.pack("<QQ", page_no, 7),
+                                usage=[], meta=b"", depth=1, root_loc=0, root_sum=0,
+                                prev_ckpt=0, nnodes=0, nodes_sum=0, salt=salt,
+                                stands_for=None)
+        seg = bytearray(page * 8)
+        seg[page:page + len(raw)] = raw
+        return memoryview(bytes(seg)), salt, page
+
+    @pytest.mark.parametrize("page_no", [0, 5, (1 << 40) - 1])
+    def test_page_numbers_below_the_bound_are_taken(self, page_no):
+        seg, salt, page = self._record_naming(page_no)
+        rec = fmt.decode_record(seg, 1, 1, salt, page)
+        assert rec is not None and rec.page_numbers() == (3, page_no)
+
+    @pytest.mark.parametrize("page_no", [1 << 40, 1 << 41, 1 << 48, (1 << 64) - 1])
+    def test_a_page_number_at_or_past_the_bound_is_refused(self, page_no):
+        seg, salt, page = self._record_naming(page_no)
+        assert fmt.decode_record(seg, 1, 1, salt, page) is None
