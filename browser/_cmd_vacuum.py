@@ -40,10 +40,14 @@ def cmd_vacuum(args, out) -> int:
           + (f" ({', '.join(map(str, report.removed))})" if report.removed else ""), file=out)
     if report.busy:
         print(f"           kept {len(report.busy)} a reader opened meanwhile", file=out)
+    if report.refusal_note():
+        print(f"           {report.refusal_note()}", file=out)
     print(f"copied     {_human(report.copied_bytes)} of live pages "
           f"in {report.seconds:.2f} s", file=out)
     print(f"on disk    {_human(report.bytes_before)} before, {_human(report.bytes_after)} after",
           file=out)
+    if report.spare_bytes:
+        print(f"           {_human(report.spare_bytes)} of it kept as the spare segment", file=out)
     _print_held(SnapshotLog(args.image), held, out)
     return 0
 

@@ -54,9 +54,10 @@ HOW A COMMIT IS MADE ATOMIC (the invariants, each checked where named)
     have dropped the pages it could not write, so a retry could "succeed"
     without them.  Every later call raises StoreFailed; reopen to recover.
  7. Segment files appear whole: reading as zeros past what they hold (written
-    zeros; a vacuum group's segment leaves a hole with its blocks reserved),
-    headed and fsynced under a temporary name, renamed, then the directory is
-    fsynced.
+    zeros; a vacuum group's segment leaves a hole with its blocks reserved,
+    or, in a deleted segment's file that vacuum reuses, zeroes that range with
+    fallocate ZERO_RANGE), headed and fsynced under a temporary name, renamed,
+    then the directory is fsynced.
  8. Every page and page-table node is checked against its checksum before its
     bytes are first used in a process (native/core.c, invariant 1).
  9. The log's state (the head) is that of its newest record without FLAG_SIDE.
@@ -138,10 +139,12 @@ of mostly-dead segments and writes stand-ins for the versions whose trees
 pointed there; its throughput is bounded by resolving the retained versions
 (Python record decoding), a group's fixed costs and the stand-ins' path nodes,
 and by the file system freeing a deleted segment's blocks, which a thread does
-after the call (bench/bench_vacuum.py: 0.75-1.07x of the disk's sequential
-bandwidth for the call on 64 MiB segments, 0.37-0.54x counting that freeing;
-0.15-0.17x on 8 MiB).  A single victim's group is not split, so many retained
-versions over one segment can make its stand-ins pass one segment of disk.
+after the call (figures: bench/README.md; one deleted segment's file is
+kept and reused for the next new segment, so a pass frees and allocates one
+segment less).  A pass holds at most one segment of disk
+beyond the image (pager/_vacuum.py, V4): a victim whose copies and stand-ins
+(a record slot at least per retained version reaching it) would pass that is
+kept, and reported (VacuumReport.refused).
 """
 from pager._errors import (CommitFailed, CorruptImage, ImageLocked, PagerError, ReadOnlyStore,
                            RecoveryWarning, StoreFailed)

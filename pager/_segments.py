@@ -127,14 +127,22 @@ def make_segment_from(vfs: Vfs, dirpath: str, segno: int, seg_size: int, page_si
     publish_segment(vfs, dirpath, segno, fill)
 
 
-def publish_segment(vfs: Vfs, dirpath: str, segno: int, fill) -> None:
+def publish_segment(vfs: Vfs, dirpath: str, segno: int, fill,
+                    reuse: str | None = None) -> None:
     """The protocol by which a segment file appears (invariant 7): fill(fd)
     writes it all under a temporary name, one fsync, the rename, the
     directory fsync.  A failure before the rename unlinks the temporary file
-    and leaves no segment; a failed directory fsync is SyncFailed."""
+    and leaves no segment; a failed directory fsync is SyncFailed.  With
+    reuse (a vacuum's spare, pager/_vacuum.py SPARE), that file becomes the
+    temporary one, its old bytes in place: fill must then write or zero every
+    byte of it, as it is never read before the rename."""
     final = os.path.join(dirpath, fmt.segment_name(segno))
     temp = final + ".tmp"
-    fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    if reuse is not None:
+        vfs.rename(reuse, temp)
+        fd = vfs.open(temp, os.O_RDWR)
+    else:
+        fd = vfs.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         fill(fd)
         sync(vfs, fd, data_only=False)

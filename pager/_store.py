@@ -1163,7 +1163,9 @@ class PageStore:
                dry_run: bool = False) -> _vacuum.VacuumReport:
         """Reclaim the segments only unretained versions reach; keep (commit
         numbers), the head, readers' pins and open views stay openable
-        (pager/_vacuum.py).  The writer must have no uncommitted changes."""
+        (pager/_vacuum.py).  The writer must have no uncommitted changes.
+        A pass holds at most one segment of disk beyond the image: victims
+        whose cleaning would need more are kept (report.refused)."""
         return _vacuum.vacuum(self, keep, max_live=max_live, dry_run=dry_run)
 
     def held_back(self, commits) -> dict[int, int]:

@@ -48,10 +48,17 @@ THE DESIGN (one pass per batch of victim segments V, oldest first)
   4. The group is durable: the trees adopt their new roots, the writer's page
      table becomes Nh's.  The pins are read again (a reader may have opened a
      view meanwhile); if none reaches V, V is unlinked and the directory fsynced.
-     Extra disk: the copied pages and stand-ins, at most one segment beyond the
-     image for a group of several victims (group_limit: a batch whose plan,
-     stand-in nodes included, passes a segment is cleaned in halves; a single
-     victim's group is not split, see OPEN QUESTIONS).  When the active
+     Extra disk (V4): a group in the active segment's tail uses disk the image
+     already holds; a group in a new segment may write at most group_limit
+     slots, so that segment has the nominal size, and the pass starts one only
+     while the segments it made, less those it deleted, stay within one
+     segment (_ExtraDisk; the blocks the release thread has not freed yet
+     count as held, step 5).  A batch whose plan, stand-in records and nodes
+     included, passes that is cleaned in halves; a single victim that passes
+     it is kept and reported (VacuumReport.refused, refusal_note): each
+     retained version that reaches it needs at least a record slot of
+     stand-in, so with enough of them (133 versions over 128-slot segments)
+     its group would cost more disk than the segment it frees.  When the active
      segment has no room, the group is the body of a new segment
      (_streamed_group, _make_group_segment): under its temporary name the
      copied pages are written straight from a reused buffer of STREAM_WRITE
@@ -60,8 +67,8 @@ THE DESIGN (one pass per batch of victim segments V, oldest first)
      nodes, then the header; the slots past the group are a hole (they read
      as zeros, all the format asks of an unwritten slot), not written zeros.
      One fsync covers segment and group, then the rename and the directory
-     fsync.  No spare segment is kept made in advance: its cost would only
-     move to another pass or to a commit.
+     fsync.  No segment is made in advance (its cost would only move to
+     another pass or to a commit), but a deleted one is kept (SPARE).
   5. Freeing.  The file system frees a deleted segment's blocks when its last
      reference goes, which on some disks costs as much as writing them (an
      ext4 mounted with discard on a VM: 1.2 ms per MiB, 75 ms a 64 MiB
@@ -70,6 +77,33 @@ THE DESIGN (one pass per batch of victim segments V, oldest first)
      come back (the name is gone, durably after the directory fsync), so a
      pass returns without waiting, and the next pass waits first
      (wait_released).
+
+SPARE (a deleted segment's file, reused).  Freeing a victim and allocating
+the next group's segment cost about what writing the group does on the disk
+measured (a 64 MiB segment: 85 ms to make fresh against 44 ms over a reused
+file's blocks; 242 against 127 ms with the freeing of two victims against
+one; /tmp figures, interleaved pairs).  So _delete renames one victim to
+SPARE_NAME instead of unlinking it, once the pass has reclaimed at least as
+much (a pass never keeps its only victim), and the next group that needs a
+new segment, in this pass or a later one, is written into that file
+(_take_spare, publish_segment's reuse): its body over the old blocks, the
+slots past it zeroed with fallocate ZERO_RANGE (blocks kept, marked
+unwritten: nothing written, nothing freed; written zeros where that is not
+supported), the header last, then the usual fsync, rename, directory fsync,
+so the segment reads exactly as a fresh one (invariants 3 and 7).  Three
+conditions make the overwrite safe:
+  - the spare's name is never a segment's, so no reader opens it by name,
+    and it is used only after a directory fsync made its rename from the
+    victim's name durable (else a crash could give the victim's name back to
+    a half-overwritten file; the power-cut test found that);
+  - no process holds it open or mapped: a reader that mapped the victim
+    reads it until it closes (READERS), so the file is reused only if a
+    write lease is granted (F_SETLEASE, which the kernel refuses while any
+    other descriptor or mapping of the file exists; Linux only: elsewhere no
+    spare is kept), else it is deleted;
+  - this process's open views may map it: no spare is kept while any is open.
+The spare counts as the image's disk (bytes_before/after, spare_bytes;
+held_back does not list it) and against V4 until it is deleted.
 
 CRASH SAFETY (a SIGKILL anywhere; tests/test_vacuum.py kills a loop of vacuums)
   - before the group's sync: the group is an interrupted write.  Opening
@@ -90,6 +124,12 @@ CRASH SAFETY (a SIGKILL anywhere; tests/test_vacuum.py kills a loop of vacuums)
     directory fsync) is a group never written.  V is unlinked only after the
     directory fsync.  (tests/test_vacuum.py TestNewSegment cuts the power at
     each write of the segment.)
+  - a spare: renamed from V after the group that replaced V was durable (the
+    same crash cases as an unlink); renamed to seg-N.tmp and overwritten only
+    after that rename is durable, so a crash leaves spare-segment or
+    seg-N.tmp with stray bytes, neither ever read (the writer deletes
+    seg-*.tmp at open; a spare is rewritten whole before its rename), or a
+    whole seg-N.
 
 RESOLUTION (resolve(): views, rewind, vacuum).  The original records first (the
 checkpoint chain, else a scan of the segment that holds the commit); if that
@@ -114,18 +154,24 @@ every group read back, ic_vac_relocate on every moved tree)
       with the head's content; side records sit only between Nh0 and Nh, or
       trail after a crash (then the next commit is a checkpoint: invariant 5).
   V3. A stand-in's stands_for is older than itself, so resolution ends.
+  V4. At every moment of a pass, the segment files it made less those it
+      deleted (their blocks freed) hold at most one segment of disk; a spare
+      is not deleted, and reusing it makes nothing (_ExtraDisk.claim;
+      tests/test_vacuum.py TestExtraDisk measures it, the spare included).
 
 OPEN QUESTIONS: views of stand-ins in a process whose open views still map V
 keep V's blocks allocated until those views close (the file is unlinked, its
-space freed when the last mapping goes); a vacuum with many retained versions
-spread over a segment writes one set of path nodes per version, per batch
-(written/copied 1.6 on 8 MiB segments, 1.06 on 64 MiB in bench_vacuum.py), and
-a single victim's group is not split, so with enough retained versions its
-stand-ins alone can pass a segment (tests/test_vacuum.py: 133 versions of a
-400-commit history on 128-slot segments wrote 150-260 slots a group); the
-fix is stand-in groups of their own before the victim's unlink.  The blocks
-freed in the background (step 5) are invisible to callers but compete for
-the disk with whatever runs next.
+space freed when the last mapping goes; V4 does not count them); a vacuum with
+many retained versions spread over a segment writes one set of path nodes per
+version, per batch (written/copied 1.6 on 8 MiB segments, 1.06 on 64 MiB in
+bench_vacuum.py), and at least a record slot per retained version that
+reaches a victim, so past about a segment's slots of such versions a victim
+is kept rather than cleaned beyond one segment of extra disk (V4).  Splitting
+its stand-ins over several groups would not help: the victim can go only once
+every one of them is durable.  What would: a stand-in that is a delta record
+replayed from another stand-in (several versions per slot), a format change.
+The blocks freed in the background (step 5) are invisible to callers but
+compete for the disk with whatever runs next.
 
 COSTS.  The per-page and per-node work is C: one walk per tree collects the
 batch's live pages for every retained tree (ic_vac_collect), one walk per tree
@@ -144,7 +190,9 @@ record, and replaying about 90 records a commit), collecting 20-50, relocating
 10-25, copying and verifying 20-40, writing the 50 MiB group 60-140 (the
 page cache's copy; the fsync after the writeback kicks waits 2-15 ms, against
 about 30 without them), the rest 15-30.  Freeing the 128 MiB deleted,
-after the pass: 150-250 ms.  Measured with bench_vacuum.py --reps 3 (the
+after the pass: 150-250 ms; 75-80 ms since one of the two is kept as the
+spare (SPARE; the bench's verdict 0.32-0.34x of the disk before, 0.50-0.52x
+after, in interleaved pairs).  Measured with bench_vacuum.py --reps 3 (the
 disk peer in the same run, pairs of runs of HEAD and this): see
 bench/README.md.  Before (for the record): the new segment's zeros past the
 group (14 MiB), its fsync without writeback started, and the freeing in the
@@ -173,6 +221,7 @@ from pager._segments import (SyncFailed, _check_coverage, _Tail, empty_tail, pub
 from pager._vfs import Vfs
 
 MAX_LIVE = 0.5          # a victim's live slots at most this share: a copied byte frees one
+SPARE_NAME = "spare-segment"   # one deleted segment kept for the next group's new segment
 READERS_DIR = "readers"
 STALE_TMP_SECONDS = 60  # a .tmp registration older than this was left by a dead reader
 PIN_READ_ATTEMPTS = 5   # a pin file caught mid-rewrite fails its checksum: read again
@@ -562,11 +611,37 @@ class VacuumReport:
     groups: int = 0                                      # group writes (one sync each)
     written_bytes: int = 0                               # all bytes appended
     reclaimed_bytes: int = 0                             # segment bytes deleted
-    bytes_before: int = 0
+    bytes_before: int = 0                                # segments and the spare
     bytes_after: int = 0
+    spare_bytes: int = 0                                 # the spare, after the pass (SPARE)
     seconds: float = 0.0
     dry_run: bool = False
     unresolved: list[int] = field(default_factory=list)  # retained ids already gone
+    refused: dict[int, int] = field(default_factory=dict)  # victims kept: {segment: slots
+    #                                                        its group would write}
+    extra_limit_bytes: int = 0                           # the disk a pass may add (V4)
+    peak_extra_bytes: int = 0                            # the most it added at any time
+    page_size: int = 0
+
+    def refusal_note(self) -> str | None:
+        """One line on the victims kept because cleaning them needs more than
+        one segment of extra disk, or None."""
+        if not self.refused:
+            return None
+        names = ", ".join(map(str, sorted(self.refused)))
+        return (f"kept {len(self.refused)} segment(s) ({names}): cleaning them needs up to "
+                f"{_human_bytes(max(self.refused.values()) * self.page_size)} of copies and "
+                f"stand-ins for {len(self.retained)} retained versions, more than the extra "
+                f"disk a vacuum may use (one segment, "
+                f"{_human_bytes(self.extra_limit_bytes)}); retain fewer versions to reclaim them")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 @dataclass
@@ -604,8 +679,8 @@ def vacuum(store, keep, *, max_live: float = MAX_LIVE, dry_run: bool = False) ->
     _require_quiet(store)
     wait_released(store)   # one pass's freeing at a time
     image = store._image
-    report = VacuumReport(retained=[], dry_run=dry_run)
-    report.bytes_before = sum(image.sizes.values())
+    report = VacuumReport(retained=[], dry_run=dry_run, page_size=store.page_size)
+    report.bytes_before = sum(image.sizes.values()) + _spare_size(store)
     units = _units(store, _retained(store, keep), report)
     try:
         layout = _Layout(image)
@@ -619,15 +694,17 @@ def vacuum(store, keep, *, max_live: float = MAX_LIVE, dry_run: bool = False) ->
             report.reclaimed_bytes = sum(image.sizes[v] for v in victims)
             report.bytes_after = report.bytes_before - report.reclaimed_bytes + report.copied_bytes
         else:
-            scratch = _Scratch()
+            scratch, extra = _Scratch(), _ExtraDisk(store)
             try:
                 for batch in _batches(store, victims, layout, union):
-                    _clean(store, units, batch, report, scratch)
+                    _clean(store, units, batch, report, scratch, extra)
             finally:
                 scratch.close()
+                report.extra_limit_bytes, report.peak_extra_bytes = extra.limit, extra.peak
             _sync_unlinks(store, report)
             _Release.of(store).start()
-            report.bytes_after = sum(store._image.sizes.values())
+            report.spare_bytes = _spare_size(store)
+            report.bytes_after = sum(store._image.sizes.values()) + report.spare_bytes
     finally:
         for unit in units:
             unit.tree.close()
@@ -720,16 +797,19 @@ def _batches(store, victims: list[int], layout: _Layout, union: int):
 
 
 def _clean(store, units: list[_Unit], batch: list[int], report: VacuumReport,
-           scratch: _Scratch) -> None:
+           scratch: _Scratch, extra: _ExtraDisk) -> None:
     head = units[-1]
     needing = [u for u in units[:-1] if u.lies_in(batch) or u.reaches(batch)]
     if needing or head.lies_in(batch) or head.reaches(batch):
         try:
-            _write_group(store, head, needing, batch, report, scratch)
-        except _GroupTooLarge:   # nothing was written: clean the halves one after the other
+            _write_group(store, head, needing, batch, report, scratch, extra)
+        except _GroupTooLarge as too_large:   # nothing was written
+            if len(batch) == 1:   # cleaning it would pass one segment of extra disk: keep it
+                report.refused[batch[0]] = too_large.slots
+                return
             half = len(batch) // 2
-            _clean(store, units, batch[:half], report, scratch)
-            _clean(store, units, batch[half:], report, scratch)
+            _clean(store, units, batch[:half], report, scratch, extra)
+            _clean(store, units, batch[half:], report, scratch, extra)
             return
     _check_moved(store, units, batch)
     free = []
@@ -738,7 +818,7 @@ def _clean(store, units: list[_Unit], batch: list[int], report: VacuumReport,
             report.busy.append(victim)
         else:
             free.append(victim)
-    _delete(store, free, report)
+    _delete(store, free, report, extra)
 
 
 def _check_moved(store, units: list[_Unit], batch: list[int]) -> None:
@@ -765,7 +845,7 @@ def _pinned_since(store, units: list[_Unit], victim: int) -> bool:
     return False
 
 
-def _delete(store, victims: list[int], report: VacuumReport) -> None:
+def _delete(store, victims: list[int], report: VacuumReport, extra: _ExtraDisk) -> None:
     """Unlink the victims.  Their directory fsync waits (_sync_unlinks): an
     unlink that a crash undoes leaves a whole segment no retained tree
     reaches, which the next vacuum deletes without copying (CRASH SAFETY);
@@ -778,21 +858,80 @@ def _delete(store, victims: list[int], report: VacuumReport) -> None:
     image = store._image
     views_open = any(v._tree is not None for v in list(store._views))
     release = _Release.of(store)
+    nominal = min(image.sizes.values())
     try:
         for victim in victims:
             size = image.sizes.pop(victim)
             path = image.seg_path(victim)
-            release.add(_hold(path))   # closed by the thread even if the unlink fails
-            store._vfs.unlink(path)
             if not views_open:
                 image.native.unmap(victim)   # else open views still read it: freed with them
             report.removed.append(victim)
+            if (not views_open and size == nominal and report.reclaimed_bytes >= size
+                    and _keeps_spare(store)):
+                store._vfs.rename(path, _spare_path(store))   # disk held: extra unchanged
+                continue
+            release.add(_hold(path), size)   # closed by the thread even if the unlink fails
+            store._vfs.unlink(path)
+            extra.deleted(size)
             report.reclaimed_bytes += size
     except OSError as exc:
         store._enter_failed(exc)
     finally:
         release.start()
     store._standins = None
+
+
+def _spare_path(store) -> str:
+    return os.path.join(store.path, SPARE_NAME)
+
+
+def _spare_size(store) -> int:
+    try:
+        return os.stat(_spare_path(store)).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _keeps_spare(store) -> bool:
+    """Is there room for a spare (none yet), and a way to prove it unused
+    before it is overwritten (a write lease: Linux)?"""
+    return hasattr(fcntl, "F_SETLEASE") and not os.path.exists(_spare_path(store))
+
+
+def _take_spare(store, size: int) -> str | None:
+    """The spare's path if it can become a new segment of size bytes now:
+    the right size, and no process holds it open or mapped (SPARE).  A spare
+    that cannot be used is deleted (its blocks freed by _Release)."""
+    path = _spare_path(store)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    unused = os.fstat(fd).st_size == size and _unused_elsewhere(fd)
+    if unused:
+        os.close(fd)
+        try:   # its rename from a segment's name is durable before a byte of it changes
+            store._vfs.fsync_dir(store.path)
+        except OSError as exc:
+            store._enter_failed(exc)
+        return path
+    _Release.of(store).add(fd, os.fstat(fd).st_size)
+    try:
+        store._vfs.unlink(path)
+    except OSError as exc:
+        store._enter_failed(exc)
+    return None
+
+
+def _unused_elsewhere(fd: int) -> bool:
+    """No other descriptor or mapping of fd's file exists: a write lease is
+    granted only then (fcntl F_SETLEASE; the file must be ours)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
 
 
 def _hold(path: str) -> int:
@@ -826,7 +965,8 @@ class _Release:
 
     def __init__(self) -> None:
         self.fds: list[int] = []
-        self.threads: list[threading.Thread] = []
+        self.nbytes = 0   # the sizes of the files behind fds
+        self.threads: list[tuple[threading.Thread, int]] = []   # and the bytes each frees
 
     @staticmethod
     def of(store) -> _Release:
@@ -835,22 +975,27 @@ class _Release:
             release = store._vacuum_release = _Release()
         return release
 
-    def add(self, fd: int) -> None:
+    def add(self, fd: int, nbytes: int) -> None:
         if fd >= 0:
             self.fds.append(fd)
+            self.nbytes += nbytes
 
     def start(self) -> None:
         if self.fds:
-            fds, self.fds = self.fds, []
+            fds, nbytes, self.fds, self.nbytes = self.fds, self.nbytes, [], 0
             thread = threading.Thread(target=_close_all, args=(fds,), daemon=True,
                                       name="imago-vacuum-release")
             thread.start()
-            self.threads.append(thread)
+            self.threads.append((thread, nbytes))
+
+    def pending(self) -> int:
+        """Bytes of deleted segments whose blocks may not be free yet."""
+        return self.nbytes + sum(n for thread, n in self.threads if thread.is_alive())
 
     def wait(self) -> None:
         self.start()
         threads, self.threads = self.threads, []
-        for thread in threads:
+        for thread, _ in threads:
             thread.join()
 
 
@@ -892,7 +1037,7 @@ class _Planned:
 
 
 def _write_group(store, head: _Unit, needing: list[_Unit], batch: list[int],
-                 report: VacuumReport, scratch: _Scratch) -> None:
+                 report: VacuumReport, scratch: _Scratch, extra: _ExtraDisk) -> None:
     """Copy what head and needing reach in the batch to the log's end, with
     their stand-ins, durably (steps 3 and 4 of the design)."""
     image = store._image
@@ -914,27 +1059,74 @@ def _write_group(store, head: _Unit, needing: list[_Unit], batch: list[int],
     segno, slot0 = store._active + 1, 1
     plan = _plan(store, head, needing, live, segno, slot0)
     total = plan[-1].end - slot0
-    if total > group_limit(store) and len(batch) > 1:
+    size = _new_segment_size(store, total + 1)
+    spare = _take_spare(store, size) if total <= group_limit(store) else None
+    if total > group_limit(store) or not (spare or extra.admits(size)):
         _reload(store, movers)
-        raise _GroupTooLarge
+        raise _GroupTooLarge(total)
+    if spare is None:   # a spare is disk the image holds already
+        extra.claim(store, size)
     laid: list = []
     _start_segment(store, total + 1, _streamed_group(store, plan, live, segno, slot0, total,
-                                                     scratch, laid))
+                                                     scratch, laid), spare)
     _finish_group(store, laid, segno, slot0 + total, live, total, report)
 
 
 class _GroupTooLarge(Exception):
-    """A batch's group, stand-ins included, would pass group_limit: split it."""
+    """A batch's group, stand-ins included, would pass group_limit or the
+    pass's extra disk (V4): split it, or keep a single victim."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(slots)
+        self.slots = slots
 
 
 def group_limit(store) -> int:
-    """The most slots a group of more than one victim may write: one segment
-    (less its header's slot), so that with the stand-ins' nodes counted (many
-    retained versions each rewrite their path nodes) a pass still needs at most
-    one segment of extra disk.  _batches sizes batches by live pages alone (3/4
-    of a segment); a batch whose plan passes this is cleaned in halves.  A single
-    victim's group is never split: its copies alone are at most MAX_LIVE of it."""
-    return min(store._image.sizes.values()) // store.page_size - 1
+    """The most slots a group in a new segment may write: one segment less
+    its header's slot and the zero slot past the group, so that the segment
+    has the nominal size.  With the stand-ins' nodes counted (many retained
+    versions each rewrite their path nodes) a group can pass it even for a
+    single victim; _batches sizes batches by live pages alone (3/4 of a
+    segment), so a batch whose plan passes this is cleaned in halves, and a
+    single victim that passes it is kept (VacuumReport.refused): its group
+    would cost more disk than the one segment it frees."""
+    return min(store._image.sizes.values()) // store.page_size - 2
+
+
+def _new_segment_size(store, need_slots: int) -> int:
+    """The size _start_segment gives a segment holding need_slots after its header."""
+    nominal = min(store._image.sizes.values())
+    return max(nominal, (need_slots + 1) * store.page_size)
+
+
+class _ExtraDisk:
+    """A pass's account of the disk it holds beyond what the image held when it
+    began (invariant V4): bytes of the segments it made, less those it deleted.
+    A new segment is started only if the account stays within one segment
+    (admits), so the pass never needs more than one segment of free disk.  The
+    blocks of deleted segments that _Release still frees in its thread are not
+    free yet: claim waits for them when the account without them would pass
+    the limit (wait_released; a pass that starts one segment never waits)."""
+
+    def __init__(self, store) -> None:
+        self.limit = min(store._image.sizes.values())
+        self.extra = 0
+        self.peak = 0
+
+    def admits(self, size: int) -> bool:
+        return self.extra + size <= self.limit
+
+    def claim(self, store, size: int) -> None:
+        if not self.admits(size):
+            raise AssertionError(f"a {size}-byte segment would pass the vacuum's extra disk "
+                                 f"({self.extra} of {self.limit} bytes held)")
+        if self.extra + _Release.of(store).pending() + size > self.limit:
+            wait_released(store)
+        self.extra += size
+        self.peak = max(self.peak, self.extra)
+
+    def deleted(self, size: int) -> None:
+        self.extra -= size
 
 
 def _finish_group(store, laid: list, segno: int, end: int, live: _LivePages, total: int,
@@ -1228,16 +1420,16 @@ def _adopt(store, laid: list, segno: int, end: int) -> None:
     head_unit.recs[last.seq] = last   # the head is now Nh's number
 
 
-def _start_segment(store, need_slots: int, pieces) -> int:
+def _start_segment(store, need_slots: int, pieces, spare: str | None = None) -> int:
     """Start the next segment, large enough for need_slots after its header,
     holding the group's pieces (offset, bytes) from slot 1 on, need_slots - 1
-    slots of them (durable with the segment: make_segment_from)."""
-    image, ps = store._image, store.page_size
+    slots of them (durable with the segment: make_segment_from), in the spare
+    file when given."""
+    image = store._image
     segno = store._active + 1
-    nominal = min(image.sizes.values())
-    size = max(nominal, (need_slots + 1) * ps)   # + the header's slot
+    size = _new_segment_size(store, need_slots)
     try:
-        _make_group_segment(store, segno, size, pieces, need_slots * ps)
+        _make_group_segment(store, segno, size, pieces, need_slots * store.page_size, spare)
     except SyncFailed as exc:
         store._enter_failed(exc.error)
     except OSError as exc:
@@ -1259,7 +1451,8 @@ def _start_segment(store, need_slots: int, pieces) -> int:
     return segno
 
 
-def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> None:
+def _make_group_segment(store, segno: int, size: int, pieces, body_end: int,
+                        spare: str | None = None) -> None:
     """make_segment_from (pager/_segments.py) for a vacuum group, with two
     differences.  The body's pieces are handed to writeback as each is
     written (_start_writeback), so the disk writes while the next piece is
@@ -1284,7 +1477,9 @@ def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> 
         raise ValueError(f"a segment body ending at {body_end} does not fit {ps}..{size}")
 
     def fill(fd: int) -> None:
-        if body_end < size:   # the hole's end: the file has its size from the start
+        if spare is not None:   # its old bytes past the body must read as zeros
+            _zero_range(vfs, fd, body_end, size - body_end)
+        elif body_end < size:   # the hole's end: the file has its size from the start
             vfs.pwrite(fd, bytes(ps), size - ps)
             _reserve(vfs, fd, body_end, size - ps - body_end)
         extents = []
@@ -1297,7 +1492,7 @@ def _make_group_segment(store, segno: int, size: int, pieces, body_end: int) -> 
                                            time.time_ns())
         vfs.pwrite(fd, header + bytes(ps - len(header)), 0)
 
-    publish_segment(vfs, store.path, segno, fill)
+    publish_segment(vfs, store.path, segno, fill, reuse=spare)
 
 
 def _load_sync_file_range():
@@ -1333,6 +1528,44 @@ def _reserve(vfs: Vfs, fd: int, offset: int, length: int) -> None:
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             return
         raise
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_ZERO_RANGE = 0x01, 0x10   # <linux/falloc.h>
+ZERO_WRITE = 1 << 20   # bytes per write where zeros are written
+
+
+def _load_fallocate():
+    """libc's fallocate (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+    return func
+
+
+_FALLOCATE = _load_fallocate()
+
+
+def _zero_range(vfs: Vfs, fd: int, offset: int, length: int) -> None:
+    """Make a range of a reused file read as zeros: on the real file system
+    fallocate's ZERO_RANGE (the blocks stay allocated, marked unwritten: no
+    data written, nothing freed), else (unsupported, or a test's Vfs, which
+    must see every write) written zeros.  Durable with the file's fsync."""
+    if length <= 0:
+        return
+    if _FALLOCATE is not None and type(vfs) is Vfs:
+        if _FALLOCATE(fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
+    zeros = bytes(min(length, ZERO_WRITE))
+    for at in range(offset, offset + length, len(zeros)):
+        vfs.pwrite(fd, zeros[:offset + length - at], at)
 
 
 def _start_writeback(vfs: Vfs, fd: int, offset: int, length: int) -> None:

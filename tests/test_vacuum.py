@@ -21,6 +21,7 @@ import pytest
 
 from pager import PageStore, PagerError
 from pager import _vacuum
+from pager._vfs import Vfs
 
 PAGE = 1024
 SEGMENT = 128 * PAGE     # 128 slots: a segment every few dozen commits
@@ -301,25 +302,32 @@ from pager import PageStore
 store = PageStore.open(sys.argv[1])
 v = int(sys.argv[2])
 rng = random.Random(int(sys.argv[3]))
+every, most, max_live = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 kept = {{}}
 while True:
     for _ in range(rng.randint(5, 40)):
         v += 1
         c = commit_version(store, v)
         print("C", c, v, flush=True)
-        if v % 7 == 0:
+        if v % every == 0:
             kept[c] = v
-    keep = sorted(rng.sample(sorted(kept), min(len(kept), 12)))
+    keep = sorted(rng.sample(sorted(kept), min(len(kept), most)))
     kept = {{c: kept[c] for c in keep}}
     print("K", " ".join(map(str, keep)), flush=True)
-    store.vacuum(keep)
-    print("D", store.head, flush=True)
+    report = store.vacuum(keep, max_live=max_live)
+    print("D", store.head, len(report.removed), len(report.refused), flush=True)
 """
 
+# (keep every Nth version, at most M of them, max_live): a few retained versions, and
+# many (groups near one segment, victims kept because theirs would pass it)
+KILL_WORKLOADS = {"few-retained": (7, 12, _vacuum.MAX_LIVE), "many-retained": (3, 90, 0.9)}
 
-def _run_and_kill(path: str, v: int, seed: int, delay: float) -> list[list[str]]:
+
+def _run_and_kill(path: str, v: int, seed: int, delay: float,
+                  workload: tuple[int, int, float]) -> list[list[str]]:
     code = CHILD.format(tests=os.path.dirname(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", code, path, str(v), str(seed)],
+    proc = subprocess.Popen([sys.executable, "-c", code, path, str(v), str(seed),
+                             *map(str, workload)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[list[str]] = []
 
@@ -340,9 +348,11 @@ def _run_and_kill(path: str, v: int, seed: int, delay: float) -> list[list[str]]
     return lines
 
 
-def test_sigkill_loop_keeps_every_retained_version(tmp_path):
+@pytest.mark.parametrize("workload", sorted(KILL_WORKLOADS))
+def test_sigkill_loop_keeps_every_retained_version(tmp_path, workload):
     """SIGKILL at random moments of commit+vacuum rounds: the image opens, passes check(),
-    and every version retained by the last vacuum begun (and every commit since) opens intact."""
+    and every version retained by the last vacuum begun (and every commit since) opens intact;
+    with few retained versions and with many."""
     path = str(tmp_path / "k.image")
     store = PageStore.create(path, page_size=PAGE, segment_size=SEGMENT)
     store.close()
@@ -350,9 +360,11 @@ def test_sigkill_loop_keeps_every_retained_version(tmp_path):
     versions: dict[int, int] = {}    # commit -> version, as acknowledged
     must: set[int] = set()
     v = 0
+    removed = refused = 0   # over the vacuums that finished
     rounds = int(os.environ.get("IMAGO_VACUUM_KILLS", "12"))
     for round_no in range(rounds):
-        lines = _run_and_kill(path, v, rng.randrange(1 << 30), rng.uniform(0.4, 2.5))
+        lines = _run_and_kill(path, v, rng.randrange(1 << 30), rng.uniform(0.4, 2.5),
+                              KILL_WORKLOADS[workload])
         for tag, *rest in lines:
             if tag == "C":
                 c, ver = int(rest[0]), int(rest[1])
@@ -361,6 +373,8 @@ def test_sigkill_loop_keeps_every_retained_version(tmp_path):
                 must.add(c)
             elif tag == "K":
                 must = {int(c) for c in rest}
+            elif tag == "D":
+                removed, refused = removed + int(rest[1]), refused + int(rest[2])
         with PageStore.open(path) as store:
             store.check()
             for c in sorted(must):
@@ -374,6 +388,9 @@ def test_sigkill_loop_keeps_every_retained_version(tmp_path):
             if store.head_meta:
                 must.add(store.head)
                 versions[store.head] = int(store.head_meta.split(b"=")[1])
+    assert removed > 0, "some vacuum should have finished and removed segments"
+    if workload == "many-retained":
+        assert refused > 0, "some victim should have been kept for its group's size"
 
 
 # -- the command and the snapshot layer ----------------------------------------------------
@@ -464,10 +481,14 @@ class TestCommand:
 
 # -- a power cut at every sync of a vacuum (tests/faults.py) --------------------------------
 
-def test_power_cut_at_every_sync_of_a_vacuum(tmp_path):
+@pytest.mark.parametrize("every, max_live", [(25, _vacuum.MAX_LIVE), (8, 0.9)],
+                         ids=["few-retained", "many-retained"])
+def test_power_cut_at_every_sync_of_a_vacuum(tmp_path, every, max_live):
     """A power cut inside each sync of a vacuum (writes held since the last sync
     kept, dropped or garbled at random, seeded): the image opens, passes check(),
-    and every retained version and the head keep their content."""
+    and every retained version and the head keep their content.  Also with many
+    retained versions, where some victims are kept (their groups would pass one
+    segment) and others are cleaned between them."""
     import shutil
     import warnings
 
@@ -475,14 +496,15 @@ def test_power_cut_at_every_sync_of_a_vacuum(tmp_path):
     from pager import RecoveryWarning
     origin = str(tmp_path / "origin.image")
     store, made = history(origin, 300)
-    keep = [c for c, v in made.items() if v % 25 == 0]
+    keep = [c for c, v in made.items() if v % every == 0]
     head_v = made[store.head]
     store.close()
     probe = str(tmp_path / "probe.image")
     shutil.copytree(origin, probe)
     counter = CrashVfs(random.Random(0))
     with PageStore.open(probe, _vfs=counter) as s:
-        s.vacuum(keep)
+        probed = s.vacuum(keep, max_live=max_live)
+    assert probed.removed and (probed.refused or max_live == _vacuum.MAX_LIVE)
     total = counter.syncs
     assert total >= 3
     for k in range(1, total + 1):
@@ -491,7 +513,7 @@ def test_power_cut_at_every_sync_of_a_vacuum(tmp_path):
         vfs = CrashVfs(random.Random(k), crash_at_sync=k)
         s = PageStore.open(path, _vfs=vfs)
         with pytest.raises(SimulatedCrash):
-            s.vacuum(keep)
+            s.vacuum(keep, max_live=max_live)
         abandon(s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RecoveryWarning)
@@ -502,7 +524,7 @@ def test_power_cut_at_every_sync_of_a_vacuum(tmp_path):
             for c in keep:
                 with again.view(c) as view:
                     assert_version(view, made[c])
-            again.vacuum(keep)   # and a vacuum after the cut completes
+            again.vacuum(keep, max_live=max_live)   # and a vacuum after the cut completes
             again.check()
             for c in keep:
                 with again.view(c) as view:
@@ -566,9 +588,10 @@ class TestNewSegment:
                     assert_version(view, made[c])
 
     def test_a_crash_at_each_write_of_the_new_segment(self, tmp_path):
-        """A power cut at each write of the segment being made (the write never issued,
-        held ones kept, dropped or garbled): the segment is absent or whole, the image
-        opens, and every kept version and the head keep their content."""
+        """A power cut at each write of the segment being made, fresh or in a reused
+        victim's file (the write never issued, held ones kept, dropped or garbled): the
+        segment is absent or whole, the image opens, and every kept version and the head
+        keep their content."""
         import shutil
         import warnings
 
@@ -580,6 +603,10 @@ class TestNewSegment:
                 self.paths.append(self._path(fd))
                 super().pwrite(fd, data, offset)
 
+            def rename(self, src, dst):
+                self.paths.append(f"rename {os.path.basename(src)}")
+                super().rename(src, dst)
+
         origin = str(tmp_path / "origin.image")
         store, made, keep = _new_segment_history(origin)
         head_v = made[store.head]
@@ -590,6 +617,8 @@ class TestNewSegment:
         probe.paths = []
         with PageStore.open(probe_path, _vfs=probe) as s:
             s.vacuum(keep)
+        assert f"rename {_vacuum.SPARE_NAME}" in probe.paths, "a later group reuses a victim"
+        probe.paths = [p for p in probe.paths if not p.startswith("rename ")]
         making = [i + 1 for i, p in enumerate(probe.paths) if p.endswith(".tmp")]
         assert len(making) >= 3
         for k in making[:: max(1, len(making) // 24)] + [making[-1] + 1]:
@@ -714,7 +743,7 @@ class TestRelease:
         made.update({commit_version(store, v): v for v in range(301, 500)})
         store.vacuum([c for c, v in made.items() if v % 50 == 0])
         release = _vacuum._Release.of(store)
-        assert all(not t.is_alive() for t in release.threads[:-1])
+        assert all(not t.is_alive() for t, _ in release.threads[:-1])
         _vacuum.wait_released(store)
         assert release.threads == [] and release.fds == []
         store.check()
@@ -725,19 +754,19 @@ class TestGroupLimit:
     """A batch whose group, stand-ins included, would pass one segment is cleaned in parts."""
 
     def test_an_oversized_batch_is_split(self, path, monkeypatch):
-        """With the limit made small, a batch is split into groups of one victim each;
-        every kept version keeps its content."""
+        """With the limit made smaller than two victims' group, a batch is split into
+        groups of one victim each; every kept version keeps its content."""
         store, made = history(path, 400)
         keep = [c for c, v in made.items() if v % 20 == 0]
         splits = []
         real = _vacuum._clean
 
-        def counting_clean(store_, units, batch, report, scratch):
+        def counting_clean(store_, units, batch, report, scratch, extra):
             splits.append(list(batch))
-            return real(store_, units, batch, report, scratch)
+            return real(store_, units, batch, report, scratch, extra)
 
         monkeypatch.setattr(_vacuum, "_clean", counting_clean)
-        monkeypatch.setattr(_vacuum, "group_limit", lambda s: 4)
+        monkeypatch.setattr(_vacuum, "group_limit", lambda s: 100)
         report = store.vacuum(keep, max_live=0.9)
         assert len(report.removed) >= 2
         assert any(len(b) > 1 for b in splits), "a batch of several victims was tried"
@@ -749,25 +778,217 @@ class TestGroupLimit:
         store.close()
 
     def test_a_group_of_several_victims_stays_within_one_segment(self, path, monkeypatch):
-        """Twenty retained versions (each writes stand-in nodes): no group that cleans
-        more than one victim writes more than a segment; every kept version reads back."""
+        """Sixteen retained versions (each writes stand-in nodes): no group writes more
+        than a segment less its header and zero slot, some clean several victims; every
+        kept version reads back."""
         store, made = history(path, 400)
-        keep = [c for c, v in made.items() if v % 20 == 0]
+        keep = [c for c, v in made.items() if v % 25 == 0]
         groups = []
         real = _vacuum._write_group
 
-        def measuring(store_, head, needing, batch, report, scratch):
+        def measuring(store_, head, needing, batch, report, scratch, extra):
             before = report.written_bytes
-            real(store_, head, needing, batch, report, scratch)
+            real(store_, head, needing, batch, report, scratch, extra)
             groups.append((len(batch), report.written_bytes - before))
 
         monkeypatch.setattr(_vacuum, "_write_group", measuring)
         report = store.vacuum(keep, max_live=0.9)
         assert report.groups == len(groups) > 0
         assert any(n > 1 for n, _ in groups), "some group should clean several victims"
-        assert all(written <= SEGMENT - PAGE for n, written in groups if n > 1), groups
+        assert all(written <= SEGMENT - 2 * PAGE for n, written in groups), groups
         store.check()
         for c in keep[::10]:
+            with store.view(c) as view:
+                assert_version(view, made[c])
+        store.close()
+
+
+# -- at most one segment of extra disk (invariant V4) ---------------------------------------
+
+class SegmentBytes(Vfs):
+    """The real file system, measuring after every write, rename and unlink the
+    bytes of the image's segment files (temporary ones included) beyond what
+    the directory held at the first measure: the peak of it, in bytes."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.start, self.peak = folder, None, 0
+
+    def measure(self) -> None:
+        total = sum(os.stat(os.path.join(self.folder, n)).st_size
+                    for n in os.listdir(self.folder)
+                    if n.startswith("seg-") or n == _vacuum.SPARE_NAME)
+        if self.start is None:
+            self.start = total
+        self.peak = max(self.peak, total - self.start)
+
+    def pwrite(self, fd, data, offset):
+        super().pwrite(fd, data, offset)
+        self.measure()
+
+    def rename(self, src, dst):
+        super().rename(src, dst)
+        self.measure()
+
+    def unlink(self, path):
+        super().unlink(path)
+        self.measure()
+
+
+def _measured_vacuum(path: str, keep, **options):
+    """Reopen path through SegmentBytes and vacuum: (store, report, measured peak)."""
+    vfs = SegmentBytes(path)
+    vfs.measure()
+    store = PageStore.open(path, _vfs=vfs)
+    report = store.vacuum(keep, **options)
+    return store, report, vfs.peak
+
+
+class TestExtraDisk:
+    """A vacuum never holds more than one segment of disk beyond the image it began with."""
+
+    @pytest.mark.parametrize("every", [3, 10, 25])
+    def test_peak_extra_disk_over_many_retained_versions(self, path, every):
+        """400 versions, every 3rd/10th/25th retained, nearly every segment a victim: the
+        segment bytes on disk, measured at every write, never pass the image's by more than
+        one segment; the pass's own account agrees; every kept version reads back."""
+        store, made = history(path, 400)
+        store.close()
+        keep = [c for c, v in made.items() if v % every == 0]
+        store, report, peak = _measured_vacuum(path, keep, max_live=0.9)
+        try:
+            assert peak <= SEGMENT, (peak // PAGE, "slots")
+            assert peak <= report.peak_extra_bytes <= report.extra_limit_bytes == SEGMENT
+            assert report.removed or report.refused
+            store.check()
+            for c in keep:
+                with store.view(c) as view:
+                    assert_version(view, made[c])
+        finally:
+            store.close()
+
+    def test_a_victim_whose_group_passes_a_segment_is_kept_and_reported(self, path):
+        """133 retained versions: a victim's stand-ins alone pass a segment, so it is kept,
+        reported with the slots its group needs, and named in a one-line note."""
+        store, made = history(path, 400)
+        keep = [c for c, v in made.items() if v % 3 == 0]
+        segments = set(store._image.numbers())
+        report = store.vacuum(keep, max_live=0.9)
+        assert report.refused and not report.removed
+        assert set(store._image.numbers()) == segments   # nothing made, nothing deleted
+        assert all(slots > _vacuum.group_limit(store) for slots in report.refused.values())
+        note = report.refusal_note()
+        assert "\n" not in note and "retain fewer versions" in note
+        assert str(min(report.refused)) in note and f"{len(keep) + 1} retained" in note
+        store.check()
+        for c in keep[::7]:
+            with store.view(c) as view:
+                assert_version(view, made[c])
+        store.close()
+
+    def test_victims_a_reader_keeps_count_against_the_limit(self, path, monkeypatch):
+        """Victims that cannot be deleted (a reader pinned them meanwhile) keep their disk:
+        the pass starts no second segment on their account, and stays within one."""
+        store, made = history(path, 400)
+        store.close()
+        keep = [c for c, v in made.items() if v % 25 == 0]
+        monkeypatch.setattr(_vacuum, "_pinned_since", lambda store_, units, victim: True)
+        store, report, peak = _measured_vacuum(path, keep, max_live=0.9)
+        try:
+            assert not report.removed and report.busy and report.refused
+            assert peak <= SEGMENT and report.peak_extra_bytes <= SEGMENT
+            store.check()
+            for c in keep:
+                with store.view(c) as view:
+                    assert_version(view, made[c])
+        finally:
+            store.close()
+
+    def test_blocks_still_being_freed_count_until_freed(self, path, monkeypatch):
+        """Before a group starts a segment, the blocks of the pass's deleted segments that
+        the release thread has not freed yet count as held: made, less freed, stays within
+        one segment (the pass waits for the thread when it must)."""
+        store, made = history(path, 400)
+        keep = [c for c, v in made.items() if v % 25 == 0]
+        held = []
+        real = _vacuum._ExtraDisk.claim
+        monkeypatch.setattr(_vacuum, "_keeps_spare", lambda store_: False)   # every group claims
+
+        def claim(extra, store_, size):
+            real(extra, store_, size)
+            held.append(extra.extra + _vacuum._Release.of(store_).pending())
+
+        monkeypatch.setattr(_vacuum._ExtraDisk, "claim", claim)
+        report = store.vacuum(keep, max_live=0.9)
+        assert len(held) >= 2 and len(report.removed) > len(held)
+        assert all(n <= SEGMENT for n in held), held
+        store.close()
+
+
+class TestSpare:
+    """A deleted segment is kept as the spare and becomes the next group's new segment."""
+
+    def test_the_spare_becomes_the_next_new_segment(self, path):
+        """After a vacuum one victim's file is the spare (counted in bytes_after, not
+        reclaimed); the next vacuum's new segment is that same file, its tail past the
+        group reads as zeros, commits land there, and everything reopens."""
+        store, made = history(path, 300)
+        keep = [c for c, v in made.items() if v % 50 == 0]
+        first = store.vacuum(keep)
+        spare = os.path.join(path, _vacuum.SPARE_NAME)
+        assert os.path.exists(spare) and first.spare_bytes == SEGMENT
+        assert first.bytes_after == disk_bytes(path) + SEGMENT
+        inode = os.stat(spare).st_ino
+        made.update({commit_version(store, v): v for v in range(301, 600)})
+        keep = [c for c, v in made.items() if v % 50 == 0]
+        before = set(store._image.numbers())
+        store.vacuum(keep)
+        new = sorted(set(store._image.numbers()) - before)
+        assert inode in {os.stat(store._image.seg_path(n)).st_ino for n in new}
+        segno, end = store._tail.segno, store._tail.slot
+        assert not any(store._image.segment(segno)[end * PAGE:])
+        made.update({commit_version(store, v): v for v in range(600, 620)})
+        store.close()
+        with PageStore.open(path) as again:
+            again.check()
+            assert_version(again, 619)
+            for c in keep:
+                with again.view(c) as view:
+                    assert_version(view, made[c])
+
+    def test_a_spare_another_process_maps_is_not_overwritten(self, path):
+        """A process that mapped the spare's file (a reader that mapped the victim) keeps
+        reading its old bytes: the spare is deleted, not reused."""
+        store, made = history(path, 300)
+        store.vacuum([c for c, v in made.items() if v % 50 == 0])
+        spare = os.path.join(path, _vacuum.SPARE_NAME)
+        inode = os.stat(spare).st_ino
+        code = textwrap.dedent(f"""
+            import hashlib, mmap, os, sys
+            fd = os.open({spare!r}, os.O_RDONLY)
+            m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            os.close(fd)
+            print(hashlib.sha256(m).hexdigest(), flush=True)
+            sys.stdin.readline()
+            print(hashlib.sha256(m).hexdigest(), flush=True)
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            seen = proc.stdout.readline().strip()
+            made.update({commit_version(store, v): v for v in range(301, 600)})
+            keep = [c for c, v in made.items() if v % 50 == 0]
+            before = set(store._image.numbers())
+            report = store.vacuum(keep)
+            assert report.removed
+            new = set(store._image.numbers()) - before
+            assert inode not in {os.stat(store._image.seg_path(n)).st_ino for n in new}
+            out, _ = proc.communicate("go\n", timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert out.strip() == seen
+        store.check()
+        for c in keep:
             with store.view(c) as view:
                 assert_version(view, made[c])
         store.close()
