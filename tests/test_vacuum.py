@@ -60,6 +60,17 @@ def assert_version(view, v: int) -> None:
         assert view.read(p) == expected(v, p), (v, p)
 
 
+def assert_reopens(path: str, head_version: int, keep, made: dict) -> None:
+    """Reopened, the image checks, its head holds head_version, and every kept
+    commit's view holds the version made at it."""
+    with PageStore.open(path) as again:
+        again.check()
+        assert_version(again, head_version)
+        for c in keep:
+            with again.view(c) as view:
+                assert_version(view, made[c])
+
+
 @pytest.fixture
 def path(tmp_path) -> str:
     return str(tmp_path / "v.image")
@@ -120,12 +131,7 @@ class TestReclaim:
         store.vacuum(keep)
         made.update({commit_version(store, v): v for v in range(301, 360)})
         store.close()
-        with PageStore.open(path) as again:
-            again.check()
-            assert_version(again, 359)
-            for c in keep:
-                with again.view(c) as view:
-                    assert_version(view, made[c])
+        assert_reopens(path, 359, keep, made)
 
 
 class TestRepeated:
@@ -580,12 +586,7 @@ class TestNewSegment:
         assert store._tail.segno == segno and store._tail.slot > end   # into the hole
         made.update({commit_version(store, v): v for v in range(302, 321)})
         store.close()
-        with PageStore.open(path) as again:
-            again.check()
-            assert_version(again, 320)
-            for c in keep:
-                with again.view(c) as view:
-                    assert_version(view, made[c])
+        assert_reopens(path, 320, keep, made)
 
     def test_a_crash_at_each_write_of_the_new_segment(self, tmp_path):
         """A power cut at each write of the segment being made, fresh or in a reused
@@ -948,12 +949,7 @@ class TestSpare:
         assert not any(store._image.segment(segno)[end * PAGE:])
         made.update({commit_version(store, v): v for v in range(600, 620)})
         store.close()
-        with PageStore.open(path) as again:
-            again.check()
-            assert_version(again, 619)
-            for c in keep:
-                with again.view(c) as view:
-                    assert_version(view, made[c])
+        assert_reopens(path, 619, keep, made)
 
     def test_a_spare_another_process_maps_is_not_overwritten(self, path):
         """A process that mapped the spare's file (a reader that mapped the victim) keeps
