@@ -637,3 +637,19 @@ def abandon(store) -> None:
     LOCK) without writing anything.  CrashVfs.close works even when dead, and
     _release may run again from __del__ harmlessly."""
     store._release()
+
+
+def flip_slot_holding(path: str, page: bytes, offset: int, mask: int) -> None:
+    """Damage an image on disk: XOR mask into byte offset of the one segment
+    slot whose bytes are exactly page (a page random enough to be unique)."""
+    import glob
+    for seg in sorted(glob.glob(os.path.join(path, "seg-*"))):
+        with open(seg, "r+b") as f:
+            data = f.read()
+            hits = [o for o in range(0, len(data), len(page)) if data[o:o + len(page)] == page]
+            if hits:
+                assert len(hits) == 1
+                f.seek(hits[0] + offset)
+                f.write(bytes([data[hits[0] + offset] ^ mask]))
+                return
+    raise AssertionError("no slot holds that page")

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import zstandard
+from faults import flip_slot_holding
 
 import image
 import pager._store
@@ -394,7 +395,7 @@ class TestRefusals:
         path, _ = source
         pages = page_picture(path)
         victim = pages[max(pages)]
-        _corrupt_slot_holding(path, victim)
+        flip_slot_holding(path, victim, 100, 0xFF)
         out = str(tmp_path / "x.imago")
         with pytest.raises(CorruptImage):
             export(path, None, out)
@@ -406,18 +407,6 @@ def _contents(path: str) -> bytes:
         return f.read()
 
 
-def _corrupt_slot_holding(path: str, page: bytes) -> None:
-    """Flip a byte in the one segment slot whose bytes are `page`."""
-    for seg in sorted(glob.glob(os.path.join(path, "seg-*"))):
-        with open(seg, "r+b") as f:
-            data = f.read()
-            hits = [o for o in range(0, len(data), len(page)) if data[o:o + len(page)] == page]
-            if hits:
-                assert len(hits) == 1
-                f.seek(hits[0] + 100)
-                f.write(bytes([data[hits[0] + 100] ^ 0xFF]))
-                return
-    raise AssertionError("no slot holds that page")
 
 
 # -- atomic export ---------------------------------------------------------------------------

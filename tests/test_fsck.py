@@ -3,11 +3,10 @@ verified, each on its own; damage only an old snapshot reaches fails that
 snapshot alone, and the command says which and exits 1."""
 from __future__ import annotations
 
-import glob
-import os
 import random
 
 import pytest
+from faults import flip_slot_holding
 from test_bundles import imago
 
 import image
@@ -53,17 +52,6 @@ def _page_only_in(path: str, commit: int) -> bytes:
     raise AssertionError("no page of that version is free of the head")
 
 
-def _flip_slot(path: str, page: bytes) -> None:
-    for seg in sorted(glob.glob(os.path.join(path, "seg-*"))):
-        with open(seg, "r+b") as f:
-            data = f.read()
-            hits = [o for o in range(0, len(data), len(page)) if data[o:o + len(page)] == page]
-            if hits:
-                assert len(hits) == 1
-                f.seek(hits[0] + 7)
-                f.write(bytes([data[hits[0] + 7] ^ 0x01]))
-                return
-    raise AssertionError("no slot holds that page")
 
 
 class TestFsck:
@@ -83,7 +71,7 @@ class TestFsck:
     def test_damage_only_an_old_snapshot_reaches_fails_that_snapshot_alone(self, history):
         """A flipped byte in a page of the middle snapshot: it fails, the others pass."""
         path, ids = history
-        _flip_slot(path, _page_only_in(path, ids[1]))
+        flip_slot_holding(path, _page_only_in(path, ids[1]), 7, 0x01)
         report = fsck(path)
         report.check()
         assert not report.ok
@@ -120,7 +108,7 @@ class TestFsckCommand:
 
     def test_a_failed_snapshot_is_named_and_exits_one(self, history):
         path, ids = history
-        _flip_slot(path, _page_only_in(path, ids[1]))
+        flip_slot_holding(path, _page_only_in(path, ids[1]), 7, 0x01)
         done = imago("fsck", path)
         assert done.returncode == 1
         lines = done.stdout.splitlines()
