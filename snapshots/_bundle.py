@@ -80,6 +80,7 @@ import image
 from image import meta_block_of
 from pager import PageStore, PageView
 from pager._format import MAX_META, MAX_PAGE_NO, PAGE_SIZES
+from pager._vfs import Vfs
 from snapshots._log import SnapshotLog
 
 MAGIC = b"IMAGOBDL"
@@ -225,15 +226,7 @@ def _write_atomically(out_path: str, write) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(out_path)))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    Vfs().fsync_dir(os.path.dirname(os.path.abspath(out_path)))
 
 
 # -- reading a bundle ----------------------------------------------------------------
@@ -407,4 +400,4 @@ def _place(temp: str, target: str) -> None:
     if os.path.lexists(target):
         raise FileExistsError(f"{target} appeared while importing; import makes a new image")
     os.rename(temp, target)
-    _fsync_dir(os.path.dirname(os.path.abspath(target)))
+    Vfs().fsync_dir(os.path.dirname(os.path.abspath(target)))

@@ -86,6 +86,8 @@ from bisect import bisect_left
 from collections import namedtuple
 from functools import partial
 
+from pager._vfs import Vfs
+
 
 LOG_NAME = "SNAPSHOTS"
 SUMMARY_NAME = "SNAPSHOTS.summary"
@@ -395,7 +397,7 @@ class SnapshotLog:
             finally:
                 os.close(fd)
             os.replace(temp, self.summary_path)
-            _fsync_dir(self.image_path)
+            Vfs().fsync_dir(self.image_path)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -443,7 +445,7 @@ class SnapshotLog:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.image_path)
+            Vfs().fsync_dir(self.image_path)
 
     def _ends_in_newline(self, size: int) -> bool:
         with open(self.path, "rb") as f:
@@ -455,11 +457,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: str) -> None:
-    dfd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
