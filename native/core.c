@@ -49,7 +49,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "core_api.h"
@@ -300,6 +303,49 @@ static int check_header(ic_store *st, uint32_t segno, ic_seg *s) {
         return fail(st, IC_CORRUPT, "seg-%06u: header does not match this image", segno);
     s->header_ok = 1;
     return IC_OK;
+}
+
+/* Open, check and map segment `segno` of the image directory dirfd, the
+ * whole of what pager/_segments.py Image.attach does, in one call: opening an
+ * image maps every segment, and at a few syscalls each this is what keeps that
+ * cheap when there are many.  The header must be a valid one of this image
+ * (magic, version, checksum, geometry, number, identity, salt) and the file
+ * exactly as long as it says.  Any failure returns non-zero and maps nothing:
+ * the caller then runs the Python path, which names what is wrong. */
+#define SEG_FORMAT_VERSION 1
+#define SEG_MIN_SLOTS 16           /* pager/_format.py geometry_ok */
+#define SEG_MAX_BYTES (1ull << 40)  /* pager/_format.py MAX_SEGMENT */
+
+static int header_matches(ic_store *st, uint32_t segno, const uint8_t *h, uint64_t file_len) {
+    uint64_t seg_size = ld64(h + 16);
+    return memcmp(h, SEG_MAGIC, 8) == 0 && ic_hash(h, 120, 0) == ld64(h + 120)
+        && ld32(h + 8) == SEG_FORMAT_VERSION && ld32(h + 12) == st->page_size
+        && seg_size % st->page_size == 0 && seg_size >= (uint64_t)SEG_MIN_SLOTS * st->page_size
+        && seg_size <= SEG_MAX_BYTES && ld32(h + 24) == segno
+        && memcmp(h + 32, st->image_id, 16) == 0 && ld64(h + 48) == st->salt
+        && seg_size == file_len;
+}
+
+int ic_store_attach(ic_store *st, int dirfd, uint32_t segno, uint64_t *seg_size_out) {
+    char name[32];
+    uint8_t h[SEG_HEADER_BYTES];
+    struct stat sb;
+    snprintf(name, sizeof name, "seg-%06u", segno);
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(st, IC_IO, "%s: %s", name, strerror(errno));
+    int rc = IC_CORRUPT;
+    if (fstat(fd, &sb) == 0 && pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h
+        && header_matches(st, segno, h, (uint64_t)sb.st_size)) {
+        rc = ic_store_map(st, segno, fd, (uint64_t)sb.st_size);
+        if (rc == IC_OK) {
+            st->segs[segno].header_ok = 1;
+            *seg_size_out = (uint64_t)sb.st_size;
+        }
+    } else {
+        fail(st, IC_CORRUPT, "%s: not a segment of this image", name);
+    }
+    close(fd);
+    return rc;
 }
 
 static inline uint32_t loc_seg(uint64_t loc) { return (uint32_t)(loc >> 32); }
@@ -1457,7 +1503,8 @@ int ic_commit_build(ic_tree *t, ic_dirty *d, ic_commit *c) {
     c->buf_len = 0; c->undo = NULL; c->nnodes = 0; c->depth = 0;
     c->time_ns = now_ns();
     c->checkpoint = c->ckpt_slot == 0 || c->since_ckpt >= c->ckpt_records
-                    || t->nmem >= c->ckpt_nodes;
+                    || t->nmem >= c->ckpt_nodes
+                    || c->pages_since_ckpt + d->count > c->ckpt_pages;
     uint64_t room = c->seg_slots > c->slot ? c->seg_slots - c->slot : 0;
     if (c->seq >= ((uint64_t)1 << 62))
         return fail(st, IC_RANGE, "commit number %llu is past the last one",
@@ -1567,6 +1614,7 @@ void ic_commit_done(ic_tree *t, ic_dirty *d, ic_commit *c) {
     ic_dirty_clear(d);
     free_undo(c);
     c->since_ckpt = c->checkpoint ? 0 : c->since_ckpt + 1;
+    c->pages_since_ckpt = c->checkpoint ? 0 : c->pages_since_ckpt + c->npages;
     c->parent = c->seq;
     c->seq++;
     c->prev_sum = c->record_sum;

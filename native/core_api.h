@@ -38,6 +38,8 @@ typedef struct ic_commit {
     uint64_t since_ckpt;    /* records since this segment's newest checkpoint */
     uint64_t ckpt_records;  /* a checkpoint is due after this many records */
     uint64_t ckpt_nodes;    /* ... or when this many page-table nodes are dirty */
+    uint64_t pages_since_ckpt;  /* pages the records since the checkpoint wrote */
+    uint64_t ckpt_pages;    /* ... or before replay would pass this many pages */
     int checkpoint;         /* set by ic_commit_build: this commit is a checkpoint */
     const uint8_t *meta;
     uint32_t meta_len;
@@ -66,6 +68,7 @@ const char *ic_errmsg(ic_store *st);
 int ic_errcode(ic_store *st);
 int ic_store_map(ic_store *st, uint32_t segno, int fd, uint64_t len);
 void ic_store_unmap(ic_store *st, uint32_t segno);
+int ic_store_attach(ic_store *st, int dirfd, uint32_t segno, uint64_t *seg_size_out);
 void ic_store_set_limit(ic_store *st, uint32_t segno, uint64_t limit);
 const uint8_t *ic_store_segment(ic_store *st, uint32_t segno, uint64_t *len_out);
 uint64_t ic_page_sum(ic_store *st, uint64_t page_no, const uint8_t *data);

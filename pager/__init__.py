@@ -121,8 +121,9 @@ checkpoints, and costs one contiguous write and one fdatasync (measured at
 parity with SQLite in WAL mode, and 1.5x LMDB; bench/README.md).  Commits
 spread over a large image dirty a page-table leaf each, which the next
 checkpoint writes: about 3.2 pages a commit over 10 GiB.  Opening costs one
-checkpoint plus at most CHECKPOINT_RECORDS records, plus mapping each segment
-(about 60 us each).  The zero slot of invariant 3 is written only when the
+checkpoint plus at most CHECKPOINT_RECORDS records and CHECKPOINT_PAGES pages
+replayed, plus mapping each segment (one C call each, core.c ic_store_attach:
+about 28 us on this VM, nearly all of it the five system calls).  The zero slot of invariant 3 is written only when the
 slot past a commit does not read as zeros, which after a clean open or in a
 segment this process made is never (strace of 500 durable inbox appends:
 500 pwrites of record + pages, no zero slot), so dropping it would save
@@ -132,8 +133,8 @@ fdatasync about 120 us), and RWF_DSYNC or O_DSYNC writes were no faster than
 pwrite + fdatasync: a durable commit costs its one sync.
 
 OPEN QUESTIONS: every segment is mapped at open (vm.max_map_count bounds an
-image to about 65,000 segments, 4 TiB at the default 64 MiB, and at 50 us a
-segment such an image opens in 3 s); lazily mapping them is the next step.
+image to about 65,000 segments, 4 TiB at the default 64 MiB, and at 28 us a
+segment such an image opens in 2 s); lazily mapping them is the next step.
 Vacuum (segment cleaning, _vacuum.py) copies what retained versions reach out
 of mostly-dead segments and writes stand-ins for the versions whose trees
 pointed there; its throughput is bounded by resolving the retained versions

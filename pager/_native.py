@@ -58,6 +58,14 @@ class NativeStore:
     def map(self, segno: int, fd: int, length: int) -> None:
         self.check(lib.ic_store_map(self.ptr, segno, fd, length))
 
+    def attach(self, dirfd: int, segno: int) -> int | None:
+        """Open, check and map segment segno of the directory dirfd (core.c
+        ic_store_attach); its size, or None if it could not be (nothing mapped)."""
+        size = ffi.new("uint64_t *")
+        if lib.ic_store_attach(self.ptr, dirfd, segno, size):
+            return None
+        return size[0]
+
     def set_limit(self, segno: int, limit: int) -> None:
         """Where segno's log ends: no location at or past it will be used."""
         lib.ic_store_set_limit(self.ptr, segno, limit)

@@ -41,6 +41,12 @@ DEFAULT_SEGMENT_SIZE = 64 << 20
 # about 2.1).
 CHECKPOINT_NODES = 1024
 CHECKPOINT_RECORDS = 1024
+# ... or before the pages written since the last one would pass this: opening
+# replays each of them into the page table (about 30 ns each, plus decoding
+# its record), and bulk commits of thousands of pages would otherwise leave
+# up to a million to replay.  4,096 keeps that under a fifth of a
+# millisecond, and costs a bulk load about one checkpoint per 16 MiB written.
+CHECKPOINT_PAGES = 4096
 MAX_PAGE_NO = fmt.MAX_PAGE_NO
 LOCK_NAME = "LOCK"
 LOCK_ATTEMPTS = 20           # x 5 ms: far longer than a reader's probe, short for a person
@@ -487,6 +493,10 @@ class PageStore:
         # predecessor, so it must be a checkpoint (invariant 5).
         self._records_since_ckpt = (len(state) - index - 1 if self.head == tail.seq
                                     else CHECKPOINT_RECORDS)
+        # More than the bound is an image written before it existed: at the
+        # bound, the next commit (at least one page) is a checkpoint.
+        self._pages_since_ckpt = min(sum(r.npages for r in state[index + 1:]),
+                                     CHECKPOINT_PAGES)
         self._tree = tree
         self.head_meta = state[-1].meta
 
@@ -857,7 +867,9 @@ class PageStore:
                    seg_slots=self._image.nslots(tail.segno) if seg_slots is None else seg_slots,
                    zero_from=zero_from, salt=self._image.salt)
         c.since_ckpt = self._records_since_ckpt
+        c.pages_since_ckpt = self._pages_since_ckpt
         c.ckpt_records, c.ckpt_nodes = CHECKPOINT_RECORDS, CHECKPOINT_NODES
+        c.ckpt_pages = CHECKPOINT_PAGES
 
     def _scrub_failed_commit(self, tail: _Tail) -> None:
         """A commit write that failed part-way may have left its whole record in
@@ -936,6 +948,7 @@ class PageStore:
         self.head = self.base = seq
         self.head_meta = meta
         self._records_since_ckpt = c.since_ckpt
+        self._pages_since_ckpt = c.pages_since_ckpt
         if checkpoint:
             ckpt = self._image.record_at(c.segno, c.ckpt_slot)
             if ckpt is None:   # what was just written and synced does not read back
@@ -1148,6 +1161,7 @@ class PageStore:
                 tree = self._image.tree_from(self._ckpt, replayed)
                 self._tree = tree
                 self._records_since_ckpt += len(records)
+                self._pages_since_ckpt += sum(r.npages for r in records)
                 self._tail, self.head = tail, tail.seq
                 self.base = self.head
                 self.head_meta = records[-1].meta
@@ -1227,7 +1241,8 @@ class PageStore:
 
     def _readonly_or_bounded(self) -> bool:
         # a reader only replays what the writer wrote; the writer bounds it
-        return self._state == _READER or self._records_since_ckpt <= CHECKPOINT_RECORDS
+        return self._state == _READER or (self._records_since_ckpt <= CHECKPOINT_RECORDS
+                                          and self._pages_since_ckpt <= CHECKPOINT_PAGES)
 
     def _require_open(self) -> None:
         if self._state in (_READER, _WRITER):

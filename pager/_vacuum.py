@@ -1409,7 +1409,7 @@ def _adopt(store, laid: list, segno: int, end: int) -> None:
     store._ckpt = last
     store._tail = _Tail(segno, end, last.seq, last.sum, last.slot)
     store.head = store.base = last.seq
-    store._records_since_ckpt = 0
+    store._records_since_ckpt = store._pages_since_ckpt = 0
     store._start_log(store._tail, zero_from=zero_from)
     store._bind_reader()
     old_tree.close()

@@ -425,6 +425,47 @@ class TestCheck:
             for p, data in model.items():
                 assert s.read(p)[:8] == data
 
+    @staticmethod
+    def _pages_replayed(s: PageStore) -> int:
+        """Pages the records after the state's checkpoint wrote: what open replays."""
+        from pager._segments import _Tail
+        records, _ = s._image.scan(_Tail(s._ckpt.segno, s._ckpt.slot, -1, 0, 0), upto=s.head)
+        return sum(r.npages for r in records[1:])
+
+    def test_checkpoints_bound_replayed_pages(self, image_path):
+        """Bulk commits of thousands of pages: open replays at most CHECKPOINT_PAGES pages."""
+        bound = pager._store.CHECKPOINT_PAGES
+        batch = bound * 3 // 4   # two such commits pass the bound, one does not
+        with PageStore.create(image_path, page_size=1024, segment_size=64 << 20) as s:
+            for n in range(5):   # checkpoints at 2 and 4; 5 is replayed
+                for p in range(n * batch, (n + 1) * batch):
+                    s.write(p, page_of(p))
+                s.commit()
+                assert self._pages_replayed(s) <= bound
+                s.check()
+        with PageStore.open(image_path) as s:
+            assert 0 < self._pages_replayed(s) <= bound
+            s.check()
+            assert s.read(5 * batch - 1) == page_of(5 * batch - 1)
+
+    def test_an_image_past_the_bound_checkpoints_next(self, image_path, monkeypatch):
+        """An image written with no page bound (or a larger one) opens, checks, and its
+        next commit is a checkpoint."""
+        with monkeypatch.context() as m:
+            m.setattr(pager._store, "CHECKPOINT_PAGES", 1 << 40)
+            with PageStore.create(image_path, page_size=1024, segment_size=64 << 20) as s:
+                for n in range(4):
+                    for p in range(n * 3000, (n + 1) * 3000):
+                        s.write(p, page_of(p))
+                    s.commit()
+                assert self._pages_replayed(s) == 12000
+        with PageStore.open(image_path) as s:
+            s.check()
+            s.write(0, page_of(7))
+            s.commit()
+            assert self._pages_replayed(s) == 0 and s._ckpt.seq == s.head
+            s.check()
+
 
 # ---------------------------------------------------------------------------
 # model test: random operation sequences behave like a dict of pages

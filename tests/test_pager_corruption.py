@@ -808,6 +808,65 @@ class TestSegmentFiles:
         assert not os.path.lexists(path)
 
 
+class TestNativeAttach:
+    """Opening attaches segments in C (core.c ic_store_attach) unless a Vfs
+    shim is in place; anything C refuses goes through the Python path, which
+    names what is wrong.  So C must refuse every damage that path refuses."""
+
+    @pytest.fixture
+    def multi(self, image) -> str:
+        build(image, [[i, i + 1] for i in range(0, 40, 2)], segment_size=TINY_SEGMENT)
+        return image
+
+    def _native_attach(self, path: str, segno: int):
+        from pager._native import NativeStore
+        h = fmt.decode_segment_header(read_file(os.path.join(path, "seg-000001"))[:128])
+        native = NativeStore(h.page_size, h.salt, h.image_id)
+        dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return native.attach(dirfd, segno), native.segment(segno)
+        finally:
+            os.close(dirfd)
+            native.close()
+
+    def test_native_and_python_attach_agree(self, multi):
+        """Both paths map the same segments at the same sizes."""
+        from pager._segments import Image, segment_numbers
+        from pager._vfs import Vfs
+
+        class Shim(Vfs):
+            pass
+        numbers = segment_numbers(multi)
+        assert Image(multi, Vfs(), numbers).sizes == Image(multi, Shim(), numbers).sizes
+        assert all(self._native_attach(multi, n)[0] == TINY_SEGMENT for n in numbers)
+
+    @pytest.mark.parametrize("damage", [
+        "truncated", "garbage appended", "renamed", "missing", "other salt",
+        *(f"flip {offset}" for offset in (0, 8, 12, 16, 24, 32, 48, 56, 120))])
+    def test_native_attach_refuses(self, multi, tmp_path, damage):
+        """Each damage is refused by C and leaves nothing mapped."""
+        seg2 = os.path.join(multi, "seg-000002")
+        if damage == "truncated":
+            os.truncate(seg2, TINY_SEGMENT - PAGE)
+        elif damage == "garbage appended":
+            with open(seg2, "ab") as f:
+                f.write(bytes(PAGE))
+        elif damage == "renamed":
+            shutil.copy(os.path.join(multi, "seg-000003"), seg2)
+        elif damage == "missing":
+            os.unlink(seg2)
+        elif damage == "other salt":
+            raw = bytearray(read_file(seg2))
+            h = fmt.decode_segment_header(bytes(raw[:fmt.HEADER_BYTES]))
+            raw[:fmt.HEADER_BYTES] = fmt.encode_segment_header(
+                h.page_size, h.seg_size, h.segno, h.image_id, h.salt ^ 1, h.created_ns)
+            with open(seg2, "wb") as f:
+                f.write(raw)
+        else:
+            flip(seg2, int(damage.split()[1]), mask=0x01)
+        assert self._native_attach(multi, 2) == (None, None)
+
+
 class TestForeignSegment:
     @pytest.fixture
     def pair(self, tmp_path) -> tuple[str, str]:
